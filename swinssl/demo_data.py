@@ -1,0 +1,86 @@
+"""Built-in demo data: shards of the real photographs scikit-image ships, built once and cached.
+
+Offline and small (18 photos), so the demo recipe and the tests run anywhere. Each photo is labeled
+``color`` or ``grayscale``, so the same shards also serve a toy classification.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from swinssl.make_shards import ShardItem, shard_pattern, write_shards
+
+# Real photographs only; synthetic images (checkerboard, binary blobs, ...) teach nothing.
+PHOTOS = (
+    "astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
+    "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket", "text",
+)  # fmt: skip
+CLASSES = ["color", "grayscale"]
+CACHE_NAME = "demo-shards-v2"  # bump when the content changes, so stale caches are not reused
+PREFIX = "demo"
+SHORT_SIDE = 256  # plenty for the demo's 128 px crops; full-size photos (up to 1411 px) make decoding the bottleneck
+
+
+def cache_root() -> Path:
+    """``$SWINSSL_CACHE``, else ``$XDG_CACHE_HOME/swinssl``, else ``~/.cache/swinssl``."""
+    if os.environ.get("SWINSSL_CACHE"):
+        return Path(os.environ["SWINSSL_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "swinssl"
+
+
+def demo_shards(cache_dir: str | Path | None = None) -> str:
+    """Brace pattern of the demo shards, building them on first use.
+
+    The shards are written to a temporary sibling and moved into place in one rename, so ranks that
+    race here either build identical copies or reuse the finished one, never a half-written folder.
+    """
+    target = Path(cache_dir or cache_root()) / CACHE_NAME
+    if not target.is_dir():
+        _build(target)
+    return shard_pattern(target, PREFIX, len(list(target.glob(f"{PREFIX}-*.tar"))))
+
+
+def _build(target: Path) -> None:
+    try:
+        from skimage import data
+    except ImportError as exn:
+        raise ImportError("the demo data needs scikit-image: pip install 'swinssl[dev]'") from exn
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        # maxcount 5 gives 4 shards, so loader workers have shards to split.
+        write_shards(_photo_items(data), tmp, prefix=PREFIX, maxcount=5, classes=CLASSES)
+        os.replace(tmp, target)
+    except OSError:
+        if not target.is_dir():
+            raise  # a real failure, not another process having finished first
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _photo_items(data) -> Iterator[ShardItem]:
+    for name, pixels in _photos(data):
+        buffer = io.BytesIO()
+        image = Image.fromarray(pixels).convert("RGB")
+        scale = SHORT_SIDE / min(image.size)
+        if scale < 1:
+            image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
+        image.save(buffer, format="JPEG", quality=95)
+        label = CLASSES.index("grayscale" if pixels.ndim == 2 else "color")
+        yield ShardItem(f"{name}.jpg", buffer.getvalue(), "jpg", label)
+
+
+def _photos(data) -> Iterator[tuple[str, np.ndarray]]:
+    for name in PHOTOS:
+        yield name, getattr(data, name)()
+    left, right, _disparity = data.stereo_motorcycle()
+    yield "stereo_motorcycle_left", left
+    yield "stereo_motorcycle_right", right

@@ -1,0 +1,100 @@
+"""SimMIM as the official Swin V2 recipe defines it: masked encoder, linear decoder, masked L1.
+
+- decoder: one 1x1 conv from the encoder width to stride^2 * 3 channels, then PixelShuffle(stride);
+- loss: sum(|target - reconstruction| * mask) / (masked pixels + 1e-5) / channels, over the whole batch;
+- optional target normalization (on in the official Swin V2 recipe): every pixel and channel is
+  standardized by the mean and unbiased variance of its 47 x 47 neighbourhood, padding excluded.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from swinssl.models.swinv2 import SwinV2Encoder
+
+
+class SimMIMDecoder(nn.Sequential):
+    """Keys ``0.weight``/``0.bias`` as in the official ``decoder.0.*``."""
+
+    def __init__(self, in_features: int, stride: int, out_chans: int = 3) -> None:
+        super().__init__(nn.Conv2d(in_features, stride**2 * out_chans, kernel_size=1), nn.PixelShuffle(stride))
+
+
+def local_mean_var(images: torch.Tensor, window: int = 47) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel, per-channel mean and unbiased variance over a ``window`` x ``window`` neighbourhood.
+
+    Pixels outside the image do not count; the variance is clamped at 0 against rounding.
+    """
+    if window < 3 or window % 2 == 0:
+        raise ValueError(f"the target-normalization window must be odd and >= 3, got {window}")
+    pad = window // 2
+    images = images.float()
+    mean = F.avg_pool2d(images, window, stride=1, padding=pad, count_include_pad=False)
+    mean_sq = F.avg_pool2d(images.square(), window, stride=1, padding=pad, count_include_pad=False)
+    ones = torch.ones_like(images[:1, :1])
+    count = F.avg_pool2d(ones, window, stride=1, padding=pad, count_include_pad=True) * window**2
+    var = ((mean_sq - mean.square()) * count / (count - 1)).clamp_min(0.0)
+    return mean, var
+
+
+def normalize_targets(images: torch.Tensor, window: int = 47, eps: float = 1e-6) -> torch.Tensor:
+    mean, var = local_mean_var(images, window)
+    return (images.float() - mean) / torch.sqrt(var + eps)
+
+
+def denormalize_targets(predicted: torch.Tensor, images: torch.Tensor, window: int = 47, eps: float = 1e-6):
+    """Map predictions made in normalized-target space back to pixel space, using the input's local stats."""
+    mean, var = local_mean_var(images, window)
+    return predicted.float() * torch.sqrt(var + eps) + mean
+
+
+def pixel_mask(mask: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Token mask (B, h, w) -> pixel mask (B, 1, h * patch, w * patch)."""
+    return mask.repeat_interleave(patch_size, 1).repeat_interleave(patch_size, 2).unsqueeze(1)
+
+
+def masked_l1_loss(
+    reconstruction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, patch_size: int
+) -> torch.Tensor:
+    weight = pixel_mask(mask, patch_size).to(torch.float32)
+    error = (target.float() - reconstruction.float()).abs() * weight
+    return error.sum() / (weight.sum() + 1e-5) / reconstruction.shape[1]
+
+
+class MaskedImageModel(nn.Module):
+    """Encoder + decoder + loss. ``forward(images, mask) -> (loss, reconstruction)``.
+
+    ``mask`` is the token-level mask from :class:`swinssl.MaskGenerator` (1 = masked).
+    ``norm_target_window=None`` regresses raw (ImageNet-normalized) pixels.
+    """
+
+    def __init__(self, encoder: SwinV2Encoder, norm_target_window: int | None = 47) -> None:
+        super().__init__()
+        if encoder.mask_token is None:
+            raise ValueError("SimMIM needs an encoder built with mask_token=True")
+        self.encoder = encoder
+        self.decoder = SimMIMDecoder(encoder.num_features, encoder.stride, encoder.in_chans)
+        self.patch_size = encoder.patch_embed.patch_size[0]
+        self.norm_target_window = norm_target_window
+
+    def targets(self, images: torch.Tensor) -> torch.Tensor:
+        if self.norm_target_window is None:
+            return images
+        return normalize_targets(images, self.norm_target_window)
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.encoder.forward_features(images, mask)
+        reconstruction = self.decoder(features.permute(0, 3, 1, 2))
+        loss = masked_l1_loss(reconstruction, self.targets(images), mask, self.patch_size)
+        return loss, reconstruction
+
+    def to_pixels(self, reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Reconstruction in the input's (ImageNet-normalized) space, for pictures."""
+        if self.norm_target_window is None:
+            return reconstruction.float()
+        return denormalize_targets(reconstruction, images, self.norm_target_window)
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"encoder.{name}" for name in self.encoder.no_weight_decay()}

@@ -1,0 +1,165 @@
+"""Swin V2 image encoders: timm's ``SwinTransformerV2`` plus what SimMIM and the H/G models need.
+
+Parameter names stay timm's, so timm state dicts load as they are. Additions:
+
+- an optional learnable ``mask_token`` (1, 1, C) that replaces masked patch embeddings right after the
+  patch LayerNorm, as the official SimMIM encoder does (all tokens still go through every stage);
+- the Swin V2 paper's extra LayerNorm on the main branch every ``extra_norm_period`` blocks of a stage,
+  used by the H and G presets (named ``norm3`` as in timm's ``swinv2_cr``); the official release lacks it;
+- checks that turn an image size or window that cannot work into a one-line error before any compute.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from timm.layers import trunc_normal_
+from timm.models.swin_transformer_v2 import SwinTransformerV2, SwinTransformerV2Block
+from torch import nn
+
+# Widths, depths and heads: T/S/B/L as timm registers them; H/G from the Swin V2 paper (sec. 3.6,
+# head dim 32). The paper gives G four blocks in its last stage (2, 2, 42, 4).
+PRESETS: dict[str, dict[str, Any]] = {
+    "swinv2_tiny": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
+    "swinv2_small": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
+    "swinv2_base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+    "swinv2_large": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
+    "swinv2_huge": dict(
+        embed_dim=352, depths=(2, 2, 18, 2), num_heads=(11, 22, 44, 88), extra_norm_period=6
+    ),
+    "swinv2_giant": dict(
+        embed_dim=512, depths=(2, 2, 42, 4), num_heads=(16, 32, 64, 128), extra_norm_period=6
+    ),
+}
+FAMILY = "swinv2"
+FAMILY_DEFAULTS = PRESETS["swinv2_tiny"]
+
+
+class SwinV2Encoder(SwinTransformerV2):
+    """timm Swin V2 with an optional SimMIM mask token and the paper's periodic extra norm."""
+
+    def __init__(self, *, mask_token: bool = False, extra_norm_period: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.extra_norm_period = extra_norm_period
+        if mask_token:
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
+            trunc_normal_(self.mask_token, std=0.02)
+        else:
+            self.mask_token = None
+        if extra_norm_period:
+            for stage in self.layers:
+                for index, block in enumerate(stage.blocks):
+                    if (index + 1) % extra_norm_period == 0:
+                        _add_extra_norm(block)
+
+    @property
+    def stride(self) -> int:
+        """Input pixels per output token along one axis (32 for the 4-stage, patch-4 models)."""
+        return self.patch_embed.patch_size[0] * 2 ** (len(self.layers) - 1)
+
+    def embed(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch embedding (NHWC); tokens where ``mask`` is 1 become the mask token."""
+        tokens = self.patch_embed(images)
+        if mask is None:
+            return tokens
+        if self.mask_token is None:
+            raise ValueError("this encoder has no mask token; build it with mask_token=True to pass a mask")
+        if mask.shape[1:] != tokens.shape[1:3]:
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape[1:])} does not match the {tuple(tokens.shape[1:3])} token grid"
+            )
+        weight = mask.unsqueeze(-1).to(tokens.dtype)
+        return tokens * (1.0 - weight) + self.mask_token.to(tokens.dtype) * weight
+
+    def forward_features(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, H, W) -> final-normed (B, H/32, W/32, C_out) features, timm's NHWC layout."""
+        return self.norm(self.layers(self.embed(images, mask)))
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return super().no_weight_decay() | ({"mask_token"} if self.mask_token is not None else set())
+
+
+def _add_extra_norm(block: SwinTransformerV2Block) -> None:
+    block.norm3 = nn.LayerNorm(block.dim)
+    block.register_forward_hook(_apply_extra_norm)
+
+
+def _apply_extra_norm(block: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+    return block.norm3(output)
+
+
+def _check_geometry(img_size: tuple[int, int], patch_size: int, window_size: int, depths, embed_dim, num_heads):
+    stages = len(depths)
+    if len(num_heads) != stages:
+        raise ValueError(f"depths {tuple(depths)} and num_heads {tuple(num_heads)} must have one entry per stage")
+    for stage, heads in enumerate(num_heads):
+        width = embed_dim * 2**stage
+        if width % heads:
+            raise ValueError(f"stage {stage + 1} width {width} is not divisible by its {heads} heads")
+    stride = patch_size * 2 ** (stages - 1)
+    if img_size[0] % stride or img_size[1] % stride:
+        raise ValueError(
+            f"img_size {img_size[0]}x{img_size[1]} must be a multiple of {stride} "
+            f"(patch {patch_size} x 2^{stages - 1} merges); e.g. {max(1, img_size[0] // stride) * stride}"
+        )
+    if not _window_tiles(img_size, patch_size, window_size, stages):
+        grid = img_size[0] // patch_size
+        fits = [w for w in range(2, grid + 1) if _window_tiles(img_size, patch_size, w, stages)]
+        raise ValueError(
+            f"window {window_size} does not tile every stage at img_size {img_size[0]}x{img_size[1]} "
+            f"(stage grids {_stage_grids(img_size, patch_size, stages)}); windows that fit: {fits}"
+        )
+
+
+def _stage_grids(img_size, patch_size: int, stages: int) -> list[tuple[int, int]]:
+    return [(img_size[0] // patch_size // 2**s, img_size[1] // patch_size // 2**s) for s in range(stages)]
+
+
+def _window_tiles(img_size, patch_size: int, window: int, stages: int) -> bool:
+    """A window larger than a stage's grid is clipped to it, so only smaller ones must divide it."""
+    return all(side % min(window, side) == 0 for grid in _stage_grids(img_size, patch_size, stages) for side in grid)
+
+
+def resolve_arch(arch: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Preset name or bare family ``swinv2`` -> constructor arguments, explicit overrides winning."""
+    if arch in PRESETS:
+        base = dict(PRESETS[arch])
+    elif arch == FAMILY:
+        base = dict(FAMILY_DEFAULTS)
+    else:
+        raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join([*PRESETS, FAMILY])}")
+    base.update({key: value for key, value in overrides.items() if value is not None})
+    return base
+
+
+def create_encoder(
+    arch: str = "swinv2_base",
+    img_size: int | tuple[int, int] = 192,
+    window_size: int = 12,
+    patch_size: int = 4,
+    num_classes: int = 0,
+    mask_token: bool = False,
+    **overrides: Any,
+) -> SwinV2Encoder:
+    """Build a Swin V2 encoder from a preset (``swinv2_{tiny,...,giant}``) or ``swinv2`` + explicit sizes.
+
+    ``overrides`` go to the model (``embed_dim``, ``depths``, ``num_heads``, ``drop_path_rate``,
+    ``pretrained_window_sizes``, ``extra_norm_period``, ...). ``num_classes=0`` gives a feature encoder.
+    """
+    kwargs = resolve_arch(arch, overrides)
+    size = (img_size, img_size) if isinstance(img_size, int) else tuple(int(s) for s in img_size)
+    kwargs["depths"] = tuple(kwargs["depths"])
+    kwargs["num_heads"] = tuple(kwargs["num_heads"])
+    if "pretrained_window_sizes" in kwargs:
+        kwargs["pretrained_window_sizes"] = tuple(kwargs["pretrained_window_sizes"])
+    _check_geometry(size, patch_size, window_size, kwargs["depths"], kwargs["embed_dim"], kwargs["num_heads"])
+    return SwinV2Encoder(
+        img_size=size,
+        patch_size=patch_size,
+        window_size=window_size,
+        num_classes=num_classes,
+        mask_token=mask_token,
+        **kwargs,
+    )

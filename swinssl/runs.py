@@ -1,0 +1,123 @@
+"""Run directories, resuming and the Lightning Trainer, shared by the training entry points.
+
+A run lives in ``runs/<recipe>/<run id>/`` (or ``out_dir=``): ``config.yaml`` (the composed, resolved
+recipe), TensorBoard events, ``checkpoints/last.ckpt`` and periodic checkpoints. The run id is the
+same for every rank and survives a requeue: the SLURM job id under SLURM, otherwise a time stamp fixed
+once by the launching process and handed to the ranks it starts through ``SWINSSL_RUN_ID``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+RUN_ID_ENV = "SWINSSL_RUN_ID"
+
+
+def run_id() -> str:
+    """SLURM job (array task) id, else the id the launching process fixed, else a new time stamp."""
+    if "SLURM_ARRAY_JOB_ID" in os.environ:
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
+    if "SLURM_JOB_ID" in os.environ:
+        return os.environ["SLURM_JOB_ID"]
+    os.environ.setdefault(RUN_ID_ENV, time.strftime("%Y%m%d-%H%M%S"))
+    return os.environ[RUN_ID_ENV]
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """``last.ckpt`` if present, else the most recently written checkpoint of the run."""
+    folder = run_dir / "checkpoints"
+    if (folder / "last.ckpt").is_file():
+        return folder / "last.ckpt"
+    found = sorted(folder.glob("*.ckpt"), key=lambda path: path.stat().st_mtime)
+    return found[-1] if found else None
+
+
+@dataclass
+class Run:
+    dir: Path
+    resume_from: Path | None
+
+
+def prepare_run(recipe: str, out_dir: str | None, resume: str | None, runs_root: str = "runs") -> Run:
+    """Pick the run directory and the checkpoint to resume from.
+
+    ``resume=auto`` continues the newest checkpoint of this run; when the run id is a fresh local time
+    stamp (no ``out_dir``, no SLURM, no inherited id), "this run" is the latest run of the recipe that
+    has a checkpoint, so a plain rerun with ``resume=auto`` picks up where the last one stopped.
+    """
+    fresh_local_id = out_dir is None and RUN_ID_ENV not in os.environ and "SLURM_JOB_ID" not in os.environ
+    run_dir = Path(out_dir) if out_dir else Path(runs_root) / recipe / run_id()
+    if resume is None:
+        return Run(run_dir, None)
+    if resume != "auto":
+        path = Path(resume)
+        if not path.is_file():
+            raise FileNotFoundError(f"resume checkpoint {path} does not exist; pass resume=auto or an existing .ckpt")
+        return Run(run_dir, path)
+    if fresh_local_id:
+        earlier = [d for d in (Path(runs_root) / recipe).glob("*") if newest_checkpoint(d)]
+        if earlier:
+            run_dir = max(earlier, key=lambda d: newest_checkpoint(d).stat().st_mtime)
+            os.environ[RUN_ID_ENV] = run_dir.name
+    checkpoint = newest_checkpoint(run_dir)
+    if checkpoint is None:
+        log.info("resume=auto: no checkpoint in %s yet, starting fresh", run_dir)
+    return Run(run_dir, checkpoint)
+
+
+def select_precision(precision: Any) -> Any:
+    """``null`` means bf16 mixed precision on a GPU and full fp32 on the CPU."""
+    if precision is not None:
+        return precision
+    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+
+
+@rank_zero_only
+def save_config(cfg: DictConfig, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def batch_size(batch: dict[str, Any]) -> int:
+    """Samples in one of our batches (dicts with an ``image`` or ``video`` tensor)."""
+    return len(batch["image"] if "image" in batch else batch["video"])
+
+
+def build_trainer(trainer_cfg: DictConfig, run_dir: Path, checkpointing: DictConfig,
+                  callbacks: list[Callback]) -> Trainer:
+    """Lightning Trainer writing into ``run_dir``; every ``trainer.*`` key passes through as is."""
+    kwargs = OmegaConf.to_container(trainer_cfg, resolve=True)
+    kwargs["precision"] = select_precision(kwargs.get("precision"))
+    checkpoint_dir = run_dir / "checkpoints"
+    periodic = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename="epoch{epoch:04d}-step{step:08d}",
+        auto_insert_metric_name=False,
+        every_n_epochs=checkpointing.every_n_epochs,
+        save_top_k=-1,
+    )
+    last = ModelCheckpoint(
+        dirpath=checkpoint_dir, every_n_train_steps=checkpointing.last_every_n_steps, save_top_k=0, save_last=True
+    )
+    # images/s over a sliding window as long as the logging interval
+    throughput = ThroughputMonitor(batch_size_fn=batch_size, window_size=max(2, kwargs.get("log_every_n_steps") or 50))
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
+    return Trainer(
+        default_root_dir=str(run_dir),
+        logger=logger,
+        callbacks=[periodic, last, throughput, *callbacks],
+        **kwargs,
+    )

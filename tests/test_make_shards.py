@@ -1,0 +1,137 @@
+"""make_shards end to end (the CLI in a subprocess) and the cached demo shards."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from swinssl import demo_data
+from swinssl.datamodules import resolve_shards
+from swinssl.make_shards import main, write_image_shards
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "swinssl.make_shards", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def read_back(pattern: str) -> list[dict]:
+    return list(wds.WebDataset(resolve_shards(pattern), shardshuffle=False, empty_check=False))
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """``cat/`` and ``dog/`` with 12 small noise images (jpg, JPEG, png, webp) and one corrupt file."""
+    rng = np.random.default_rng(0)
+    src = tmp_path / "src"
+    formats = [("jpg", "JPEG"), ("JPEG", "JPEG"), ("png", "PNG"), ("webp", "WEBP")]
+    for i in range(12):
+        folder = src / ("cat" if i < 5 else "dog")
+        folder.mkdir(parents=True, exist_ok=True)
+        ext, fmt = formats[i % 4]
+        pixels = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img.{i}.{ext}", format=fmt)  # a dot inside the name, too
+    (src / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
+    (src / "dog" / "notes.txt").write_text("not an image, not counted")
+    return src
+
+
+def test_cli_writes_labeled_shards_with_every_image_once(image_folder, tmp_path):
+    out = tmp_path / "shards"
+    result = run_cli(image_folder, out, "--maxcount", 5)
+    assert result.returncode == 0, result.stderr
+    assert "wrote 12 samples in 3 shards; skipped 1 unreadable" in result.stdout
+    assert "dog/broken.jpg" in result.stdout
+    pattern = f"{out}/train-{{000000..000002}}.tar"
+    assert f"data.shards='{pattern}'" in result.stdout
+    assert json.loads((out / "classes.json").read_text()) == ["cat", "dog"]
+
+    samples = read_back(pattern)
+    paths = Counter(json.loads(s["json"])["path"] for s in samples)
+    expected = {p.relative_to(image_folder).as_posix() for p in image_folder.rglob("img.*")}
+    assert set(paths) == expected and set(paths.values()) == {1}
+    assert len({s["__key__"] for s in samples}) == 12
+    for sample in samples:
+        path = json.loads(sample["json"])["path"]
+        (ext,) = set(sample) & {"jpg", "png", "webp"}
+        assert ext == path.rsplit(".", 1)[1].lower().replace("jpeg", "jpg")
+        assert sample[ext] == (image_folder / path).read_bytes()  # stored as is, not re-encoded
+        assert int(sample["cls"]) == ["cat", "dog"].index(path.split("/")[0])
+    labels_in_first_shard = {int(s["cls"]) for s in samples if s["__url__"].endswith("000000.tar")}
+    assert labels_in_first_shard == {0, 1}  # shuffled, so shards mix classes
+
+
+def test_images_without_class_folders_are_unlabeled(tmp_path):
+    src = tmp_path / "flat"
+    src.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(src / f"{i}.png")
+    summary = write_image_shards(src, tmp_path / "out", prefix="val", shuffle=False)
+    assert (summary.samples, summary.shards, summary.skipped) == (3, 1, [])
+    assert summary.pattern == f"{tmp_path}/out/val-000000.tar"
+    samples = read_back(summary.pattern)
+    assert [json.loads(s["json"])["path"] for s in samples] == ["0.png", "1.png", "2.png"]
+    assert not any("cls" in s for s in samples)
+    assert not (tmp_path / "out" / "classes.json").exists()
+
+
+def test_cli_missing_source_exits_2_with_one_line(tmp_path):
+    result = run_cli(tmp_path / "nowhere", tmp_path / "out")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and str(tmp_path / "nowhere") in result.stderr
+
+
+def test_source_without_images_exits_2_with_one_line(tmp_path, capsys):
+    """In process, to spare a second interpreter start; the path to SystemExit is the same."""
+    src = tmp_path / "src"
+    (src / "empty_class").mkdir(parents=True)
+    (src / "readme.txt").write_text("no images")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(src), str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no images" in err and str(src) in err
+
+
+def test_refuses_to_mix_layouts_or_overwrite_shards(tmp_path, image_folder):
+    Image.new("RGB", (8, 8)).save(image_folder / "loose.png")
+    with pytest.raises(ValueError, match="mixes class folders with loose images"):
+        write_image_shards(image_folder, tmp_path / "out")
+    (image_folder / "loose.png").unlink()
+    write_image_shards(image_folder, tmp_path / "out")
+    with pytest.raises(FileExistsError, match="already holds train-"):
+        write_image_shards(image_folder, tmp_path / "out")
+
+
+def test_demo_shards_built_once_then_reused(tmp_path, monkeypatch):
+    pytest.importorskip("skimage")
+    monkeypatch.setenv("SWINSSL_CACHE", str(tmp_path / "cache"))
+    pattern = demo_data.demo_shards()
+    root = tmp_path / "cache" / demo_data.CACHE_NAME
+    assert pattern == f"{root}/demo-{{000000..000003}}.tar"
+    assert json.loads((root / "classes.json").read_text()) == ["color", "grayscale"]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [demo_data.CACHE_NAME]  # no temp dir left
+
+    samples = read_back(pattern)
+    assert len(samples) == 18
+    for sample in samples:
+        image = Image.open(io.BytesIO(sample["jpg"]))
+        assert image.format == "JPEG" and image.mode == "RGB"
+    labels = Counter(int(s["cls"]) for s in samples)
+    assert labels == {0: 9, 1: 9}  # 9 color photos, 9 grayscale ones
+    camera = next(s for s in samples if json.loads(s["json"])["path"] == "camera.jpg")
+    assert int(camera["cls"]) == 1
+
+    def no_rebuild(_target):
+        raise AssertionError("demo shards rebuilt although cached")
+
+    monkeypatch.setattr(demo_data, "_build", no_rebuild)
+    assert demo_data.demo_shards() == pattern

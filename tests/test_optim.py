@@ -1,0 +1,83 @@
+"""Learning-rate scaling, the per-step schedules, and the official no-weight-decay set."""
+
+import math
+
+import pytest
+import torch
+
+from swinssl import SimMIM
+from swinssl.tasks.optim import OptimConfig, build_optimizer, build_scheduler
+
+TINY = dict(arch="swinv2", img_size=64, window_size=2,
+            encoder=dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4]))
+
+
+def test_learning_rates_are_per_512_samples():
+    config = OptimConfig(base_lr=1e-4, warmup_lr=5e-7, min_lr=5e-6)
+    assert config.scaled(2048) == pytest.approx(dict(lr=4e-4, warmup_lr=2e-6, min_lr=2e-5))
+    assert config.scaled(128)["lr"] == pytest.approx(2.5e-5)
+
+
+def _lrs(config: OptimConfig, global_batch: int, steps_per_epoch: int, total_steps: int, scale: float = 1.0):
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([{"params": [param], "lr_scale": scale}], lr=config.scaled(global_batch)["lr"])
+    scheduler = build_scheduler(optimizer, config, global_batch=global_batch, steps_per_epoch=steps_per_epoch,
+                                total_steps=total_steps)
+    rates = []
+    for _ in range(total_steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_official_multistep_schedule_with_linear_warmup():
+    # 10 steps per epoch, 2 warmup epochs, x0.1 at epoch 5, batch 1024 (x2 the per-512 rates)
+    config = OptimConfig(base_lr=1e-4, warmup_lr=1e-6, warmup_epochs=2, schedule="multistep", milestones=[5],
+                         gamma=0.1)
+    rates = _lrs(config, global_batch=1024, steps_per_epoch=10, total_steps=80)
+    peak, start = 2e-4, 2e-6
+    assert rates[0] == pytest.approx(start)
+    assert rates[10] == pytest.approx(start + (peak - start) * 10 / 20)
+    assert rates[20] == pytest.approx(peak) and rates[49] == pytest.approx(peak)
+    assert rates[50] == pytest.approx(peak * 0.1) and rates[79] == pytest.approx(peak * 0.1)
+
+
+def test_cosine_schedule_after_warmup_ends_at_min_lr():
+    config = OptimConfig(base_lr=1e-3, warmup_lr=0.0, min_lr=1e-5, warmup_epochs=1, schedule="cosine")
+    rates = _lrs(config, global_batch=512, steps_per_epoch=4, total_steps=24)
+    assert rates[2] == pytest.approx(0.5e-3)
+    assert rates[4] == pytest.approx(1e-3)
+    halfway = 4 + 10
+    assert rates[halfway] == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * 0.5)))
+    assert rates[-1] == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * 19 / 20)))
+    assert all(a >= b for a, b in zip(rates[4:], rates[5:]))
+
+
+def test_group_lr_scale_multiplies_the_schedule():
+    config = OptimConfig(base_lr=1e-3, warmup_epochs=0, schedule="cosine", min_lr=0.0)
+    plain = _lrs(config, 512, 10, 20)
+    scaled = _lrs(config, 512, 10, 20, scale=0.25)
+    assert scaled == pytest.approx([0.25 * r for r in plain])
+
+
+def test_unknown_schedule_is_rejected():
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        OptimConfig(schedule="linear")
+
+
+def test_official_no_weight_decay_set():
+    model = SimMIM(**TINY).model
+    optimizer = build_optimizer(model, OptimConfig(weight_decay=0.05), lr=1e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    no_decay = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert decay | no_decay == set(names.values()) and not decay & no_decay
+    assert "encoder.mask_token" in no_decay
+    assert "encoder.layers.0.blocks.0.attn.cpb_mlp.0.weight" in no_decay  # 2-D but excluded by name
+    assert "encoder.layers.0.blocks.0.attn.cpb_mlp.2.weight" in no_decay
+    assert "encoder.layers.0.blocks.0.attn.logit_scale" in no_decay
+    assert {"encoder.layers.0.blocks.0.attn.q_bias", "encoder.norm.weight", "decoder.0.bias"} <= no_decay
+    assert {"encoder.layers.0.blocks.0.attn.qkv.weight", "encoder.layers.0.blocks.0.mlp.fc1.weight",
+            "encoder.patch_embed.proj.weight", "decoder.0.weight"} <= decay
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["betas"] == (0.9, 0.999)

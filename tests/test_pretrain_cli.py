@@ -1,0 +1,139 @@
+"""The real `python -m swinssl.pretrain` CLI, end to end on tiny shards in a temporary directory."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+# A ~30k-parameter Swin V2 at 64 px: 16 px mask units, windows 2/2/2/2 (clipped at the last stage).
+TINY = [
+    "recipe=demo", "model.img_size=64", "model.window_size=2", "simmim.mask_patch_size=16",
+    "model.encoder.embed_dim=16", "model.encoder.depths=[1,1,1,1]", "model.encoder.num_heads=[1,2,2,4]",
+    "data.batch_size=4", "data.num_workers=0", "data.epoch_size=16", "data.shuffle_buffer=8",
+    "trainer.log_every_n_steps=1", "trainer.enable_model_summary=false",
+]
+
+
+def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    env.pop("SWINSSL_RUN_ID", None)
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory) -> str:
+    """Shards written by the real make_shards CLI from a folder of small photos-like images."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (root / label).mkdir()
+        for index in range(6):
+            smooth = rng.normal(size=(12, 12, 3)).cumsum(0).cumsum(1)
+            pixels = (255 * (smooth - smooth.min()) / np.ptp(smooth)).astype(np.uint8)
+            Image.fromarray(pixels).resize((96, 80), Image.BICUBIC).save(root / label / f"{index}.jpg")
+    out = tmp_path_factory.mktemp("shards")
+    done = run_cli("swinssl.make_shards", str(root), str(out), "--maxcount", "4")
+    assert done.returncode == 0, done.stderr
+    return str(out)  # a shard folder is the simplest data.shards value
+
+
+def scalars(run_dir: Path) -> EventAccumulator:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    return events
+
+
+def test_pretrain_writes_config_events_images_and_checkpoints(shard_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    pattern = f"'{shard_dir}/train-{{000000..000002}}.tar'"  # braces need quotes in Hydra overrides
+    done = run_cli("swinssl.pretrain", *TINY, f"data.shards={pattern}", "trainer.max_epochs=2",
+                   f"out_dir={run_dir}", "checkpointing.every_n_epochs=1", "images_every_n_steps=4")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "window_size: 2" in (run_dir / "config.yaml").read_text()
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert checkpoints == ["epoch0000-step00000004.ckpt", "epoch0001-step00000008.ckpt", "last.ckpt"]
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)  # plain hparams: no pickles
+    assert last["global_step"] == 8
+    assert last["hyper_parameters"]["encoder"] == {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 2, 4]}
+    events = scalars(run_dir)
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/grad_norm", "train/lr", "train/device/samples_per_sec", "data/skipped"} <= tags
+    assert len(events.Scalars("train/loss")) == 8
+    assert all(np.isfinite(e.value) for e in events.Scalars("train/loss"))
+    images = events.Tags()["images"]
+    assert images == ["train/reconstruction"]
+    assert [e.step for e in events.Images("train/reconstruction")] == [1, 4, 8]
+
+
+def test_cfg_job_shows_the_official_recipe_values():
+    done = run_cli("swinssl.pretrain", "recipe=simmim_v2_b", "--cfg", "job")
+    assert done.returncode == 0, done.stderr
+    for line in ("arch: swinv2_base", "img_size: 192", "window_size: 12", "drop_path_rate: 0.1",
+                 "base_lr: 0.0001", "warmup_epochs: 10", "schedule: multistep", "- 700", "weight_decay: 0.05",
+                 "norm_target_window: 47", "gradient_clip_val: 5.0", "max_epochs: 800", "batch_size: 128"):
+        assert line in done.stdout, line
+    tiny = run_cli("swinssl.pretrain", "recipe=simmim_v2_t", "--cfg", "job")
+    assert "arch: swinv2_tiny" in tiny.stdout and "base_lr: 0.0001" in tiny.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["recipe=simmim_v9"], "unknown recipe 'simmim_v9'; choose one of: demo, simmim_v2_b"),
+        (["model.img_size=200"], "must be a multiple of 32"),
+        (["model.window_size=7"], "window 7 does not tile every stage"),
+        (["simmim.mask_patch_size=40"], "not divisible by mask_patch_size 40"),
+        (["data.shards='/nonexistent/train-{000000..000003}.tar'"], "/nonexistent/train-000000.tar"),
+        (["model.arch=swinv2_medium"], "unknown arch 'swinv2_medium'"),
+    ],
+)
+def test_bad_input_fails_in_one_line_before_any_compute(args, message, tmp_path, shard_dir):
+    base = ["recipe=simmim_v2_t", f"data.shards={shard_dir}", f"out_dir={tmp_path / 'run'}"]
+    done = run_cli("swinssl.pretrain", *base, *args, timeout=120)
+    assert done.returncode != 0
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert message in last_line and last_line.startswith("error: ")
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_killed_run_resumes_at_the_saved_step(shard_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*TINY, f"data.shards={shard_dir}", f"out_dir={run_dir}", "trainer.max_epochs=100",
+            "checkpointing.last_every_n_steps=3", "resume=auto"]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "swinssl.pretrain", *args, "trainer.max_steps=400"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (last.exists() and torch.load(last, weights_only=True)["global_step"] >= 6):
+        time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    saved = torch.load(last, weights_only=True)["global_step"]
+    assert 6 <= saved < 400
+
+    done = run_cli("swinssl.pretrain", *args, f"trainer.max_steps={saved + 3}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming {last}" in done.stdout + done.stderr
+    assert torch.load(last, weights_only=True)["global_step"] == saved + 3
+    newest_events = max(run_dir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+    steps = [e.step for e in EventAccumulator(str(newest_events)).Reload().Scalars("train/loss")]
+    assert min(steps) >= saved  # the restarted process logged only steps after the saved one
+
+
+def test_default_command_runs_the_demo_on_scikit_image_photos(tmp_path):
+    pytest.importorskip("skimage")
+    done = run_cli("swinssl.pretrain", "trainer.max_steps=2", "data.num_workers=0", f"out_dir={tmp_path / 'run'}",
+                   env={"SWINSSL_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "cache" / "demo-shards-v2" / "classes.json").exists()
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
