@@ -184,7 +184,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  unreadable: {name}")
     if skipped > 10:
         print(f"  ... and {skipped - 10} more")
-    print(f"train with: data.shards='{summary.pattern}'")
+    # The folder is the override that survives any shell; a brace pattern needs Hydra quotes inside shell quotes.
+    others = [path for path in Path(args.out).glob("*.tar") if not path.name.startswith(f"{args.prefix}-")]
+    print(f"shards: {summary.pattern}")
+    print("train with: " + (f"\"data.shards='{summary.pattern}'\"" if others else f"data.shards={args.out}"))
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ def test_cli_writes_labeled_shards_with_every_image_once(image_folder, tmp_path)
     assert "wrote 12 samples in 3 shards; skipped 1 unreadable" in result.stdout
     assert "dog/broken.jpg" in result.stdout
     pattern = f"{out}/train-{{000000..000002}}.tar"
-    assert f"data.shards='{pattern}'" in result.stdout
+    assert f"shards: {pattern}" in result.stdout
+    assert f"train with: data.shards={out}" in result.stdout
     assert json.loads((out / "classes.json").read_text()) == ["cat", "dog"]
 
     samples = read_back(pattern)

@@ -137,3 +137,20 @@ def test_default_command_runs_the_demo_on_scikit_image_photos(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "cache" / "demo-shards-v2" / "classes.json").exists()
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+
+
+def test_swinv2_base_recipe_runs_real_steps_on_the_cpu(shard_dir, tmp_path):
+    """The official SwinV2-B recipe at 192 px / window 12, two optimizer steps (~30 s, ~5 GB on a CPU)."""
+    run_dir = tmp_path / "run"
+    done = run_cli("swinssl.pretrain", "recipe=simmim_v2_b", f"data.shards={shard_dir}", "trainer.max_steps=2",
+                   "data.batch_size=2", "data.num_workers=0", f"out_dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "lr 3.91e-07 = 0.0001 per 512 samples x global batch 2" in done.stdout + done.stderr
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)
+    assert last["global_step"] == 2
+    assert {k: last["hyper_parameters"][k] for k in ("arch", "img_size", "window_size", "norm_target_window")} == {
+        "arch": "swinv2_base", "img_size": 192, "window_size": 12, "norm_target_window": 47}
+    weights = last["state_dict"]
+    assert weights["model.encoder.mask_token"].shape == (1, 1, 128)
+    assert weights["model.decoder.0.weight"].shape == (3072, 1024, 1, 1)
+    assert sum(v.numel() for v in weights.values()) == 86_893_944 + 1024 * 3072 + 3072  # timm's B + decoder
