@@ -81,3 +81,29 @@ def test_official_no_weight_decay_set():
     assert {"encoder.layers.0.blocks.0.attn.qkv.weight", "encoder.layers.0.blocks.0.mlp.fc1.weight",
             "encoder.patch_embed.proj.weight", "decoder.0.weight"} <= decay
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["betas"] == (0.9, 0.999)
+
+
+def test_trainer_scales_the_peak_lr_by_the_real_global_batch(tmp_path):
+    """Per-device batch 4 x 1 device x accumulation 2 = 8 samples per optimizer step."""
+    import io
+
+    import numpy as np
+    from lightning.pytorch import Trainer
+    from PIL import Image
+
+    from swinssl.datamodules import ImageShardDataModule
+    from swinssl.make_shards import ShardItem, write_shards
+
+    def photo(seed):
+        buffer = io.BytesIO()
+        Image.fromarray(np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
+        return ShardItem(f"{seed}.png", buffer.getvalue(), "png")
+
+    write_shards([photo(i) for i in range(8)], tmp_path)
+    data = ImageShardDataModule(str(tmp_path), batch_size=4, num_workers=0, epoch_size=32, img_size=64,
+                                mask_patch_size=16, shuffle_buffer=4)
+    model = SimMIM(**TINY, optim=dict(base_lr=1e-3, warmup_epochs=0, schedule="cosine"))
+    trainer = Trainer(max_steps=1, accumulate_grad_batches=2, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=data)
+    assert trainer.optimizers[0].param_groups[0]["initial_lr"] == pytest.approx(1e-3 * 8 / 512)

@@ -34,12 +34,15 @@ class ReconstructionImages(Callback):
     def __init__(self, every_n_steps: int = 500, max_images: int = 4) -> None:
         self.every_n_steps = every_n_steps
         self.max_images = max_images
+        self.last_step = -1  # with gradient accumulation several batches end on the same step
 
     @rank_zero_only
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
-        if not isinstance(trainer.logger, TensorBoardLogger) or (step != 1 and step % self.every_n_steps):
+        due = step == 1 or step % self.every_n_steps == 0
+        if not isinstance(trainer.logger, TensorBoardLogger) or not due or step == self.last_step:
             return
+        self.last_step = step
         grid = reconstruction_grid(pl_module.model, batch["image"], batch["mask"], outputs["reconstruction"],
                                    self.max_images)
         trainer.logger.experiment.add_image("train/reconstruction", grid, step)

@@ -82,13 +82,15 @@ class SimMIM(LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         trainer = self.trainer
-        trainer.estimated_stepping_batches  # sets the train loader up so its length is known
+        if trainer.train_dataloader is None:
+            trainer.fit_loop.setup_data()  # the schedule is in epochs: it needs the loader's length
         accumulation = trainer.accumulate_grad_batches
         global_batch = per_device_batch_size(trainer) * trainer.world_size * accumulation
         if math.isinf(trainer.num_training_batches):
             raise ValueError("the train loader has no length; give it an epoch length (data.epoch_size)")
         steps_per_epoch = max(1, math.ceil(trainer.num_training_batches / accumulation))
-        total_steps = steps_per_epoch * max(trainer.max_epochs or 1, 1)
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        total_steps = steps_per_epoch * epochs if epochs else max(trainer.max_steps, 1)
         rates = self.optim_config.scaled(global_batch)
         log.info(
             "lr %.3g = %.3g per %d samples x global batch %d (%d steps/epoch, %d steps in all)",
