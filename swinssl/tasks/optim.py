@@ -10,7 +10,7 @@ to the peak, then cosine down to ``min_lr`` or a multistep decay by ``gamma`` at
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -42,9 +42,6 @@ class OptimConfig:
         """Absolute rates for this global batch."""
         factor = global_batch / self.reference_batch
         return dict(lr=self.base_lr * factor, warmup_lr=self.warmup_lr * factor, min_lr=self.min_lr * factor)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "betas": list(self.betas)}
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig, lr: float, **kwargs: Any) -> torch.optim.Optimizer:
