@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import warnings
 from importlib.resources import files
 
 import hydra
@@ -25,9 +24,6 @@ from swinssl.tasks.callbacks import ReconstructionImages
 log = logging.getLogger("swinssl.pretrain")
 RECIPES = "swinssl.recipes"
 # The demo recipe names its data as ${swinssl_demo_shards:}: built (once) only when a run reads it.
-# Expected on every run and not actionable: no val shards (an empty val loader), and no FLOP count for MFU.
-warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
-warnings.filterwarnings("ignore", message=r"When using the `ThroughputMonitor`, you need to define a `flops_per_batch`")
 OmegaConf.register_new_resolver("swinssl_demo_shards", lambda: demo_shards(), use_cache=True, replace=True)
 
 
@@ -57,8 +53,7 @@ def build(cfg: DictConfig) -> tuple[SimMIM, ImageShardDataModule]:
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
     )
     datamodule = ImageShardDataModule(
-        shards=OmegaConf.to_container(cfg.data.shards, resolve=True) if OmegaConf.is_list(cfg.data.shards)
-        else cfg.data.shards,
+        shards=cfg.data.shards,
         val_shards=cfg.data.val_shards,
         batch_size=cfg.data.batch_size,
         num_workers=cfg.data.num_workers,

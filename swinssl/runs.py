@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 RUN_ID_ENV = "SWINSSL_RUN_ID"
+# Expected on every run and not actionable: no val shards (an empty val loader), and no FLOP count for MFU.
+warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
+warnings.filterwarnings("ignore", message=r"When using the `ThroughputMonitor`, you need to define a `flops_per_batch`")
 
 
 def run_id() -> str:
@@ -92,8 +96,8 @@ def save_config(cfg: DictConfig, run_dir: Path) -> None:
 
 
 def batch_size(batch: dict[str, Any]) -> int:
-    """Samples in one of our batches (dicts with an ``image`` or ``video`` tensor)."""
-    return len(batch["image"] if "image" in batch else batch["video"])
+    """Samples in one of our batches (dicts with an ``image`` tensor)."""
+    return len(batch["image"])
 
 
 def build_trainer(trainer_cfg: DictConfig, run_dir: Path, checkpointing: DictConfig,

@@ -1,11 +1,17 @@
 """Learning-rate scaling, the per-step schedules, and the official no-weight-decay set."""
 
+import io
 import math
 
+import numpy as np
 import pytest
 import torch
+from lightning.pytorch import Trainer
+from PIL import Image
 
 from swinssl import SimMIM
+from swinssl.datamodules import ImageShardDataModule
+from swinssl.make_shards import ShardItem, write_shards
 from swinssl.tasks.optim import OptimConfig, build_optimizer, build_scheduler
 
 TINY = dict(arch="swinv2", img_size=64, window_size=2,
@@ -85,15 +91,6 @@ def test_official_no_weight_decay_set():
 
 def test_trainer_scales_the_peak_lr_by_the_real_global_batch(tmp_path):
     """Per-device batch 4 x 1 device x accumulation 2 = 8 samples per optimizer step."""
-    import io
-
-    import numpy as np
-    from lightning.pytorch import Trainer
-    from PIL import Image
-
-    from swinssl.datamodules import ImageShardDataModule
-    from swinssl.make_shards import ShardItem, write_shards
-
     def photo(seed):
         buffer = io.BytesIO()
         Image.fromarray(np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")

@@ -89,8 +89,11 @@ class SimMIM(LightningModule):
         if math.isinf(trainer.num_training_batches):
             raise ValueError("the train loader has no length; give it an epoch length (data.epoch_size)")
         steps_per_epoch = max(1, math.ceil(trainer.num_training_batches / accumulation))
-        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-        total_steps = steps_per_epoch * epochs if epochs else max(trainer.max_steps, 1)
+        # the schedule spans max_epochs; a run bounded by max_steps alone (max_epochs -1) spans max_steps
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            total_steps = steps_per_epoch * trainer.max_epochs
+        else:
+            total_steps = max(trainer.max_steps, 1)
         rates = self.optim_config.scaled(global_batch)
         log.info(
             "lr %.3g = %.3g per %d samples x global batch %d (%d steps/epoch, %d steps in all)",
