@@ -9,7 +9,7 @@ from importlib import import_module
 _PUBLIC = {
     "MaskGenerator": "swinssl.masking",
     "SimMIM": "swinssl.tasks",
-    "create_encoder": "swinssl.models",
+    "create_encoder": "swinssl.weights",
 }
 __all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from swinssl import MaskGenerator
-from swinssl.models import MaskedImageModel, create_encoder
+from swinssl.models import MaskedImageModel, build_encoder as create_encoder
 from swinssl.models.simmim import local_mean_var, masked_l1_loss, normalize_targets
 
 TINY = dict(arch="swinv2", embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4))

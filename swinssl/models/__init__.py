@@ -1,14 +1,17 @@
 """Pure nn.Modules: no Lightning, no I/O."""
 
 from swinssl.models.simmim import MaskedImageModel, SimMIMDecoder, masked_l1_loss, normalize_targets
-from swinssl.models.swinv2 import PRESETS, SwinV2Encoder, create_encoder
+from swinssl.models.swin import PRESETS, SwinEncoder, SwinV2Encoder, build_encoder, family_of, position_bias_windows
 
 __all__ = [
     "PRESETS",
     "MaskedImageModel",
     "SimMIMDecoder",
+    "SwinEncoder",
     "SwinV2Encoder",
-    "create_encoder",
+    "build_encoder",
+    "family_of",
     "masked_l1_loss",
     "normalize_targets",
+    "position_bias_windows",
 ]

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from swinssl.models.swinv2 import SwinV2Encoder
+from swinssl.models.swin import SwinV2Encoder
 
 
 class SimMIMDecoder(nn.Sequential):

@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
-from swinssl.models import MaskedImageModel, create_encoder
+from swinssl.models import MaskedImageModel
 from swinssl.tasks.optim import OptimConfig, build_optimizer, build_scheduler
+from swinssl.weights import CheckpointError, create_encoder, load_checkpoint, swinssl_metadata
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ class SimMIM(LightningModule):
     ``forward(images, mask) -> (loss, reconstruction)``; batches are dicts with ``image`` (B, 3, H, W)
     and the token ``mask`` (B, H / patch, W / patch) made by :class:`swinssl.MaskGenerator`.
     ``encoder`` holds the preset or family name and any size overrides for :func:`swinssl.create_encoder`.
+    ``checkpoint`` starts from any supported checkpoint (e.g. an official SimMIM ``.pth``): the encoder
+    with its mask token, and the decoder when the checkpoint has one.
     """
 
     def __init__(
@@ -43,10 +46,13 @@ class SimMIM(LightningModule):
         encoder: dict[str, Any] | None = None,
         norm_target_window: int | None = 47,
         optim: dict[str, Any] | None = None,
+        checkpoint: str | None = None,
+        trust_checkpoint: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.optim_config = OptimConfig(**(optim or {}))
+        source = load_checkpoint(checkpoint, trust_checkpoint) if checkpoint is not None else None
         backbone = create_encoder(
             arch,
             img_size=img_size,
@@ -54,9 +60,15 @@ class SimMIM(LightningModule):
             patch_size=patch_size,
             drop_path_rate=drop_path_rate,
             mask_token=True,
+            checkpoint=source,
             **(encoder or {}),
         )
         self.model = MaskedImageModel(backbone, norm_target_window=norm_target_window)
+        if source is not None and source.decoder:
+            try:
+                self.model.decoder.load_state_dict(source.decoder)
+            except RuntimeError as error:
+                raise CheckpointError(f"{source.source}: its SimMIM decoder does not fit this model ({error})") from None
         self.skipped_samples = 0
 
     @property
@@ -106,6 +118,9 @@ class SimMIM(LightningModule):
             total_steps=total_steps,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["swinssl"] = swinssl_metadata(self.encoder)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip by global norm (the official 5.0) and log the pre-clip norm."""

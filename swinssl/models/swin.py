@@ -1,4 +1,4 @@
-"""Swin V2 image encoders: timm's ``SwinTransformerV2`` plus what SimMIM and the H/G models need.
+"""Swin image encoders: timm's ``SwinTransformerV2`` (and V1 ``SwinTransformer``) plus what SimMIM and H/G need.
 
 Parameter names stay timm's, so timm state dicts load as they are. Additions:
 
@@ -7,6 +7,10 @@ Parameter names stay timm's, so timm state dicts load as they are. Additions:
 - the Swin V2 paper's extra LayerNorm on the main branch every ``extra_norm_period`` blocks of a stage,
   used by the H and G presets (named ``norm3`` as in timm's ``swinv2_cr``); the official release lacks it;
 - checks that turn an image size or window that cannot work into a one-line error before any compute.
+
+V1 (parameterized relative-position tables) is here to load official Swin V1 checkpoints and to compare
+against; it shares the mask-token entry so official V1 SimMIM checkpoints continue pretraining too.
+This module builds modules only; :func:`swinssl.create_encoder` (in ``swinssl.weights``) adds loading.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 
 import torch
 from timm.layers import trunc_normal_
+from timm.models.swin_transformer import SwinTransformer
 from timm.models.swin_transformer_v2 import SwinTransformerV2, SwinTransformerV2Block
 from torch import nn
 
@@ -32,26 +37,33 @@ PRESETS: dict[str, dict[str, Any]] = {
         embed_dim=512, depths=(2, 2, 42, 4), num_heads=(16, 32, 64, 128), extra_norm_period=6
     ),
 }
-FAMILY = "swinv2"
-FAMILY_DEFAULTS = PRESETS["swinv2_tiny"]
+# Swin V1 (timm's and the official sizes).
+PRESETS.update(
+    swin_tiny=dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
+    swin_small=dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
+    swin_base=dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+    swin_large=dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
+)
+FAMILIES = ("swinv2", "swin")
 
 
-class SwinV2Encoder(SwinTransformerV2):
-    """timm Swin V2 with an optional SimMIM mask token and the paper's periodic extra norm."""
+def family_of(arch: str) -> str:
+    """``swinv2_base`` -> ``swinv2``; ``swin_tiny`` or ``swin`` -> ``swin``."""
+    family = arch.split("_", 1)[0]
+    if family not in FAMILIES or (arch not in PRESETS and arch != family):
+        raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join([*PRESETS, *FAMILIES])}")
+    return family
 
-    def __init__(self, *, mask_token: bool = False, extra_norm_period: int = 0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.extra_norm_period = extra_norm_period
-        if mask_token:
+
+class MaskTokenEntry:
+    """Mixin for timm Swin models: the SimMIM mask token at the patch embedding, and ``stride``."""
+
+    def _init_mask_token(self, enabled: bool) -> None:
+        if enabled:
             self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
             trunc_normal_(self.mask_token, std=0.02)
         else:
             self.mask_token = None
-        if extra_norm_period:
-            for stage in self.layers:
-                for index, block in enumerate(stage.blocks):
-                    if (index + 1) % extra_norm_period == 0:
-                        _add_extra_norm(block)
 
     @property
     def stride(self) -> int:
@@ -79,6 +91,45 @@ class SwinV2Encoder(SwinTransformerV2):
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return super().no_weight_decay() | ({"mask_token"} if self.mask_token is not None else set())
+
+
+class SwinV2Encoder(MaskTokenEntry, SwinTransformerV2):
+    """timm Swin V2 with an optional SimMIM mask token and the paper's periodic extra norm."""
+
+    def __init__(self, *, mask_token: bool = False, extra_norm_period: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._init_mask_token(mask_token)
+        self.extra_norm_period = extra_norm_period
+        if extra_norm_period:
+            for stage in self.layers:
+                for index, block in enumerate(stage.blocks):
+                    if (index + 1) % extra_norm_period == 0:
+                        _add_extra_norm(block)
+
+
+class SwinEncoder(MaskTokenEntry, SwinTransformer):
+    """timm Swin V1 with an optional SimMIM mask token."""
+
+    def __init__(self, *, mask_token: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._init_mask_token(mask_token)
+
+
+ENCODERS = {"swinv2": SwinV2Encoder, "swin": SwinEncoder}
+
+
+def position_bias_windows(model: nn.Module) -> list[int]:
+    """Per stage, the window a Swin V2 position-bias MLP normalizes its coordinates by.
+
+    That is the pretrained window when one was set, else the stage's (clipped) window; a model moved
+    to a larger size must keep these, so checkpoints record them.
+    """
+    windows = []
+    for stage in model.layers:
+        attn = stage.blocks[0].attn
+        pretrained = getattr(attn, "pretrained_window_size", (0, 0))[0]
+        windows.append(int(pretrained) if pretrained > 0 else int(stage.blocks[0].window_size[0]))
+    return windows
 
 
 def _add_extra_norm(block: SwinTransformerV2Block) -> None:
@@ -123,18 +174,14 @@ def _window_tiles(img_size, patch_size: int, window: int, stages: int) -> bool:
 
 
 def resolve_arch(arch: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Preset name or bare family ``swinv2`` -> constructor arguments, explicit overrides winning."""
-    if arch in PRESETS:
-        base = dict(PRESETS[arch])
-    elif arch == FAMILY:
-        base = dict(FAMILY_DEFAULTS)
-    else:
-        raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join([*PRESETS, FAMILY])}")
+    """Preset name or bare family (``swinv2``, ``swin``) -> constructor arguments, explicit overrides winning."""
+    family = family_of(arch)
+    base = dict(PRESETS[arch] if arch in PRESETS else PRESETS[f"{family}_tiny"])
     base.update({key: value for key, value in overrides.items() if value is not None})
     return base
 
 
-def create_encoder(
+def build_encoder(
     arch: str = "swinv2_base",
     img_size: int | tuple[int, int] = 192,
     window_size: int = 12,
@@ -142,20 +189,24 @@ def create_encoder(
     num_classes: int = 0,
     mask_token: bool = False,
     **overrides: Any,
-) -> SwinV2Encoder:
-    """Build a Swin V2 encoder from a preset (``swinv2_{tiny,...,giant}``) or ``swinv2`` + explicit sizes.
+) -> SwinV2Encoder | SwinEncoder:
+    """A freshly initialized encoder from a preset (``swinv2_{tiny,...,giant}``, ``swin_{tiny,...,large}``)
+    or a family (``swinv2``, ``swin``) + explicit sizes.
 
     ``overrides`` go to the model (``embed_dim``, ``depths``, ``num_heads``, ``drop_path_rate``,
     ``pretrained_window_sizes``, ``extra_norm_period``, ...). ``num_classes=0`` gives a feature encoder.
     """
+    family = family_of(arch)
     kwargs = resolve_arch(arch, overrides)
+    if family == "swin" and {"pretrained_window_sizes", "extra_norm_period"} & kwargs.keys():
+        raise ValueError("pretrained_window_sizes and extra_norm_period are Swin V2 options; Swin V1 has neither")
     size = (img_size, img_size) if isinstance(img_size, int) else tuple(int(s) for s in img_size)
     kwargs["depths"] = tuple(kwargs["depths"])
     kwargs["num_heads"] = tuple(kwargs["num_heads"])
     if "pretrained_window_sizes" in kwargs:
         kwargs["pretrained_window_sizes"] = tuple(kwargs["pretrained_window_sizes"])
     _check_geometry(size, patch_size, window_size, kwargs["depths"], kwargs["embed_dim"], kwargs["num_heads"])
-    return SwinV2Encoder(
+    return ENCODERS[family](
         img_size=size,
         patch_size=patch_size,
         window_size=window_size,

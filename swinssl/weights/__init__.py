@@ -1,0 +1,19 @@
+"""Checkpoints in and out: format detection, loading at any size and window, export to timm."""
+
+from swinssl.weights.formats import Checkpoint, parse_checkpoint, swinssl_metadata, to_timm
+from swinssl.weights.io import CheckpointError, read_checkpoint
+from swinssl.weights.transfer import LoadReport, create_encoder, load_checkpoint, load_into, resize_bias_table
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "LoadReport",
+    "create_encoder",
+    "load_checkpoint",
+    "load_into",
+    "parse_checkpoint",
+    "read_checkpoint",
+    "resize_bias_table",
+    "swinssl_metadata",
+    "to_timm",
+]

@@ -1,0 +1,251 @@
+"""Checkpoint formats -> one canonical form: timm's key layout plus what the source says about itself.
+
+Formats are told apart by their keys, never by file names:
+
+- ``swinssl``: our Lightning ``.ckpt`` (``state_dict`` with module prefixes, ``hyper_parameters``, and a
+  ``swinssl`` entry recording the position-bias windows);
+- ``official``: Microsoft's Swin V1/V2 classification ``.pth`` (downsample at the *end* of a stage, ``head.``);
+- ``official-simmim``: Microsoft's SimMIM ``.pth`` (``encoder.``/``decoder.`` prefixes, ``rpe_mlp`` in
+  released V2 files where the code says ``cpb_mlp``, ``mask_token``);
+- ``timm``: timm state dicts (downsample at the *start* of a stage, ``head.fc``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from swinssl.models import position_bias_windows
+from swinssl.weights.io import CheckpointError
+
+FORMAT_NAMES = {
+    "swinssl": "swinssl Lightning checkpoint",
+    "official": "Microsoft official Swin classification checkpoint",
+    "official-simmim": "Microsoft official SimMIM checkpoint",
+    "timm": "timm state dict",
+}
+FAMILY_NAMES = {"swinv2": "Swin V2", "swin": "Swin V1"}
+ANCHOR = "patch_embed.proj.weight"  # every Swin encoder has it, whatever the prefix
+REBUILT_BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mask")
+
+
+@dataclass
+class Checkpoint:
+    """An encoder's weights in timm's layout, with the facts a transfer needs.
+
+    ``windows`` holds, per stage, the window the Swin V2 position-bias coordinates were normalized by
+    (the source's ``pretrained_window_sizes``), or the V1 bias-table window; None when the source does
+    not record it (plain timm state dicts).
+    """
+
+    format: str
+    family: str
+    state: dict[str, torch.Tensor]
+    arch: dict[str, Any]
+    windows: list[int] | None = None
+    decoder: dict[str, torch.Tensor] | None = None
+    hparams: dict[str, Any] | None = None
+    conversions: list[str] = field(default_factory=list)
+    source: str = "<state dict>"
+
+    @property
+    def num_classes(self) -> int:
+        head = self.state.get("head.fc.weight")
+        return 0 if head is None else int(head.shape[0])
+
+    def describe(self) -> str:
+        arch = ", ".join(f"{key} {value}" for key, value in self.arch.items())
+        return f"{FAMILY_NAMES[self.family]} ({arch})"
+
+
+def parse_checkpoint(raw: Mapping[str, Any], source: str = "<state dict>") -> Checkpoint:
+    """Detect the format of a loaded checkpoint and convert it to the canonical form."""
+    if "state_dict" in raw and ("pytorch-lightning_version" in raw or "hyper_parameters" in raw):
+        return _from_lightning(raw, source)
+    state, ignored = _unwrap(raw)
+    notes = [f"ignored training state: {', '.join(ignored)}"] if ignored else []
+    if any(key.startswith("encoder.") and key.endswith(ANCHOR) for key in state):
+        fmt = "official-simmim"
+        state, decoder = _split_prefix(state, "encoder."), _split_prefix(state, "decoder.")
+        notes.append(f"took the encoder ('encoder.' prefix removed) and the SimMIM decoder ({len(decoder)} keys)")
+    elif ANCHOR in state:
+        fmt = "official" if "layers.0.downsample.reduction.weight" in state else "timm"
+        decoder = None
+    else:
+        sample = ", ".join(list(state or raw)[:4]) or "none"
+        raise CheckpointError(
+            f"{source}: unrecognized checkpoint format; expected a swinssl Lightning checkpoint, a Microsoft "
+            f"official Swin/SimMIM .pth or a timm state dict (keys like '{ANCHOR}' or 'encoder.{ANCHOR}'), "
+            f"found keys: {sample}"
+        )
+    state, more_notes, windows = _canonical_keys(state, official_layout=fmt != "timm")
+    family = _family(state, source)
+    return Checkpoint(
+        format=fmt, family=family, state=state, arch=infer_architecture(state, family),
+        windows=windows, decoder=decoder or None, conversions=notes + more_notes, source=source,
+    )
+
+
+def _from_lightning(raw: Mapping[str, Any], source: str) -> Checkpoint:
+    full = raw["state_dict"]
+    anchors = sorted((key for key in full if key.endswith(ANCHOR)), key=len)
+    if not anchors:
+        raise CheckpointError(f"{source}: this Lightning checkpoint holds no Swin encoder (no '*{ANCHOR}' key)")
+    prefix = anchors[0][: -len(ANCHOR)]
+    parent = prefix.rstrip(".").rpartition(".")[0]
+    state = _split_prefix(full, prefix)
+    decoder = _split_prefix(full, f"{parent}.decoder." if parent else "decoder.") or None
+    state, notes, _ = _canonical_keys(state, official_layout=False)
+    family = _family(state, source)
+    meta = raw.get("swinssl") or {}
+    return Checkpoint(
+        format="swinssl", family=family, state=state, arch=infer_architecture(state, family),
+        windows=meta.get("position_bias_windows"), decoder=decoder, hparams=dict(raw.get("hyper_parameters") or {}),
+        conversions=[f"took the encoder under '{prefix}'"] + notes, source=source,
+    )
+
+
+def _unwrap(raw: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The tensor dict inside ``{"model": ...}`` / ``{"state_dict": ...}`` wrappers; names of what else was there."""
+    ignored: list[str] = []
+    state: Mapping[str, Any] = raw
+    for wrapper in ("model", "state_dict", "module"):
+        if isinstance(state.get(wrapper), Mapping):
+            ignored += [key for key in state if key != wrapper]
+            state = state[wrapper]
+    tensors = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+    if tensors and all(key.startswith("module.") for key in tensors):  # saved from a DDP wrapper
+        tensors = _split_prefix(tensors, "module.")
+    return tensors, ignored
+
+
+def _split_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+
+
+def _canonical_keys(
+    state: dict[str, torch.Tensor], official_layout: bool
+) -> tuple[dict[str, torch.Tensor], list[str], list[int] | None]:
+    """Rename to timm's layout and drop buffers rebuilt for the target size, noting each change."""
+    notes: list[str] = []
+    windows = recorded_windows(state)
+    renamed = {key.replace(".rpe_mlp.", ".cpb_mlp."): value for key, value in state.items()}
+    if count := sum(".rpe_mlp." in key for key in state):
+        notes.append(f"renamed rpe_mlp -> cpb_mlp ({count} keys)")
+    dropped = Counter(name for key in renamed for name in REBUILT_BUFFERS if key.endswith(name))
+    renamed = {key: value for key, value in renamed.items() if not key.endswith(REBUILT_BUFFERS)}
+    if dropped:
+        notes.append("dropped buffers rebuilt for the new size: "
+                     + ", ".join(f"{name} ({count})" for name, count in dropped.items()))
+    if official_layout:
+        renamed, moved = _timm_layout(renamed)
+        notes += moved
+    return renamed, notes, windows
+
+
+def _timm_layout(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Microsoft layout -> timm: the merge ending stage s starts stage s + 1; ``head.`` -> ``head.fc.``."""
+    out, moved, heads = {}, 0, 0
+    for key, value in state.items():
+        match = re.match(r"layers\.(\d+)\.downsample\.(.*)", key)
+        if match:
+            key, moved = f"layers.{int(match[1]) + 1}.downsample.{match[2]}", moved + 1
+        elif key.startswith("head."):
+            key, heads = f"head.fc.{key[len('head.'):]}", heads + 1
+        out[key] = value
+    notes = [f"moved patch merging from the end of each stage to the start of the next ({moved} keys)"]
+    if heads:
+        notes.append(f"renamed head -> head.fc ({heads} keys)")
+    return out, notes
+
+
+def recorded_windows(state: Mapping[str, torch.Tensor]) -> list[int] | None:
+    """Per-stage windows recorded in persistent buffers (official files), else None.
+
+    A V2 ``relative_coords_table`` of window W holds sign(u)·log2(1 + |u|)/3 with u = 8·d/(P - 1), so its
+    largest value gives back the window P the coordinates were normalized by (the pretrained window of
+    a fine-tuned file). A V1 table of (2W - 1)^2 rows gives its window W.
+    """
+    windows = []
+    for stage in range(_stage_count(state)):
+        coords = state.get(f"layers.{stage}.blocks.0.attn.relative_coords_table")
+        table = state.get(f"layers.{stage}.blocks.0.attn.relative_position_bias_table")
+        if coords is not None:
+            size = (coords.shape[1] + 1) // 2
+            peak = float(coords[..., 0].abs().max())
+            windows.append(size if size <= 1 or peak == 0 else round(1 + 8 * (size - 1) / (2 ** (3 * peak) - 1)))
+        elif table is not None:
+            windows.append((math.isqrt(table.shape[0]) + 1) // 2)
+        else:
+            return None
+    return windows or None
+
+
+def _stage_count(state: Mapping[str, Any]) -> int:
+    stages = {int(m[1]) for key in state if (m := re.match(r"layers\.(\d+)\.blocks\.", key))}
+    return max(stages) + 1 if stages else 0
+
+
+def _family(state: Mapping[str, torch.Tensor], source: str) -> str:
+    if any(".cpb_mlp." in key for key in state):
+        return "swinv2"
+    if any(key.endswith("relative_position_bias_table") for key in state):
+        return "swin"
+    raise CheckpointError(
+        f"{source}: neither Swin V2 (cpb_mlp) nor Swin V1 (relative_position_bias_table) attention weights found"
+    )
+
+
+def infer_architecture(state: Mapping[str, torch.Tensor], family: str) -> dict[str, Any]:
+    """Widths, depths, heads and patch size read off the tensor shapes."""
+    stages = _stage_count(state)
+    depths = tuple(
+        len({int(m[1]) for key in state if (m := re.match(rf"layers\.{s}\.blocks\.(\d+)\.", key))})
+        for s in range(stages)
+    )
+    head_source = "attn.logit_scale" if family == "swinv2" else "attn.relative_position_bias_table"
+    heads = tuple(
+        int(state[f"layers.{s}.blocks.0.{head_source}"].shape[0 if family == "swinv2" else 1]) for s in range(stages)
+    )
+    patch = state[ANCHOR]
+    arch: dict[str, Any] = dict(
+        embed_dim=int(patch.shape[0]), depths=depths, num_heads=heads, patch_size=int(patch.shape[-1])
+    )
+    extra = sorted({int(m[1]) + 1 for key in state if (m := re.match(r"layers\.\d+\.blocks\.(\d+)\.norm3\.", key))})
+    if extra:
+        arch["extra_norm_period"] = extra[0]
+    return arch
+
+
+def to_timm(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The state dict a timm ``SwinTransformerV2`` (V1: ``SwinTransformer``) loads strictly, and its arguments.
+
+    timm state dicts do not record image size, window or pretrained windows, so they come back as
+    constructor arguments to pass to timm along with the weights.
+    """
+    if "extra_norm_period" in checkpoint.arch:
+        raise CheckpointError(
+            f"{checkpoint.source}: the paper's extra LayerNorms (H/G models) have no place in timm's Swin; "
+            "keep this checkpoint in the swinssl format"
+        )
+    state = {key: value for key, value in checkpoint.state.items() if key != "mask_token"}
+    kwargs: dict[str, Any] = {key: checkpoint.arch[key] for key in ("embed_dim", "depths", "num_heads", "patch_size")}
+    kwargs["num_classes"] = checkpoint.num_classes
+    hparams = checkpoint.hparams or {}
+    for key in ("img_size", "window_size"):
+        if key in hparams:
+            kwargs[key] = hparams[key]
+    if checkpoint.family == "swinv2" and checkpoint.windows:
+        kwargs["pretrained_window_sizes"] = tuple(checkpoint.windows)
+    return state, kwargs
+
+
+def swinssl_metadata(encoder: torch.nn.Module) -> dict[str, Any]:
+    """What our Lightning checkpoints record next to the weights (key ``swinssl``) for later transfers."""
+    return {"position_bias_windows": position_bias_windows(encoder)}
