@@ -14,8 +14,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# The whole chain on the built-in photos: pretrain (recipe=demo), fine-tune the newest demo run at a
+# larger size and window (recipe=demo_ft), evaluate it.
 demo: install
 	$(PY) -m swinssl.pretrain
+	$(PY) -m swinssl.finetune
+	$(PY) -m swinssl.evaluate checkpoint=runs/demo_ft 'data=$${swinssl_demo_shards:}' num_workers=2
 
 test: install
 	$(PY) -m pytest

@@ -7,6 +7,7 @@ The public names load on first use, so command-line tools that need only part of
 from importlib import import_module
 
 _PUBLIC = {
+    "ImageClassifier": "swinssl.tasks",
     "MaskGenerator": "swinssl.masking",
     "SimMIM": "swinssl.tasks",
     "create_encoder": "swinssl.weights",

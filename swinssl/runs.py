@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 RUN_ID_ENV = "SWINSSL_RUN_ID"
 # Expected on every run and not actionable: no val shards (an empty val loader), and no FLOP count for MFU.
 warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")  # inside Lightning
 warnings.filterwarnings("ignore", message=r"When using the `ThroughputMonitor`, you need to define a `flops_per_batch`")
 
 

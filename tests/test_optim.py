@@ -104,3 +104,29 @@ def test_trainer_scales_the_peak_lr_by_the_real_global_batch(tmp_path):
                       enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, datamodule=data)
     assert trainer.optimizers[0].param_groups[0]["initial_lr"] == pytest.approx(1e-3 * 8 / 512)
+
+
+@pytest.mark.parametrize("family", ["swinv2", "swin"])
+def test_layer_decay_follows_the_official_swin_layer_ids(family):
+    """Official get_swin_layer: embed 0, block j of stage s sum(depths[:s]) + j + 1, the merge ending stage s
+    the id of that stage's last block, final norm and head N + 1; scale = decay^(N + 1 - id)."""
+    from swinssl.models import build_encoder
+
+    model = build_encoder(family, img_size=64, window_size=2, num_classes=3, mask_token=True, embed_dim=8,
+                          depths=(2, 1, 2, 1), num_heads=(1, 1, 2, 2))
+    optimizer = build_optimizer(model, OptimConfig(), lr=1.0, layer_decay=0.5)
+    scale = {id(p): group["lr_scale"] for group in optimizer.param_groups for p in group["params"]}
+    by_name = {name: scale[id(p)] for name, p in model.named_parameters()}
+    top = 7  # N + 1 with N = 6 blocks
+    expected_ids = {
+        "patch_embed.proj.weight": 0, "mask_token": 0,
+        "layers.0.blocks.1.mlp.fc1.weight": 2,
+        "layers.1.downsample.reduction.weight": 2,  # timm's merge at the start of stage 1 = end of stage 0
+        "layers.1.blocks.0.norm1.weight": 3,
+        "layers.2.downsample.norm.weight": 3,
+        "layers.2.blocks.1.mlp.fc2.bias": 5,
+        "layers.3.blocks.0.attn.qkv.weight": 6,
+        "norm.weight": top, "head.fc.weight": top,
+    }
+    for name, layer in expected_ids.items():
+        assert by_name[name] == pytest.approx(0.5 ** (top - layer)), name

@@ -15,6 +15,8 @@ This module builds modules only; :func:`swinssl.create_encoder` (in ``swinssl.we
 
 from __future__ import annotations
 
+import re
+from functools import partial
 from typing import Any
 
 import torch
@@ -55,8 +57,9 @@ def family_of(arch: str) -> str:
     return family
 
 
-class MaskTokenEntry:
-    """Mixin for timm Swin models: the SimMIM mask token at the patch embedding, and ``stride``."""
+class SwinExtras:
+    """Mixin for timm Swin models: the SimMIM mask token at the patch embedding, ``stride``, and the
+    official layer-decay grouping."""
 
     def _init_mask_token(self, enabled: bool) -> None:
         if enabled:
@@ -93,7 +96,30 @@ class MaskTokenEntry:
         return super().no_weight_decay() | ({"mask_token"} if self.mask_token is not None else set())
 
 
-class SwinV2Encoder(MaskTokenEntry, SwinTransformerV2):
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False):
+        """Fine grouping = the official SimMIM fine-tune layer ids (``get_swin_layer``), for timm's layer decay.
+
+        Patch embedding and mask token 0; block j of stage s: sum(depths[:s]) + j + 1; a merge layer (timm
+        puts it at the start of stage s) shares the id of the last block before it; final norm and head
+        N + 1, so they keep the full rate. timm's own grouping puts merges and the final norm one step off.
+        """
+        if coarse:
+            return super().group_matcher(coarse)
+        return partial(swin_layer_id, depths=[len(stage.blocks) for stage in self.layers])
+
+
+def swin_layer_id(name: str, depths: list[int]) -> int:
+    if name.startswith(("patch_embed.", "mask_token", "absolute_pos_embed")):
+        return 0
+    if match := re.match(r"layers\.(\d+)\.blocks\.(\d+)\.", name):
+        return sum(depths[: int(match[1])]) + int(match[2]) + 1
+    if match := re.match(r"layers\.(\d+)\.downsample\.", name):
+        return sum(depths[: int(match[1])])
+    return sum(depths) + 1
+
+
+class SwinV2Encoder(SwinExtras, SwinTransformerV2):
     """timm Swin V2 with an optional SimMIM mask token and the paper's periodic extra norm."""
 
     def __init__(self, *, mask_token: bool = False, extra_norm_period: int = 0, **kwargs: Any) -> None:
@@ -107,7 +133,7 @@ class SwinV2Encoder(MaskTokenEntry, SwinTransformerV2):
                         _add_extra_norm(block)
 
 
-class SwinEncoder(MaskTokenEntry, SwinTransformer):
+class SwinEncoder(SwinExtras, SwinTransformer):
     """timm Swin V1 with an optional SimMIM mask token."""
 
     def __init__(self, *, mask_token: bool = False, **kwargs: Any) -> None:

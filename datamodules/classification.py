@@ -1,0 +1,138 @@
+"""Labeled image shards -> classification batches: ``{"image", "label", "skipped"}``.
+
+For fine-tuning and evaluation. Streaming as in :mod:`.streaming`; the class count and names come
+from the ``classes.json`` that ``make_shards`` writes next to the shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from timm.data import create_transform
+
+from .images import IMAGENET_MEAN, IMAGENET_STD, load_rgb
+from .shards import SkipCounter
+from .streaming import Decoder, ShardDataModule
+
+EVAL_CROP_MODES = ("center", "squash")
+
+
+class LabeledDecodeStage(Decoder):
+    """Raw sample -> ``{"image", "label"}``; a sample without a ``cls`` label is skipped like a bad one."""
+
+    def __init__(self, transform: Callable, counter: SkipCounter) -> None:
+        super().__init__(counter)
+        self.transform = transform
+
+    def start(self) -> None:
+        # timm's transforms draw from Python's `random` (crops, magnitudes, erasing), numpy's (RandAugment's
+        # op choice) and torch's: seed the first two from torch, which the loader seeds per worker and seed.
+        seed = int(torch.randint(2**32 - 1, ()))
+        random.seed(seed)
+        np.random.seed(seed)
+
+    def decode(self, sample: dict) -> dict:
+        if "cls" not in sample:
+            raise KeyError(f"no class label (cls) among keys {sorted(sample)}")
+        label = int(sample["cls"])
+        return {"image": self.transform(load_rgb(sample)), "label": label}
+
+
+def read_class_names(urls: Sequence[str]) -> list[str] | None:
+    """The ``classes.json`` list in the folder of the first of ``urls`` that has one (remote: none)."""
+    for url in urls:
+        path = os.path.join(os.path.dirname(url), "classes.json")
+        if os.path.isfile(path):
+            with open(path) as file:
+                return json.load(file)
+    return None
+
+
+class ClassificationShardDataModule(ShardDataModule):
+    """Labeled image batches with the official Swin/SimMIM fine-tuning augmentation.
+
+    Training: random resized crop, flip, RandAugment, random erasing (``color_jitter`` only acts with
+    ``auto_augment=None``, as in timm and the official code). Evaluation: ``eval_crop_mode="center"``
+    resizes the shorter side to ``int(img_size / eval_crop_pct)`` and takes the central square (official
+    ``TEST.CROP=True``); ``"squash"`` resizes to ``img_size`` x ``img_size`` and ignores
+    ``eval_crop_pct`` (official 384 px configs). ``shards=None`` makes an evaluation-only module.
+    """
+
+    def __init__(
+        self,
+        shards: str | Sequence[str] | None = None,
+        val_shards: str | Sequence[str] | None = None,
+        batch_size: int = 64,
+        num_workers: int = 4,
+        epoch_size: int = 1_281_167,
+        shuffle_buffer: int = 2000,
+        img_size: int = 224,
+        seed: int = 0,
+        num_classes: int | None = None,
+        auto_augment: str | None = "rand-m9-mstd0.5-inc1",
+        color_jitter: float | None = 0.4,
+        crop_scale: Sequence[float] = (0.08, 1.0),
+        crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
+        hflip: float = 0.5,
+        re_prob: float = 0.25,
+        re_mode: str = "pixel",
+        re_count: int = 1,
+        interpolation: str = "bicubic",
+        eval_crop_pct: float = 0.875,
+        eval_crop_mode: str = "center",
+    ) -> None:
+        if img_size <= 0:
+            raise ValueError(f"img_size must be positive, got {img_size}")
+        if not 0 < eval_crop_pct <= 1:
+            raise ValueError(f"eval_crop_pct must be in (0, 1], got {eval_crop_pct}")
+        if eval_crop_mode not in EVAL_CROP_MODES:
+            raise ValueError(f"eval_crop_mode must be one of {EVAL_CROP_MODES}, got {eval_crop_mode!r}")
+        super().__init__(shards, val_shards, batch_size, num_workers, epoch_size, shuffle_buffer, seed)
+        # timm, not albumentations: albumentations has no RandAugment, and timm's is the official pipeline.
+        self.train_transform = create_transform(
+            img_size,
+            is_training=True,
+            scale=tuple(crop_scale),
+            ratio=tuple(crop_ratio),
+            hflip=hflip,
+            color_jitter=color_jitter,
+            auto_augment=auto_augment,
+            interpolation=interpolation,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            re_prob=re_prob,
+            re_mode=re_mode,
+            re_count=re_count,
+        )
+        self.eval_transform = create_transform(
+            img_size,
+            is_training=False,
+            interpolation=interpolation,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            # timm's squash resizes to img_size / crop_pct before its centre crop; 1.0 makes it a plain resize.
+            crop_pct=eval_crop_pct if eval_crop_mode == "center" else 1.0,
+            crop_mode=eval_crop_mode,
+        )
+        self._class_names = read_class_names([urls[0] for urls in (self.train_urls, self.val_urls) if urls])
+        self._num_classes = num_classes
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The names in ``classes.json`` next to the first train (else val) shard, or None."""
+        return self._class_names
+
+    @property
+    def num_classes(self) -> int | None:
+        """The ``num_classes`` argument if given, else the number of class names, else None."""
+        if self._num_classes is not None:
+            return self._num_classes
+        return len(self._class_names) if self._class_names is not None else None
+
+    def decoder(self, counter: SkipCounter, train: bool) -> LabeledDecodeStage:
+        return LabeledDecodeStage(self.train_transform if train else self.eval_transform, counter)

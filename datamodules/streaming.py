@@ -1,0 +1,135 @@
+"""The streaming machinery every shard DataModule shares; subclasses only say how a sample is decoded.
+
+Training streams resampled shards with a fixed number of batches per rank, so DDP ranks never wait on
+each other at the end of an epoch; validation reads each shard once, keeping the partial last batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from functools import partial
+
+import lightning as L
+import numpy as np
+import torch
+import webdataset as wds
+
+from .shards import SkipCounter, rank_shards, resolve_shards
+
+
+class Decoder:
+    """Pipeline stage base: raw sample -> decoded dict; a sample ``decode`` raises on is counted and dropped."""
+
+    def __init__(self, counter: SkipCounter) -> None:
+        self.counter = counter
+
+    def start(self) -> None:
+        """Called once per pass, inside the worker: reseed RNGs that arrive pickled with the same state."""
+
+    def decode(self, sample: dict) -> dict:
+        raise NotImplementedError
+
+    def __call__(self, samples: Iterable[dict]) -> Iterator[dict]:
+        self.start()
+        for sample in samples:
+            try:
+                decoded = self.decode(sample)
+            except Exception as exn:  # noqa: BLE001 - any unreadable sample is skipped and counted
+                self.counter.record(exn, sample.get("__key__"))
+                continue
+            yield decoded
+
+
+def collate(samples: list[dict], counter: SkipCounter) -> dict[str, torch.Tensor]:
+    """Stack tensors and turn ints into int64; ``skipped`` is this worker's skip count since its last batch."""
+    batch = {}
+    for key in samples[0]:
+        values = [sample[key] for sample in samples]
+        is_tensor = isinstance(values[0], torch.Tensor)
+        batch[key] = torch.stack(values) if is_tensor else torch.tensor(values, dtype=torch.int64)
+    batch["skipped"] = torch.tensor(counter.take(), dtype=torch.int64)
+    return batch
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Batches from WebDataset shards; subclasses implement :meth:`decoder`.
+
+    ``epoch_size`` counts samples of the whole job per epoch; each rank yields ``batches_per_rank`` full
+    batches of ``batch_size``. ``seed`` fixes shard resampling, shuffling and the workers' RNGs, so a run
+    is reproducible for a given world size and worker count. ``shards=None`` makes an evaluation-only
+    module.
+    """
+
+    def __init__(
+        self,
+        shards: str | Sequence[str] | None,
+        val_shards: str | Sequence[str] | None,
+        batch_size: int,
+        num_workers: int,
+        epoch_size: int,
+        shuffle_buffer: int,
+        seed: int,
+    ) -> None:
+        super().__init__()
+        # Resolved here so that a bad path fails before any model is built.
+        self.train_urls = resolve_shards(shards) if shards is not None else None
+        self.val_urls = resolve_shards(val_shards) if val_shards is not None else None
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.epoch_size = epoch_size
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.rank, self.world_size = 0, 1
+
+    def decoder(self, counter: SkipCounter, train: bool) -> Decoder:
+        """The decode stage of the training (``train``) or the validation pipeline."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.trainer is not None:
+            self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
+
+    @property
+    def batches_per_rank(self) -> int:
+        return max(1, self.epoch_size // (self.batch_size * self.world_size))
+
+    def train_dataloader(self) -> wds.WebLoader:
+        if self.train_urls is None:
+            raise ValueError(f"{type(self).__name__} has no training shards; pass shards= to train")
+        # One seed per rank drives shard draws, shuffling and the workers' torch RNGs (augmentation,
+        # masks): reproducible for a given seed, and distinct across ranks.
+        seed = int(np.random.SeedSequence([self.seed, self.rank]).generate_state(1)[0])
+        counter = SkipCounter()
+        pipeline = wds.DataPipeline(
+            # Resampling within this rank's shards: disjoint across ranks, endless within one.
+            wds.ResampledShards(
+                rank_shards(self.train_urls, self.rank, self.world_size), seed=seed, deterministic=True
+            ),
+            wds.tarfile_to_samples(handler=counter.handler),
+            wds.detshuffle(self.shuffle_buffer, seed=seed),  # before decoding: the buffer holds bytes
+            self.decoder(counter, train=True),
+            wds.batched(self.batch_size, partial=False, collation_fn=partial(collate, counter=counter)),
+        )
+        loader = wds.WebLoader(
+            pipeline,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        # The epoch is counted on the loader (batches of this rank), not in each worker's stream.
+        return loader.with_epoch(self.batches_per_rank).with_length(self.batches_per_rank, silent=True)
+
+    def val_dataloader(self) -> wds.WebLoader | list:
+        if self.val_urls is None:
+            return []
+        counter = SkipCounter()
+        urls = rank_shards(self.val_urls, self.rank, self.world_size)
+        pipeline = wds.DataPipeline(
+            wds.SimpleShardList(urls),
+            wds.split_by_worker,
+            wds.tarfile_to_samples(handler=counter.handler),
+            self.decoder(counter, train=False),
+            wds.batched(self.batch_size, partial=True, collation_fn=partial(collate, counter=counter)),
+        )
+        return wds.WebLoader(pipeline, batch_size=None, num_workers=min(self.num_workers, len(urls)))

@@ -1,0 +1,84 @@
+"""What the Hydra entry points share: recipe lookup, one-line errors for bad input, and the training run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.resources import files
+from pathlib import Path
+
+from lightning.pytorch import Callback, LightningDataModule, LightningModule
+from omegaconf import DictConfig, OmegaConf
+
+from swinssl.demo_data import demo_shards
+from swinssl.runs import Run, build_trainer, prepare_run, save_config
+
+log = logging.getLogger("swinssl")
+RECIPES = "swinssl.recipes"
+# The demo recipes name their data as ${swinssl_demo_shards:}: built (once) only when a run reads it.
+OmegaConf.register_new_resolver("swinssl_demo_shards", lambda: demo_shards(), use_cache=True, replace=True)
+
+
+def recipe_task(name: str) -> str:
+    """The entry point a recipe belongs to (its ``task:`` key)."""
+    return OmegaConf.load(files(RECIPES) / "recipe" / f"{name}.yaml").get("task", "pretrain")
+
+
+def available_recipes(task: str | None = None) -> list[str]:
+    names = sorted(entry.name[: -len(".yaml")] for entry in (files(RECIPES) / "recipe").iterdir()
+                   if entry.name.endswith(".yaml"))
+    return [name for name in names if task is None or recipe_task(name) == task]
+
+
+def check_recipe_argument(argv: list[str], task: str) -> None:
+    """Fail in one line on an unknown ``recipe=``, or one made for another entry point, before Hydra runs."""
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+~") != "recipe" or not value:
+            continue
+        if value not in available_recipes():
+            raise SystemExit(f"error: unknown recipe {value!r}; choose one of: {', '.join(available_recipes(task))}")
+        if (other := recipe_task(value)) != task:
+            raise SystemExit(f"error: {value!r} is a {other} recipe; run it with python -m swinssl.{other} recipe={value}")
+
+
+def resolve_checkpoint(checkpoint: str | None) -> str | None:
+    """A file as is; a folder (a run, or all runs of a recipe) -> the newest ``last.ckpt`` inside it."""
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint)
+    if path.is_dir():
+        found = sorted(path.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise FileNotFoundError(f"no last.ckpt under {path}; train one first or pass checkpoint=<file>")
+        return str(found[-1])
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return str(path)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Bad paths, sizes and checkpoints end the program with one ``error:`` line instead of a traceback."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def start_run(cfg: DictConfig, recipe: str) -> Run:
+    """The run directory, ``runs/<recipe>/<run id>`` or ``out_dir``, and the checkpoint ``resume`` points at."""
+    with user_errors():
+        return prepare_run(recipe, cfg.out_dir, cfg.resume)
+
+
+def train(cfg: DictConfig, run: Run, model: LightningModule, datamodule: LightningDataModule,
+          callbacks: list[Callback] = ()) -> None:
+    """Fit in the run directory, resuming when the run has a checkpoint; save a final last.ckpt."""
+    log.info("run directory: %s%s", run.dir, f" (resuming {run.resume_from})" if run.resume_from else "")
+    save_config(cfg, run.dir)
+    trainer = build_trainer(cfg.trainer, run.dir, cfg.checkpointing, callbacks=list(callbacks))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=run.resume_from)
+    trainer.save_checkpoint(run.dir / "checkpoints" / "last.ckpt", weights_only=False)  # resumable
+    log.info("done: %s", run.dir)

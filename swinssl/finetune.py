@@ -1,0 +1,71 @@
+"""``python -m swinssl.finetune recipe=<name> checkpoint=<path> key=value ...``: image classification.
+
+The checkpoint may be any supported format (ours, Microsoft's official Swin/SimMIM ``.pth``, timm) or a
+run folder (its newest ``last.ckpt``); it is moved to the recipe's image size and window on load. With no
+arguments it runs ``recipe=demo_ft`` on the newest ``recipe=demo`` pretraining run.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch import seed_everything
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from omegaconf import DictConfig, OmegaConf
+
+from swinssl.cli import RECIPES, check_recipe_argument, resolve_checkpoint, start_run, train, user_errors
+from swinssl.datamodules import ClassificationShardDataModule
+from swinssl.tasks import ImageClassifier
+
+
+def build(cfg: DictConfig, resuming: bool = False) -> tuple[ImageClassifier, ClassificationShardDataModule]:
+    """The model and data a config describes; bad sizes, shards and checkpoints raise here, before any compute."""
+    data = cfg.data
+    datamodule = ClassificationShardDataModule(
+        shards=data.shards, val_shards=data.val_shards, batch_size=data.batch_size, num_workers=data.num_workers,
+        epoch_size=data.epoch_size, shuffle_buffer=data.shuffle_buffer, img_size=cfg.model.img_size, seed=cfg.seed,
+        num_classes=cfg.model.num_classes, auto_augment=data.auto_augment, color_jitter=data.color_jitter,
+        crop_scale=tuple(data.crop_scale), re_prob=data.re_prob, interpolation=data.interpolation,
+        eval_crop_pct=data.eval_crop_pct, eval_crop_mode=data.eval_crop_mode,
+    )
+    num_classes = datamodule.num_classes
+    if num_classes is None:
+        raise ValueError("cannot tell the number of classes: set model.num_classes, or write the shards with "
+                         "python -m swinssl.make_shards from class folders (it writes classes.json)")
+    mixup = OmegaConf.to_container(cfg.finetune.mixup, resolve=True) if cfg.finetune.mixup is not None else None
+    if mixup is not None and data.batch_size % 2:
+        raise ValueError(f"Mixup/CutMix mixes pairs: data.batch_size must be even, got {data.batch_size}")
+    model = ImageClassifier(
+        arch=cfg.model.arch, num_classes=num_classes, img_size=cfg.model.img_size,
+        window_size=cfg.model.window_size, patch_size=cfg.model.patch_size, drop_path_rate=cfg.model.drop_path_rate,
+        encoder=OmegaConf.to_container(cfg.model.encoder, resolve=True),
+        checkpoint=None if resuming else resolve_checkpoint(cfg.checkpoint), trust_checkpoint=cfg.trust_checkpoint,
+        layer_decay=cfg.finetune.layer_decay, mixup=mixup, label_smoothing=cfg.finetune.label_smoothing,
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+    )
+    return model, datamodule
+
+
+def finetune(cfg: DictConfig, recipe: str) -> None:
+    seed_everything(cfg.seed, workers=True)
+    run = start_run(cfg, recipe)
+    with user_errors():
+        model, datamodule = build(cfg, resuming=run.resume_from is not None)
+    callbacks = [EMAWeightAveraging(decay=cfg.finetune.ema_decay)] if cfg.finetune.ema_decay else []
+    train(cfg, run, model, datamodule, callbacks=callbacks)
+
+
+@hydra.main(config_path=f"pkg://{RECIPES}", config_name="finetune", version_base="1.3")
+def _main(cfg: DictConfig) -> None:
+    finetune(cfg, recipe=HydraConfig.get().runtime.choices["recipe"])
+
+
+def main() -> None:
+    check_recipe_argument(sys.argv[1:], task="finetune")
+    _main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""What every swinssl training task shares: the batch-scaled schedule, clipping, skip counts, checkpoint metadata."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from torch import nn
+
+from swinssl.tasks.optim import OptimConfig, build_optimizer, build_scheduler
+from swinssl.weights import Checkpoint, load_checkpoint, swinssl_metadata
+
+log = logging.getLogger("swinssl.tasks")
+
+
+def per_device_batch_size(trainer: Trainer) -> int:
+    """The batch one device sees per step, from the datamodule (our pipelines batch in the workers)."""
+    batch_size = getattr(trainer.datamodule, "batch_size", None)
+    if batch_size is None:
+        batch_size = getattr(trainer.train_dataloader, "batch_size", None)
+    if not batch_size:
+        raise ValueError("cannot tell the per-device batch size: train with a datamodule that has `batch_size`")
+    return int(batch_size)
+
+
+class SwinTask(LightningModule):
+    """Base of the tasks. Subclasses set ``optim_config`` and implement ``encoder`` and ``optimized_module``."""
+
+    optim_config: OptimConfig
+    skipped_samples: int = 0
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path | Checkpoint, trust_checkpoint: bool = False, **overrides: Any) -> SwinTask:
+        """This task from any supported checkpoint; explicit ``overrides`` win.
+
+        A swinssl checkpoint brings back its own arguments (a fine-tuned model evaluates as it was
+        trained unless, e.g., ``img_size``/``window_size`` say otherwise); other formats give the family
+        and sizes read off the weights (:meth:`arguments_from_weights`).
+        """
+        source = load_checkpoint(checkpoint, trust_checkpoint)
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "checkpoint", "trust_checkpoint"}
+        saved = {key: value for key, value in (source.hparams or {}).items() if key in accepted}
+        return cls(checkpoint=source, **{**cls.arguments_from_weights(source), **saved, **overrides})
+
+    @classmethod
+    def arguments_from_weights(cls, source: Checkpoint) -> dict[str, Any]:
+        return {"arch": source.family}
+
+    @property
+    def encoder(self) -> nn.Module:
+        raise NotImplementedError
+
+    def optimized_module(self) -> nn.Module:
+        """The module whose parameter names define the weight-decay and layer-decay groups."""
+        raise NotImplementedError
+
+    def optimizer_kwargs(self) -> dict[str, Any]:
+        """Extra arguments for timm's optimizer factory (e.g. ``layer_decay``)."""
+        return {}
+
+    def log_skipped(self, batch: dict[str, torch.Tensor]) -> None:
+        if "skipped" in batch:
+            self.skipped_samples += int(batch["skipped"])
+            self.log("data/skipped", float(self.skipped_samples), reduce_fx="max")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW + per-step schedule, rates per 512 samples scaled by the real global batch."""
+        trainer = self.trainer
+        if trainer.train_dataloader is None:
+            trainer.fit_loop.setup_data()  # the schedule is in epochs: it needs the loader's length
+        accumulation = trainer.accumulate_grad_batches
+        global_batch = per_device_batch_size(trainer) * trainer.world_size * accumulation
+        if math.isinf(trainer.num_training_batches):
+            raise ValueError("the train loader has no length; give it an epoch length (data.epoch_size)")
+        steps_per_epoch = max(1, math.ceil(trainer.num_training_batches / accumulation))
+        # the schedule spans max_epochs; a run bounded by max_steps alone (max_epochs -1) spans max_steps
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            total_steps = steps_per_epoch * trainer.max_epochs
+        else:
+            total_steps = max(trainer.max_steps, 1)
+        config = self.optim_config
+        rates = config.scaled(global_batch)
+        log.info(
+            "lr %.3g = %.3g per %d samples x global batch %d (%d steps/epoch, %d steps in all)",
+            rates["lr"], config.base_lr, config.reference_batch, global_batch, steps_per_epoch, total_steps,
+        )
+        optimizer = build_optimizer(self.optimized_module(), config, lr=rates["lr"], **self.optimizer_kwargs())
+        scheduler = build_scheduler(
+            optimizer, config, global_batch=global_batch, steps_per_epoch=steps_per_epoch, total_steps=total_steps
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip by global norm (the official 5.0) and log the pre-clip norm."""
+        max_norm = float(gradient_clip_val) if gradient_clip_val else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
+        self.log("train/grad_norm", norm)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["swinssl"] = swinssl_metadata(self.encoder)

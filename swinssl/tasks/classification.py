@@ -1,0 +1,113 @@
+"""``swinssl.ImageClassifier``: fine-tuning a Swin encoder for image classification, as the official SimMIM recipe does.
+
+Layer-wise learning-rate decay with the official layer ids, drop path, Mixup/CutMix with label smoothing
+(timm), a per-step warmup + cosine schedule, and torchmetrics top-1/top-5. The encoder comes from any
+supported checkpoint at any image size and window (see :mod:`swinssl.weights`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from torchmetrics.classification import MulticlassAccuracy
+
+from swinssl.tasks.base import SwinTask
+from swinssl.tasks.optim import OptimConfig
+from swinssl.weights import Checkpoint, create_encoder, load_checkpoint
+
+log = logging.getLogger(__name__)
+MIXUP_DEFAULTS = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode="batch")
+
+
+class ImageClassifier(SwinTask):
+    """A Swin encoder with a linear head; batches are dicts with ``image`` (B, 3, H, W) and ``label`` (B,).
+
+    ``checkpoint`` is any supported checkpoint (path); ``mixup`` holds timm ``Mixup`` arguments
+    (``{}`` for the official 0.8 / 1.0 defaults, None to switch mixing off); ``label_smoothing`` applies
+    in both cases. ``layer_decay`` None trains every layer at the full rate.
+    """
+
+    def __init__(
+        self,
+        arch: str = "swinv2_base",
+        num_classes: int = 1000,
+        img_size: int = 224,
+        window_size: int = 14,
+        patch_size: int | None = None,
+        drop_path_rate: float = 0.1,
+        encoder: dict[str, Any] | None = None,
+        checkpoint: str | Checkpoint | None = None,
+        trust_checkpoint: bool = False,
+        layer_decay: float | None = 0.75,
+        mixup: dict[str, Any] | None = None,
+        label_smoothing: float = 0.1,
+        optim: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"an image classifier needs num_classes >= 1, got {num_classes}")
+        source = load_checkpoint(checkpoint, trust_checkpoint) if checkpoint is not None else None
+        self.save_hyperparameters(ignore=["checkpoint"])
+        self.hparams["checkpoint"] = source.source if source is not None else None  # a path, never weights
+        self.optim_config = OptimConfig(**{"schedule": "cosine", **(optim or {})})
+        self.model = create_encoder(
+            arch, img_size=img_size, window_size=window_size, patch_size=patch_size, num_classes=num_classes,
+            drop_path_rate=drop_path_rate, checkpoint=source, **(encoder or {}),
+        )
+        self.mixup = None
+        if mixup is not None:
+            self.mixup = Mixup(**{**MIXUP_DEFAULTS, **mixup}, label_smoothing=label_smoothing, num_classes=num_classes)
+            self.train_loss = SoftTargetCrossEntropy()
+        else:
+            self.train_loss = LabelSmoothingCrossEntropy(label_smoothing) if label_smoothing else torch.nn.CrossEntropyLoss()
+        top_k = min(5, num_classes)
+        self.top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.top5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
+        self.top5_name = f"top{top_k}"
+
+    @classmethod
+    def arguments_from_weights(cls, source: Checkpoint) -> dict[str, Any]:
+        return {"arch": source.family, "num_classes": source.num_classes}
+
+    @property
+    def encoder(self) -> torch.nn.Module:
+        return self.model
+
+    def optimized_module(self) -> torch.nn.Module:
+        return self.model
+
+    def optimizer_kwargs(self) -> dict[str, Any]:
+        return {"layer_decay": self.hparams.layer_decay} if self.hparams.layer_decay else {}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch["image"], batch["label"]
+        if self.mixup is not None:
+            images, labels = self.mixup(images, labels)
+        loss = self.train_loss(self(images), labels)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", max(group["lr"] for group in self.optimizers().param_groups))
+        self.log_skipped(batch)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+        logits = self(batch["image"])
+        labels = batch["label"]
+        size = labels.shape[0]
+        self.top1(logits, labels)
+        self.top5(logits, labels)
+        self.log(f"{stage}/loss", torch.nn.functional.cross_entropy(logits, labels), sync_dist=True, batch_size=size)
+        self.log(f"{stage}/top1", self.top1, prog_bar=True, batch_size=size)
+        self.log(f"{stage}/{self.top5_name}", self.top5, batch_size=size)

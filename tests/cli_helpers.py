@@ -1,0 +1,19 @@
+"""Running the real ``python -m swinssl.*`` CLIs from tests, and a tiny model's overrides."""
+
+import os
+import subprocess
+import sys
+
+# A ~30k-parameter Swin V2 at 64 px: 16 px mask units, windows 2/2/2/2 (clipped at the last stage).
+TINY = [
+    "recipe=demo", "model.img_size=64", "model.window_size=2", "simmim.mask_patch_size=16",
+    "model.encoder.embed_dim=16", "model.encoder.depths=[1,1,1,1]", "model.encoder.num_heads=[1,2,2,4]",
+    "data.batch_size=4", "data.num_workers=0", "data.epoch_size=16", "data.shuffle_buffer=8",
+    "trainer.log_every_n_steps=1", "trainer.enable_model_summary=false",
+]
+
+
+def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    env.pop("SWINSSL_RUN_ID", None)
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, env=env)
