@@ -7,7 +7,6 @@ size it was not trained at (the weights move through log-CPB as on any load).
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import hydra
@@ -19,8 +18,6 @@ from swinssl.datamodules import ClassificationShardDataModule
 from swinssl.runs import select_precision
 from swinssl.tasks import ImageClassifier
 from swinssl.weights import load_checkpoint
-
-log = logging.getLogger("swinssl.evaluate")
 
 
 def load_classifier(cfg: DictConfig) -> tuple[ImageClassifier, str]:

@@ -7,7 +7,6 @@ supported checkpoint at any image size and window (see :mod:`swinssl.weights`).
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
@@ -19,7 +18,6 @@ from swinssl.tasks.base import SwinTask
 from swinssl.tasks.optim import OptimConfig
 from swinssl.weights import Checkpoint, create_encoder, load_checkpoint
 
-log = logging.getLogger(__name__)
 MIXUP_DEFAULTS = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode="batch")
 
 

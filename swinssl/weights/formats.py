@@ -59,10 +59,6 @@ class Checkpoint:
         head = self.state.get("head.fc.weight")
         return 0 if head is None else int(head.shape[0])
 
-    def describe(self) -> str:
-        arch = ", ".join(f"{key} {value}" for key, value in self.arch.items())
-        return f"{FAMILY_NAMES[self.family]} ({arch})"
-
 
 def parse_checkpoint(raw: Mapping[str, Any], source: str = "<state dict>") -> Checkpoint:
     """Detect the format of a loaded checkpoint and convert it to the canonical form."""
