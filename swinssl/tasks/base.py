@@ -47,6 +47,14 @@ class SwinTask(LightningModule):
         saved = {key: value for key, value in (source.hparams or {}).items() if key in accepted}
         return cls(checkpoint=source, **{**cls.arguments_from_weights(source), **saved, **overrides})
 
+    def save_arguments(self, checkpoint: str | Path | Checkpoint | None, trust_checkpoint: bool) -> Checkpoint | None:
+        """``save_hyperparameters`` of the caller, recording ``checkpoint`` as a path (never the weights);
+        returns the checkpoint loaded."""
+        source = load_checkpoint(checkpoint, trust_checkpoint) if checkpoint is not None else None
+        self.save_hyperparameters(ignore=["checkpoint"], frame=inspect.currentframe().f_back)
+        self.hparams["checkpoint"] = source.source if source is not None else None
+        return source
+
     @classmethod
     def arguments_from_weights(cls, source: Checkpoint) -> dict[str, Any]:
         return {"arch": source.family}

@@ -16,7 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from swinssl.tasks.base import SwinTask
 from swinssl.tasks.optim import OptimConfig
-from swinssl.weights import Checkpoint, create_encoder, load_checkpoint
+from swinssl.weights import Checkpoint, create_encoder
 
 MIXUP_DEFAULTS = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode="batch")
 
@@ -48,9 +48,7 @@ class ImageClassifier(SwinTask):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"an image classifier needs num_classes >= 1, got {num_classes}")
-        source = load_checkpoint(checkpoint, trust_checkpoint) if checkpoint is not None else None
-        self.save_hyperparameters(ignore=["checkpoint"])
-        self.hparams["checkpoint"] = source.source if source is not None else None  # a path, never weights
+        source = self.save_arguments(checkpoint, trust_checkpoint)
         self.optim_config = OptimConfig(**{"schedule": "cosine", **(optim or {})})
         self.model = create_encoder(
             arch, img_size=img_size, window_size=window_size, patch_size=patch_size, num_classes=num_classes,

@@ -9,7 +9,7 @@ import torch
 from swinssl.models import MaskedImageModel
 from swinssl.tasks.base import SwinTask
 from swinssl.tasks.optim import OptimConfig
-from swinssl.weights import Checkpoint, CheckpointError, create_encoder, load_checkpoint
+from swinssl.weights import Checkpoint, CheckpointError, create_encoder
 
 
 class SimMIM(SwinTask):
@@ -36,9 +36,7 @@ class SimMIM(SwinTask):
         trust_checkpoint: bool = False,
     ) -> None:
         super().__init__()
-        source = load_checkpoint(checkpoint, trust_checkpoint) if checkpoint is not None else None
-        self.save_hyperparameters(ignore=["checkpoint"])
-        self.hparams["checkpoint"] = source.source if source is not None else None  # a path, never weights
+        source = self.save_arguments(checkpoint, trust_checkpoint)
         self.optim_config = OptimConfig(**(optim or {}))
         backbone = create_encoder(
             arch,
