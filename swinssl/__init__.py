@@ -10,7 +10,9 @@ _PUBLIC = {
     "ImageClassifier": "swinssl.tasks",
     "MaskGenerator": "swinssl.masking",
     "SimMIM": "swinssl.tasks",
+    "VideoClassifier": "swinssl.tasks",
     "create_encoder": "swinssl.weights",
+    "create_video_encoder": "swinssl.weights",
 }
 __all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"

@@ -91,10 +91,22 @@ class SwinExtras:
         """(B, 3, H, W) -> final-normed (B, H/32, W/32, C_out) features, timm's NHWC layout."""
         return self.norm(self.layers(self.embed(images, mask)))
 
+    def position_bias_windows(self) -> list[int]:
+        """Per stage, the window a Swin V2 position-bias MLP normalizes its coordinates by (V1: the table's).
+
+        That is the pretrained window when one was set, else the stage's (clipped) window; a model moved
+        to a larger size must keep these, so checkpoints record them.
+        """
+        windows = []
+        for stage in self.layers:
+            attn = stage.blocks[0].attn
+            pretrained = getattr(attn, "pretrained_window_size", (0, 0))[0]
+            windows.append(int(pretrained) if pretrained > 0 else int(stage.blocks[0].window_size[0]))
+        return windows
+
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return super().no_weight_decay() | ({"mask_token"} if self.mask_token is not None else set())
-
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False):
@@ -144,18 +156,9 @@ class SwinEncoder(SwinExtras, SwinTransformer):
 ENCODERS = {"swinv2": SwinV2Encoder, "swin": SwinEncoder}
 
 
-def position_bias_windows(model: nn.Module) -> list[int]:
-    """Per stage, the window a Swin V2 position-bias MLP normalizes its coordinates by.
-
-    That is the pretrained window when one was set, else the stage's (clipped) window; a model moved
-    to a larger size must keep these, so checkpoints record them.
-    """
-    windows = []
-    for stage in model.layers:
-        attn = stage.blocks[0].attn
-        pretrained = getattr(attn, "pretrained_window_size", (0, 0))[0]
-        windows.append(int(pretrained) if pretrained > 0 else int(stage.blocks[0].window_size[0]))
-    return windows
+def position_bias_windows(model: nn.Module) -> list:
+    """Per stage, the window a model's position bias is laid out for (see the models' own method)."""
+    return model.position_bias_windows()
 
 
 def _add_extra_norm(block: SwinTransformerV2Block) -> None:

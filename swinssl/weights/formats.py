@@ -7,7 +7,11 @@ Formats are told apart by their keys, never by file names:
 - ``official``: Microsoft's Swin V1/V2 classification ``.pth`` (downsample at the *end* of a stage, ``head.``);
 - ``official-simmim``: Microsoft's SimMIM ``.pth`` (``encoder.``/``decoder.`` prefixes, ``rpe_mlp`` in
   released V2 files where the code says ``cpb_mlp``, ``mask_token``);
-- ``timm``: timm state dicts (downsample at the *start* of a stage, ``head.fc``).
+- ``timm``: timm state dicts (downsample at the *start* of a stage, ``head.fc``);
+- ``mmaction``: official Video Swin releases (mmcv: ``state_dict`` with ``backbone.`` and ``cls_head.fc_cls``
+  keys, downsample at the end of a stage; mmaction2 1.x names the final norm ``norm3``).
+
+Video encoders (5-D patch kernel) get the families ``video_swinv2`` / ``video_swin``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from typing import Any
 
 import torch
 
-from swinssl.models import position_bias_windows
 from swinssl.weights.io import CheckpointError
 
 FORMAT_NAMES = {
@@ -29,8 +32,9 @@ FORMAT_NAMES = {
     "official": "Microsoft official Swin classification checkpoint",
     "official-simmim": "Microsoft official SimMIM checkpoint",
     "timm": "timm state dict",
+    "mmaction": "official Video Swin (mmaction2) checkpoint",
 }
-FAMILY_NAMES = {"swinv2": "Swin V2", "swin": "Swin V1"}
+FAMILY_NAMES = {"swinv2": "Swin V2", "swin": "Swin V1", "video_swinv2": "Video Swin V2", "video_swin": "Video Swin (V1)"}
 ANCHOR = "patch_embed.proj.weight"  # every Swin encoder has it, whatever the prefix
 REBUILT_BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mask")
 
@@ -41,14 +45,14 @@ class Checkpoint:
 
     ``windows`` holds, per stage, the window the Swin V2 position-bias coordinates were normalized by
     (the source's ``pretrained_window_sizes``), or the V1 bias-table window; None when the source does
-    not record it (plain timm state dicts).
+    not record it (plain timm state dicts). Video checkpoints give a (t, h, w) window per stage.
     """
 
     format: str
     family: str
     state: dict[str, torch.Tensor]
     arch: dict[str, Any]
-    windows: list[int] | None = None
+    windows: list[int] | list[list[int]] | None = None
     decoder: dict[str, torch.Tensor] | None = None
     hparams: dict[str, Any] | None = None
     conversions: list[str] = field(default_factory=list)
@@ -66,7 +70,11 @@ def parse_checkpoint(raw: Mapping[str, Any], source: str = "<state dict>") -> Ch
         return _from_lightning(raw, source)
     state, ignored = _unwrap(raw)
     notes = [f"ignored training state: {', '.join(ignored)}"] if ignored else []
-    if any(key.startswith("encoder.") and key.endswith(ANCHOR) for key in state):
+    if f"backbone.{ANCHOR}" in state:
+        fmt, decoder = "mmaction", None
+        state, renamed = _from_mmaction(state)
+        notes.append(f"took the backbone ('backbone.' prefix removed){renamed}")
+    elif any(key.startswith("encoder.") and key.endswith(ANCHOR) for key in state):
         fmt = "official-simmim"
         state, decoder = _split_prefix(state, "encoder."), _split_prefix(state, "decoder.")
         notes.append(f"took the encoder ('encoder.' prefix removed) and the SimMIM decoder ({len(decoder)} keys)")
@@ -105,6 +113,14 @@ def _from_lightning(raw: Mapping[str, Any], source: str) -> Checkpoint:
         windows=meta.get("position_bias_windows"), decoder=decoder, hparams=dict(raw.get("hyper_parameters") or {}),
         conversions=[f"took the encoder under '{prefix}'"] + notes, source=source,
     )
+
+
+def _from_mmaction(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+    """``backbone.*`` -> encoder keys; ``cls_head.fc_cls`` -> ``head.``; mmaction2 1.x ``norm3`` -> ``norm``."""
+    out = {key.replace("norm3.", "norm.", 1) if key.startswith("norm3.") else key: value
+           for key, value in _split_prefix(state, "backbone.").items()}
+    head = {f"head.{key}": value for key, value in _split_prefix(state, "cls_head.fc_cls.").items()}
+    return {**out, **head}, " and the classification head (cls_head.fc_cls -> head)" if head else ""
 
 
 def _unwrap(raw: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -166,8 +182,11 @@ def recorded_windows(state: Mapping[str, torch.Tensor]) -> list[int] | None:
 
     A V2 ``relative_coords_table`` of window W holds sign(u)·log2(1 + |u|)/3 with u = 8·d/(P - 1), so its
     largest value gives back the window P the coordinates were normalized by (the pretrained window of
-    a fine-tuned file). A V1 table of (2W - 1)^2 rows gives its window W.
+    a fine-tuned file). A V1 table of (2W - 1)^2 rows gives its window W. Video tables are not read:
+    their shapes must match the model's.
     """
+    if ANCHOR in state and state[ANCHOR].ndim == 5:
+        return None
     windows = []
     for stage in range(_stage_count(state)):
         coords = state.get(f"layers.{stage}.blocks.0.attn.relative_coords_table")
@@ -189,10 +208,11 @@ def _stage_count(state: Mapping[str, Any]) -> int:
 
 
 def _family(state: Mapping[str, torch.Tensor], source: str) -> str:
+    prefix = "video_" if state[ANCHOR].ndim == 5 else ""
     if any(".cpb_mlp." in key for key in state):
-        return "swinv2"
+        return f"{prefix}swinv2"
     if any(key.endswith("relative_position_bias_table") for key in state):
-        return "swin"
+        return f"{prefix}swin"
     raise CheckpointError(
         f"{source}: neither Swin V2 (cpb_mlp) nor Swin V1 (relative_position_bias_table) attention weights found"
     )
@@ -205,13 +225,13 @@ def infer_architecture(state: Mapping[str, torch.Tensor], family: str) -> dict[s
         len({int(m[1]) for key in state if (m := re.match(rf"layers\.{s}\.blocks\.(\d+)\.", key))})
         for s in range(stages)
     )
-    head_source = "attn.logit_scale" if family == "swinv2" else "attn.relative_position_bias_table"
-    heads = tuple(
-        int(state[f"layers.{s}.blocks.0.{head_source}"].shape[0 if family == "swinv2" else 1]) for s in range(stages)
-    )
+    v2 = family.endswith("swinv2")
+    head_source = "attn.logit_scale" if v2 else "attn.relative_position_bias_table"
+    heads = tuple(int(state[f"layers.{s}.blocks.0.{head_source}"].shape[0 if v2 else 1]) for s in range(stages))
     patch = state[ANCHOR]
     arch: dict[str, Any] = dict(
-        embed_dim=int(patch.shape[0]), depths=depths, num_heads=heads, patch_size=int(patch.shape[-1])
+        embed_dim=int(patch.shape[0]), depths=depths, num_heads=heads,
+        patch_size=tuple(patch.shape[2:]) if patch.ndim == 5 else int(patch.shape[-1]),
     )
     extra = sorted({int(m[1]) + 1 for key in state if (m := re.match(r"layers\.\d+\.blocks\.(\d+)\.norm3\.", key))})
     if extra:
@@ -225,6 +245,8 @@ def to_timm(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, 
     timm state dicts do not record image size, window or pretrained windows, so they come back as
     constructor arguments to pass to timm along with the weights.
     """
+    if checkpoint.family.startswith("video_"):
+        raise CheckpointError(f"{checkpoint.source}: timm has no Video Swin; keep video checkpoints in the swinssl format")
     if "extra_norm_period" in checkpoint.arch:
         raise CheckpointError(
             f"{checkpoint.source}: the paper's extra LayerNorms (H/G models) have no place in timm's Swin; "
@@ -244,4 +266,4 @@ def to_timm(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, 
 
 def swinssl_metadata(encoder: torch.nn.Module) -> dict[str, Any]:
     """What our Lightning checkpoints record next to the weights (key ``swinssl``) for later transfers."""
-    return {"position_bias_windows": position_bias_windows(encoder)}
+    return {"position_bias_windows": encoder.position_bias_windows()}

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from swinssl.models import build_encoder, family_of, position_bias_windows
+from swinssl.models import build_encoder, family_of
 from swinssl.models.swin import resolve_arch
 from swinssl.weights.formats import FAMILY_NAMES, FORMAT_NAMES, Checkpoint, parse_checkpoint
 from swinssl.weights.io import CheckpointError, read_checkpoint
@@ -95,8 +95,10 @@ def load_into(model: nn.Module, checkpoint: Checkpoint) -> LoadReport:
     report = LoadReport(source=checkpoint.source, format=checkpoint.format, conversions=list(checkpoint.conversions))
     target = model.state_dict()
     state = dict(checkpoint.state)
+    image_model = model.patch_embed.proj.weight.ndim == 4  # video tables must match: no rule resizes them
     for key, value in list(state.items()):
-        if key.endswith("relative_position_bias_table") and key in target and value.shape != target[key].shape:
+        if (image_model and key.endswith("relative_position_bias_table") and key in target
+                and value.shape != target[key].shape):
             window = (math.isqrt(target[key].shape[0]) + 1) // 2
             state[key] = resize_bias_table(value, window)
             report.resized.append(f"{key} {tuple(value.shape)} -> {tuple(target[key].shape)} (bicubic)")
@@ -113,10 +115,11 @@ def load_into(model: nn.Module, checkpoint: Checkpoint) -> LoadReport:
         raise CheckpointError(f"{checkpoint.source} does not fit the model; " + "; ".join(problems))
     model.load_state_dict(state, strict=False)
     report.loaded = len(state)
-    if checkpoint.family == "swinv2":
+    if checkpoint.family.endswith("swinv2"):
         source = checkpoint.windows or "not recorded in the checkpoint"
-        report.windows = (f"coordinates normalized by windows {position_bias_windows(model)} "
-                          f"(source: {source}); model windows {[s.blocks[0].window_size[0] for s in model.layers]}")
+        built = [s.blocks[0].window_size[0] for s in model.layers] if image_model else list(model.window_size)
+        report.windows = (f"coordinates normalized by windows {model.position_bias_windows()} "
+                          f"(source: {source}); model window {built}")
     return report
 
 

@@ -1,0 +1,487 @@
+"""Video Swin encoders: shifted 3D windows over (time, height, width), in Swin V2 or Swin V1 attention style.
+
+Parameter names mirror timm's image Swin (``patch_embed.proj``, ``layers.N.downsample``,
+``layers.N.blocks.M.attn.{qkv,cpb_mlp,relative_position_bias_table,proj}``, ``norm``, ``head.fc``), so
+inflating an image checkpoint (:mod:`swinssl.weights.inflate`) changes tensor shapes, never names.
+
+Geometry follows the official Video Swin code: patches of (2, 4, 4) with the input zero-padded at the end
+of each axis; windows (P, M, M) flattened time-major; every other block shifted by half a window on each
+axis; on an axis whose feature size is at most the window, the window is clipped to that size and that
+axis is not shifted; patch merging is spatial only, so time keeps T/2 tokens through every stage.
+Two deliberate differences, both invisible at the official sizes (tokens a multiple of the window):
+padding tokens are masked out of attention (the official code lets real tokens attend to them), and a
+clipped window reads the bias of its own offsets (the official code slices the first N rows of the
+index, which is right only when time is the clipped axis).
+
+``attention="factorized"`` replaces joint attention by spatial (1, M, M) then temporal (P, 1, 1) window
+attention in each block, the Video Swin paper's ablation; the temporal part starts at zero, so it is an
+identity until trained.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.models import swin_transformer, swin_transformer_v2
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+Triple = tuple[int, int, int]
+
+# Sizes of the official Video Swin T/S/B/L (head dim 32), shared by both attention styles.
+_SIZES = {
+    "tiny": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
+    "small": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
+    "base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+    "large": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
+}
+STYLES = {"video_swinv2": "v2", "video_swin": "v1"}  # family -> attention style
+PRESETS: dict[str, dict[str, Any]] = {f"{family}_{size}": dict(sizes) for family in STYLES for size, sizes in _SIZES.items()}
+ATTENTION_MODES = ("joint", "factorized")
+MASK_VALUE = -100.0  # the official shift-mask value
+
+
+def video_family_of(arch: str) -> str:
+    """``video_swinv2_base`` -> ``video_swinv2``; ``video_swin_tiny`` or ``video_swin`` -> ``video_swin``."""
+    family = arch if arch in STYLES else arch.rpartition("_")[0]
+    if family not in STYLES or (arch not in PRESETS and arch != family):
+        raise ValueError(f"unknown video arch {arch!r}; choose one of: {', '.join([*PRESETS, *STYLES])}")
+    return family
+
+
+def triple(value: int | Sequence[int], name: str) -> Triple:
+    """An int (the same on every axis) or three ints (time, height, width) as a tuple."""
+    values = (value,) * 3 if isinstance(value, int) else tuple(int(v) for v in value)
+    if len(values) != 3 or min(values) < 1:
+        raise ValueError(f"{name} must be a positive int or three positive ints (time, height, width), got {value!r}")
+    return values
+
+
+def clip_window(size: Triple, window: Triple, shift: Triple) -> tuple[Triple, Triple]:
+    """On an axis whose feature size is at most the window, the window becomes the size and the shift 0."""
+    clipped = tuple(s if s <= w else w for s, w in zip(size, window))
+    shifts = tuple(0 if s <= w else h for s, w, h in zip(size, window, shift))
+    return clipped, shifts
+
+
+def window_partition(x: torch.Tensor, window: Triple) -> torch.Tensor:
+    """(B, D, H, W, C) -> (B * windows, P * M * M, C); windows and tokens in time-major order."""
+    b, d, h, w, c = x.shape
+    p, m1, m2 = window
+    x = x.view(b, d // p, p, h // m1, m1, w // m2, m2, c).permute(0, 1, 3, 5, 2, 4, 6, 7)
+    return x.reshape(-1, p * m1 * m2, c)
+
+
+def window_reverse(windows: torch.Tensor, window: Triple, batch: int, size: Triple) -> torch.Tensor:
+    """Inverse of :func:`window_partition`."""
+    (d, h, w), (p, m1, m2) = size, window
+    x = windows.view(batch, d // p, h // m1, w // m2, p, m1, m2, -1).permute(0, 1, 4, 2, 5, 3, 6, 7)
+    return x.reshape(batch, d, h, w, -1)
+
+
+@lru_cache(maxsize=64)
+def relative_position_index(window: Triple, table_window: Triple, device: torch.device) -> torch.Tensor:
+    """(N, N) rows of a (2P-1)(2M-1)(2M-1) bias table laid out for ``table_window``, for the pairs of ``window``.
+
+    Time is the most significant digit, as in the official table.
+    """
+    coords = torch.stack(torch.meshgrid(*(torch.arange(n) for n in window), indexing="ij")).flatten(1)
+    offsets = coords[:, :, None] - coords[:, None, :]  # (3, N, N)
+    spans = [2 * n - 1 for n in table_window]
+    index = (offsets[0] + table_window[0] - 1) * spans[1] * spans[2]
+    index += (offsets[1] + table_window[1] - 1) * spans[2] + offsets[2] + table_window[2] - 1
+    return index.to(device)
+
+
+@lru_cache(maxsize=64)
+def log_spaced_coordinates(window: Triple, normalizer: Triple, device: torch.device) -> torch.Tensor:
+    """((2P-1)(2M-1)(2M-1), 3) Swin V2 log-CPB inputs: u = 8 d / (n - 1), then sign(u) log2(1 + |u|) / log2(8)."""
+    axes = [torch.arange(-(n - 1), n, dtype=torch.float32) / max(norm - 1, 1) for n, norm in zip(window, normalizer)]
+    table = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3) * 8
+    return (torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)).to(device)
+
+
+@lru_cache(maxsize=32)
+def attention_mask(padded: Triple, valid: Triple, window: Triple, shift: Triple, device: torch.device) -> torch.Tensor | None:
+    """(windows, N, N) additive mask: tokens that the cyclic shift brought together from different regions, and
+    padding tokens, are hidden from each other. None when there is neither a shift nor padding."""
+    if not any(shift) and padded == valid:
+        return None
+    labels = torch.zeros(padded, dtype=torch.long)
+    region = 0
+    for t in _shift_regions(window[0], shift[0]):
+        for h in _shift_regions(window[1], shift[1]):
+            for w in _shift_regions(window[2], shift[2]):
+                labels[t, h, w] = region
+                region += 1
+    padding = torch.zeros(padded, dtype=torch.bool)
+    padding[valid[0]:], padding[:, valid[1]:], padding[:, :, valid[2]:] = True, True, True
+    labels += region * torch.roll(padding, [-s for s in shift], dims=(0, 1, 2)).long()
+    windows = window_partition(labels[None, ..., None], window).squeeze(-1)
+    mask = (windows[:, :, None] != windows[:, None, :]).float() * MASK_VALUE
+    return mask.to(device)
+
+
+def _shift_regions(window: int, shift: int) -> list[slice]:
+    if not shift:
+        return [slice(None)]
+    return [slice(0, -window), slice(-window, -shift), slice(-shift, None)]
+
+
+class WindowAttention3D(nn.Module):
+    """Multi-head self-attention inside 3D windows with a relative position bias.
+
+    ``style="v2"``: cosine attention with a learned, clamped logit scale, q/v biases, and a log-spaced
+    continuous position bias from ``cpb_mlp`` over (dt, dh, dw), each axis normalized by its
+    ``pretrained_window_size`` entry (or the current window where that is 0). ``style="v1"``: scaled dot
+    product and a learned table of (2P-1)(2M-1)(2M-1) rows for the window it was built with.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: Triple, style: str,
+                 pretrained_window_size: Triple = (0, 0, 0)) -> None:
+        super().__init__()
+        self.num_heads, self.window_size, self.style = num_heads, window_size, style
+        self.pretrained_window_size = pretrained_window_size
+        if style == "v2":
+            self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
+            self.cpb_mlp = nn.Sequential(nn.Linear(3, 512), nn.ReLU(inplace=True), nn.Linear(512, num_heads, bias=False))
+            self.qkv = nn.Linear(dim, dim * 3, bias=False)
+            self.q_bias = nn.Parameter(torch.zeros(dim))
+            self.v_bias = nn.Parameter(torch.zeros(dim))
+        else:
+            self.qkv = nn.Linear(dim, dim * 3)
+            rows = math.prod(2 * n - 1 for n in window_size)
+            self.relative_position_bias_table = nn.Parameter(trunc_normal_(torch.zeros(rows, num_heads), std=0.02))
+            self.scale = (dim // num_heads) ** -0.5
+        self.proj = nn.Linear(dim, dim)
+
+    def position_bias(self, window: Triple) -> torch.Tensor:
+        """(heads, N, N) bias for a (possibly clipped) ``window``."""
+        device = self.proj.weight.device
+        if self.style == "v2":
+            normalizer = tuple(p if p > 0 else n for p, n in zip(self.pretrained_window_size, window))
+            coordinates = log_spaced_coordinates(window, normalizer, device).to(self.proj.weight.dtype)
+            table = 16 * torch.sigmoid(self.cpb_mlp(coordinates))
+            index = relative_position_index(window, window, device)
+        else:
+            table, index = self.relative_position_bias_table, relative_position_index(window, self.window_size, device)
+        tokens = math.prod(window)
+        return table[index.view(-1)].view(tokens, tokens, -1).permute(2, 0, 1)
+
+    def forward(self, x: torch.Tensor, window: Triple, mask: torch.Tensor | None) -> torch.Tensor:
+        """(B * windows, N, C) -> same; ``mask`` (windows, N, N) is added before the softmax."""
+        b, n, c = x.shape
+        if self.style == "v2":
+            qkv = F.linear(x, self.qkv.weight, torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias)))
+        else:
+            qkv = self.qkv(x)
+        q, k, v = qkv.reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.style == "v2":
+            attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+            attn = attn * torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+        attn = attn + self.position_bias(window).unsqueeze(0)
+        if mask is not None:
+            windows = mask.shape[0]
+            attn = attn.view(-1, windows, self.num_heads, n, n) + mask[None, :, None].to(attn.dtype)
+            attn = attn.view(-1, self.num_heads, n, n)
+        x = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, c)
+        return self.proj(x)
+
+
+def windowed_attention(attn: WindowAttention3D, x: torch.Tensor, window: Triple, shift: Triple) -> torch.Tensor:
+    """Apply ``attn`` in (shifted) windows to (B, D, H, W, C): pad at the end, roll, partition, and back."""
+    b, d, h, w, _ = x.shape
+    window, shift = clip_window((d, h, w), window, shift)
+    pads = [(-size) % n for size, n in zip((d, h, w), window)]
+    x = F.pad(x, (0, 0, 0, pads[2], 0, pads[1], 0, pads[0]))
+    padded = tuple(x.shape[1:4])
+    if any(shift):
+        x = torch.roll(x, [-s for s in shift], dims=(1, 2, 3))
+    mask = attention_mask(padded, (d, h, w), window, shift, x.device)
+    x = window_reverse(attn(window_partition(x, window), window, mask), window, b, padded)
+    if any(shift):
+        x = torch.roll(x, list(shift), dims=(1, 2, 3))
+    return x[:, :d, :h, :w].contiguous()
+
+
+class VideoSwinBlock(nn.Module):
+    """One transformer block; V2 normalizes each branch's output (res-post-norm), V1 its input (pre-norm)."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: Triple, shifted: bool, style: str, attention: str,
+                 mlp_ratio: float, drop_path: float, pretrained_window_size: Triple) -> None:
+        super().__init__()
+        self.style = style
+        half = tuple(n // 2 if shifted else 0 for n in window_size)
+        if attention == "joint":
+            self.window, self.shift = window_size, half
+        else:  # factorized: spatial windows here, temporal ones in temporal_attn
+            self.window, self.shift = (1, *window_size[1:]), (0, *half[1:])
+            self.temporal_window, self.temporal_shift = (window_size[0], 1, 1), (half[0], 0, 0)
+            self.temporal_norm = nn.LayerNorm(dim)
+            self.temporal_attn = WindowAttention3D(
+                dim, num_heads, self.temporal_window, style, (pretrained_window_size[0], 1, 1)
+            )
+        self.norm1 = nn.LayerNorm(dim)
+        pretrained = pretrained_window_size if attention == "joint" else (1, *pretrained_window_size[1:])
+        self.attn = WindowAttention3D(dim, num_heads, self.window, style, pretrained)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def branches(self) -> list[tuple[nn.LayerNorm, WindowAttention3D, Triple, Triple]]:
+        joint = [(self.norm1, self.attn, self.window, self.shift)]
+        if hasattr(self, "temporal_attn"):
+            joint.append((self.temporal_norm, self.temporal_attn, self.temporal_window, self.temporal_shift))
+        return joint
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for norm, attn, window, shift in self.branches():
+            if self.style == "v2":
+                x = x + self.drop_path(norm(windowed_attention(attn, x, window, shift)))
+            else:
+                x = x + self.drop_path(windowed_attention(attn, norm(x), window, shift))
+        if self.style == "v2":
+            return x + self.drop_path(self.norm2(self.mlp(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class _SpatialMerging:
+    """timm's 2x2 patch merging applied to every time step: (B, D, H, W, C) -> (B, D, H/2, W/2, 2C)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, d, h, w, c = x.shape
+        merged = super().forward(x.reshape(b * d, h, w, c))
+        return merged.view(b, d, *merged.shape[1:])
+
+
+class PatchMergingV2(_SpatialMerging, swin_transformer_v2.PatchMerging):
+    """Swin V2 merging: reduce 4C -> 2C, then LayerNorm."""
+
+
+class PatchMergingV1(_SpatialMerging, swin_transformer.PatchMerging):
+    """Swin V1 merging: LayerNorm over 4C, then reduce (the official Video Swin order of neighbours)."""
+
+
+class VideoSwinStage(nn.Module):
+    """Spatial merging (stages after the first, timm's placement) and ``depth`` blocks, alternately shifted."""
+
+    def __init__(self, dim: int, out_dim: int, depth: int, downsample: bool, drop_path: list[float],
+                 **block: Any) -> None:
+        super().__init__()
+        merging = PatchMergingV2 if block["style"] == "v2" else PatchMergingV1
+        self.downsample = merging(dim=dim, out_dim=out_dim) if downsample else nn.Identity()
+        self.blocks = nn.ModuleList(
+            VideoSwinBlock(out_dim, shifted=i % 2 == 1, drop_path=drop_path[i], **block) for i in range(depth)
+        )
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        for block in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+
+class PatchEmbed3D(nn.Module):
+    """Non-overlapping (t, p, p) patches -> tokens (B, D, H, W, C), input zero-padded at the end of each axis."""
+
+    def __init__(self, patch_size: Triple, embed_dim: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv3d(3, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        t, h, w = video.shape[-3:]
+        pads = [(-size) % p for size, p in zip((t, h, w), self.patch_size)]
+        video = F.pad(video, (0, pads[2], 0, pads[1], 0, pads[0]))
+        return self.norm(self.proj(video).permute(0, 2, 3, 4, 1))
+
+
+class VideoHead(nn.Module):
+    """Average over time and space, dropout, linear (the official I3D head); ``num_classes=0``: features only."""
+
+    def __init__(self, in_features: int, num_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_features, num_classes) if num_classes else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(x.mean(dim=(1, 2, 3)))
+        return x if pre_logits else self.fc(x)
+
+
+class VideoSwinEncoder(nn.Module):
+    """Video Swin over (B, 3, T, H, W) clips; ``forward_features`` gives final-normed (B, T', H', W', C) tokens."""
+
+    def __init__(
+        self,
+        num_frames: int = 32,
+        img_size: int = 224,
+        patch_size: Triple = (2, 4, 4),
+        window_size: Triple = (8, 7, 7),
+        embed_dim: int = 96,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        style: str = "v2",
+        attention: str = "joint",
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.1,
+        pretrained_window_sizes: Sequence[Triple] | None = None,
+        num_classes: int = 0,
+        head_dropout: float = 0.5,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.num_frames, self.img_size, self.style, self.attention = num_frames, img_size, style, attention
+        self.window_size, self.num_classes = window_size, num_classes
+        stages = len(depths)
+        self.pretrained_window_sizes = pretrained = tuple(pretrained_window_sizes or [(0, 0, 0)] * stages)
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.patch_embed = PatchEmbed3D(patch_size, embed_dim)
+        self.layers = nn.Sequential(*(
+            VideoSwinStage(
+                dim=embed_dim * 2 ** max(s - 1, 0), out_dim=embed_dim * 2**s, depth=depths[s], downsample=s > 0,
+                drop_path=rates[sum(depths[:s]): sum(depths[: s + 1])], num_heads=num_heads[s],
+                window_size=window_size, style=style, attention=attention, mlp_ratio=mlp_ratio,
+                pretrained_window_size=pretrained[s],
+            )
+            for s in range(stages)
+        ))
+        self.num_features = embed_dim * 2 ** (stages - 1)
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head = VideoHead(self.num_features, num_classes, head_dropout)
+        self.apply(_init_weights)
+        for module in self.modules():
+            if isinstance(module, VideoSwinBlock):
+                if style == "v2":  # res-post-norm starts at zero, as timm and the official V2 do
+                    for norm in (module.norm1, module.norm2, getattr(module, "temporal_norm", None)):
+                        if norm is not None:
+                            nn.init.zeros_(norm.weight)
+                if hasattr(module, "temporal_attn"):  # the factorized temporal branch starts as an identity
+                    nn.init.zeros_(module.temporal_attn.proj.weight)
+        self.set_grad_checkpointing(grad_checkpointing)
+
+    def stage_sizes(self, num_frames: int | None = None, img_size: int | None = None) -> list[Triple]:
+        """Token grid (time, height, width) of each stage for a clip of this many frames and pixels."""
+        t, p, _ = self.patch_embed.patch_size
+        frames, size = num_frames or self.num_frames, img_size or self.img_size
+        return [(math.ceil(frames / t), math.ceil(size / p / 2**s), math.ceil(size / p / 2**s))
+                for s in range(len(self.layers))]
+
+    def position_bias_windows(self) -> list[list[int]]:
+        """Per stage, the (t, h, w) window the position bias is laid out for. V2: what its coordinates are
+        normalized by (the pretrained window, else the window clipped at the built size); V1: the table's."""
+        if self.style == "v1":
+            return [list(self.window_size) for _ in self.layers]
+        windows = []
+        for pretrained, size in zip(self.pretrained_window_sizes, self.stage_sizes()):
+            clipped, _ = clip_window(size, self.window_size, (0, 0, 0))
+            windows.append([p if p > 0 else n for p, n in zip(pretrained, clipped)])
+        return windows
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.layers:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        keywords = ("cpb_mlp", "logit_scale", "relative_position_bias_table")
+        return {name for name, _ in self.named_parameters() if any(word in name for word in keywords)}
+
+    def forward_features(self, video: torch.Tensor) -> torch.Tensor:
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise ValueError(f"expected a video batch (B, 3, T, H, W), got shape {tuple(video.shape)}")
+        return self.norm(self.layers(self.patch_embed(video)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(video))
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def resolve_video_arch(arch: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Preset or bare family -> sizes, explicit (non-None) overrides winning."""
+    family = video_family_of(arch)
+    base = dict(PRESETS[arch] if arch in PRESETS else PRESETS[f"{family}_tiny"])
+    base.update({key: value for key, value in overrides.items() if value is not None})
+    return base
+
+
+def build_video_encoder(
+    arch: str = "video_swinv2_base",
+    num_frames: int = 32,
+    img_size: int = 224,
+    window_size: int | Sequence[int] = (8, 7, 7),
+    patch_size: int | Sequence[int] = (2, 4, 4),
+    num_classes: int = 0,
+    attention: str = "joint",
+    **overrides: Any,
+) -> VideoSwinEncoder:
+    """A freshly initialized Video Swin (``video_swinv2_*`` V2 style, ``video_swin_*`` V1 style), no I/O.
+
+    ``overrides`` reach the model (``embed_dim``, ``depths``, ``num_heads``, ``drop_path_rate``,
+    ``pretrained_window_sizes`` (per stage (t, h, w)), ``head_dropout``, ``grad_checkpointing``, ...).
+    """
+    family = video_family_of(arch)
+    kwargs = resolve_video_arch(arch, overrides)
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+    window, patch = triple(window_size, "window_size"), triple(patch_size, "patch_size")
+    depths, heads = tuple(kwargs.pop("depths")), tuple(kwargs.pop("num_heads"))
+    if kwargs.get("pretrained_window_sizes") is not None:
+        kwargs["pretrained_window_sizes"] = _pretrained_windows(kwargs["pretrained_window_sizes"], len(depths))
+    _check_video_geometry(num_frames, img_size, patch, window, depths, kwargs["embed_dim"], heads)
+    return VideoSwinEncoder(
+        num_frames=num_frames, img_size=img_size, patch_size=patch, window_size=window, depths=depths,
+        num_heads=heads, style=STYLES[family], attention=attention, num_classes=num_classes, **kwargs,
+    )
+
+
+def _pretrained_windows(windows: Sequence[int | Sequence[int]], stages: int) -> list[Triple]:
+    """Per stage (t, h, w), 0 meaning "the current window"; an int is a spatial window (time: current)."""
+    triples = [(0, w, w) if isinstance(w, int) else tuple(int(v) for v in w) for w in windows]
+    if len(triples) != stages or any(len(w) != 3 or min(w) < 0 for w in triples):
+        raise ValueError(f"pretrained_window_sizes needs one window (an int or (t, h, w)) per stage ({stages}), "
+                         f"got {windows!r}")
+    return triples
+
+
+def _check_video_geometry(num_frames: int, img_size: int, patch: Triple, window: Triple, depths, embed_dim: int,
+                          heads) -> None:
+    if len(heads) != len(depths):
+        raise ValueError(f"depths {depths} and num_heads {heads} must have one entry per stage")
+    for stage, count in enumerate(heads):
+        if (embed_dim * 2**stage) % count:
+            raise ValueError(f"stage {stage + 1} width {embed_dim * 2**stage} is not divisible by its {count} heads")
+    if num_frames < 1 or img_size < patch[1]:
+        raise ValueError(f"a clip needs at least 1 frame and {patch[1]} px, got {num_frames} frames at {img_size} px")
+    frames = math.ceil(num_frames / patch[0])
+    if window[0] > frames:
+        raise ValueError(
+            f"temporal window {window[0]} is larger than the clip: {num_frames} frames with temporal patch {patch[0]} "
+            f"give {frames} time steps; use a window of at most {frames} or more frames"
+        )
+    grid = math.ceil(img_size / patch[1])
+    if max(window[1:]) > grid:
+        raise ValueError(f"spatial window {window[1:]} is larger than the {grid}x{grid} patch grid of {img_size} px clips")
