@@ -4,6 +4,7 @@ from .classification import ClassificationShardDataModule
 from .images import IMAGENET_MEAN, IMAGENET_STD, ImageShardDataModule, denormalize
 from .shards import SkipCounter, rank_shards, resolve_shards
 from .streaming import ShardDataModule
+from .video import VideoShardDataModule
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -12,6 +13,7 @@ __all__ = [
     "ImageShardDataModule",
     "ShardDataModule",
     "SkipCounter",
+    "VideoShardDataModule",
     "denormalize",
     "rank_shards",
     "resolve_shards",

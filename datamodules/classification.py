@@ -53,7 +53,27 @@ def read_class_names(urls: Sequence[str]) -> list[str] | None:
     return None
 
 
-class ClassificationShardDataModule(ShardDataModule):
+class LabeledShards:
+    """Class count and names of labeled shards, for a :class:`ShardDataModule` (after its ``__init__``)."""
+
+    def read_labels(self, num_classes: int | None) -> None:
+        self._class_names = read_class_names([urls[0] for urls in (self.train_urls, self.val_urls) if urls])
+        self._num_classes = num_classes
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The names in ``classes.json`` next to the first train (else val) shard, or None."""
+        return self._class_names
+
+    @property
+    def num_classes(self) -> int | None:
+        """The ``num_classes`` argument if given, else the number of class names, else None."""
+        if self._num_classes is not None:
+            return self._num_classes
+        return len(self._class_names) if self._class_names is not None else None
+
+
+class ClassificationShardDataModule(LabeledShards, ShardDataModule):
     """Labeled image batches with the official Swin/SimMIM fine-tuning augmentation.
 
     Training: random resized crop, flip, RandAugment, random erasing (``color_jitter`` only acts with
@@ -119,20 +139,7 @@ class ClassificationShardDataModule(ShardDataModule):
             crop_pct=eval_crop_pct if eval_crop_mode == "center" else 1.0,
             crop_mode=eval_crop_mode,
         )
-        self._class_names = read_class_names([urls[0] for urls in (self.train_urls, self.val_urls) if urls])
-        self._num_classes = num_classes
-
-    @property
-    def class_names(self) -> list[str] | None:
-        """The names in ``classes.json`` next to the first train (else val) shard, or None."""
-        return self._class_names
-
-    @property
-    def num_classes(self) -> int | None:
-        """The ``num_classes`` argument if given, else the number of class names, else None."""
-        if self._num_classes is not None:
-            return self._num_classes
-        return len(self._class_names) if self._class_names is not None else None
+        self.read_labels(num_classes)
 
     def decoder(self, counter: SkipCounter, train: bool) -> LabeledDecodeStage:
         return LabeledDecodeStage(self.train_transform if train else self.eval_transform, counter)

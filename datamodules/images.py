@@ -34,18 +34,20 @@ def denormalize(images: torch.Tensor) -> torch.Tensor:
     return (images * std + mean).clamp(0.0, 1.0)
 
 
+def random_resized_crop(img_size: int, scale: Sequence[float], ratio: Sequence[float]) -> A.RandomResizedCrop:
+    """Area fraction in ``scale``, aspect ratio in ``ratio``, resized to a square of ``img_size`` (bilinear)."""
+    return A.RandomResizedCrop(
+        size=(img_size, img_size), scale=tuple(scale), ratio=tuple(ratio), interpolation=cv2.INTER_LINEAR
+    )
+
+
 def train_transform(
     img_size: int, crop_scale: Sequence[float], crop_ratio: Sequence[float], hflip: float
 ) -> A.Compose:
     """The official SimMIM augmentation: random resized crop and horizontal flip."""
     return A.Compose(
         [
-            A.RandomResizedCrop(
-                size=(img_size, img_size),
-                scale=tuple(crop_scale),
-                ratio=tuple(crop_ratio),
-                interpolation=cv2.INTER_LINEAR,
-            ),
+            random_resized_crop(img_size, crop_scale, crop_ratio),
             A.HorizontalFlip(p=hflip),
             A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
             ToTensorV2(),

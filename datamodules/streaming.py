@@ -6,7 +6,7 @@ each other at the end of an epoch; validation reads each shard once, keeping the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 
 import lightning as L
@@ -123,13 +123,18 @@ class ShardDataModule(L.LightningDataModule):
     def val_dataloader(self) -> wds.WebLoader | list:
         if self.val_urls is None:
             return []
+        return self.read_once(partial(self.decoder, train=False))
+
+    def read_once(self, make_decoder: Callable[[SkipCounter], Decoder]) -> wds.WebLoader:
+        """Each of this rank's ``val_urls`` once through the stage ``make_decoder(counter)`` builds, keeping
+        the partial last batch: validation, and test passes with other views of the same data."""
         counter = SkipCounter()
         urls = rank_shards(self.val_urls, self.rank, self.world_size)
         pipeline = wds.DataPipeline(
             wds.SimpleShardList(urls),
             wds.split_by_worker,
             wds.tarfile_to_samples(handler=counter.handler),
-            self.decoder(counter, train=False),
+            make_decoder(counter),
             wds.batched(self.batch_size, partial=True, collation_fn=partial(collate, counter=counter)),
         )
         return wds.WebLoader(pipeline, batch_size=None, num_workers=min(self.num_workers, len(urls)))

@@ -12,12 +12,15 @@ from lightning.pytorch import Callback, LightningDataModule, LightningModule
 from omegaconf import DictConfig, OmegaConf
 
 from swinssl.demo_data import demo_shards
+from swinssl.demo_videos import demo_video_shards
 from swinssl.runs import Run, build_trainer, prepare_run, save_config
 
 log = logging.getLogger("swinssl")
 RECIPES = "swinssl.recipes"
-# The demo recipes name their data as ${swinssl_demo_shards:}: built (once) only when a run reads it.
+# The demo recipes name their data as ${swinssl_demo_shards:} / ${swinssl_demo_video_shards:}: built (once)
+# only when a run reads it.
 OmegaConf.register_new_resolver("swinssl_demo_shards", lambda: demo_shards(), use_cache=True, replace=True)
+OmegaConf.register_new_resolver("swinssl_demo_video_shards", lambda: demo_video_shards(), use_cache=True, replace=True)
 
 
 def recipe_task(name: str) -> str:

@@ -10,7 +10,7 @@ import io
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,36 +37,37 @@ def cache_root() -> Path:
 
 
 def demo_shards(cache_dir: str | Path | None = None) -> str:
-    """Brace pattern of the demo shards, building them on first use.
+    """Brace pattern of the demo shards, building them on first use."""
+    # maxcount 5 gives 4 shards, so loader workers have shards to split.
+    return cached_shards(Path(cache_dir or cache_root()) / CACHE_NAME, _photo_items(), maxcount=5, classes=CLASSES)
+
+
+def cached_shards(target: Path, items: Iterable[ShardItem], maxcount: int, classes: list[str]) -> str:
+    """Write ``items`` as ``target/demo-*.tar`` unless already there; the brace pattern of the shards.
 
     The shards are written to a temporary sibling and moved into place in one rename, so ranks that
     race here either build identical copies or reuse the finished one, never a half-written folder.
     """
-    target = Path(cache_dir or cache_root()) / CACHE_NAME
     if not target.is_dir():
-        _build(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            write_shards(items, tmp, prefix=PREFIX, maxcount=maxcount, classes=classes)
+            os.replace(tmp, target)
+        except OSError:
+            if not target.is_dir():
+                raise  # a real failure, not another process having finished first
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return shard_pattern(target, PREFIX, len(list(target.glob(f"{PREFIX}-*.tar"))))
 
 
-def _build(target: Path) -> None:
+def _photo_items() -> Iterator[ShardItem]:
+    """Lazily: scikit-image is needed only when the shards are built."""
     try:
         from skimage import data
     except ImportError as exn:
         raise ImportError("the demo data needs scikit-image: pip install 'swinssl[dev]'") from exn
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        # maxcount 5 gives 4 shards, so loader workers have shards to split.
-        write_shards(_photo_items(data), tmp, prefix=PREFIX, maxcount=5, classes=CLASSES)
-        os.replace(tmp, target)
-    except OSError:
-        if not target.is_dir():
-            raise  # a real failure, not another process having finished first
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _photo_items(data) -> Iterator[ShardItem]:
     for name, pixels in _photos(data):
         buffer = io.BytesIO()
         image = Image.fromarray(pixels).convert("RGB")

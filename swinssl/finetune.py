@@ -1,8 +1,9 @@
-"""``python -m swinssl.finetune recipe=<name> checkpoint=<path> key=value ...``: image classification.
+"""``python -m swinssl.finetune recipe=<name> checkpoint=<path> key=value ...``: image or video classification.
 
-The checkpoint may be any supported format (ours, Microsoft's official Swin/SimMIM ``.pth``, timm) or a
-run folder (its newest ``last.ckpt``); it is moved to the recipe's image size and window on load. With no
-arguments it runs ``recipe=demo_ft`` on the newest ``recipe=demo`` pretraining run.
+The checkpoint may be any supported format (ours, Microsoft's official Swin/SimMIM ``.pth``, timm, official
+Video Swin) or a run folder (its newest ``last.ckpt``); it is moved to the recipe's image size and window
+on load, and inflated to Video Swin when the recipe's arch is ``video_*``. With no arguments it runs
+``recipe=demo_ft`` on the newest ``recipe=demo`` pretraining run.
 """
 
 from __future__ import annotations
@@ -16,12 +17,17 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 from omegaconf import DictConfig, OmegaConf
 
 from swinssl.cli import RECIPES, check_recipe_argument, resolve_checkpoint, start_run, train, user_errors
-from swinssl.datamodules import ClassificationShardDataModule
-from swinssl.tasks import ImageClassifier
+from swinssl.datamodules import ClassificationShardDataModule, VideoShardDataModule
+from swinssl.tasks import ImageClassifier, VideoClassifier
+
+# What a video recipe's data block says about clip sampling, recorded in the model for evaluation.
+CLIP_SAMPLING_KEYS = ("sampling", "frame_interval", "short_side", "eval_short_side", "test_clips", "test_crops")
 
 
-def build(cfg: DictConfig, resuming: bool = False) -> tuple[ImageClassifier, ClassificationShardDataModule]:
+def build(cfg: DictConfig, resuming: bool = False):
     """The model and data a config describes; bad sizes, shards and checkpoints raise here, before any compute."""
+    if cfg.model.arch.startswith("video_"):
+        return build_video(cfg, resuming)
     data = cfg.data
     datamodule = ClassificationShardDataModule(
         shards=data.shards, val_shards=data.val_shards, batch_size=data.batch_size, num_workers=data.num_workers,
@@ -30,10 +36,7 @@ def build(cfg: DictConfig, resuming: bool = False) -> tuple[ImageClassifier, Cla
         crop_scale=tuple(data.crop_scale), re_prob=data.re_prob, interpolation=data.interpolation,
         eval_crop_pct=data.eval_crop_pct, eval_crop_mode=data.eval_crop_mode,
     )
-    num_classes = datamodule.num_classes
-    if num_classes is None:
-        raise ValueError("cannot tell the number of classes: set model.num_classes, or write the shards with "
-                         "python -m swinssl.make_shards from class folders (it writes classes.json)")
+    num_classes = _num_classes(datamodule)
     mixup = OmegaConf.to_container(cfg.finetune.mixup, resolve=True) if cfg.finetune.mixup is not None else None
     if mixup is not None and data.batch_size % 2:
         raise ValueError(f"Mixup/CutMix mixes pairs: data.batch_size must be even, got {data.batch_size}")
@@ -46,6 +49,36 @@ def build(cfg: DictConfig, resuming: bool = False) -> tuple[ImageClassifier, Cla
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
     )
     return model, datamodule
+
+
+def build_video(cfg: DictConfig, resuming: bool = False) -> tuple[VideoClassifier, VideoShardDataModule]:
+    data, model = cfg.data, cfg.model
+    clip_sampling = {key: data[key] for key in CLIP_SAMPLING_KEYS}
+    datamodule = VideoShardDataModule(
+        shards=data.shards, val_shards=data.val_shards, batch_size=data.batch_size, num_workers=data.num_workers,
+        epoch_size=data.epoch_size, shuffle_buffer=data.shuffle_buffer, seed=cfg.seed, num_classes=model.num_classes,
+        num_frames=model.num_frames, img_size=model.img_size, crop_scale=tuple(data.crop_scale), hflip=data.hflip,
+        rand_augment=OmegaConf.to_container(data.rand_augment) if data.rand_augment is not None else None,
+        re_prob=data.re_prob, **clip_sampling,
+    )
+    classifier = VideoClassifier(
+        arch=model.arch, num_classes=_num_classes(datamodule), num_frames=model.num_frames, img_size=model.img_size,
+        window_size=list(model.window_size), patch_size=list(model.patch_size) if model.patch_size else None,
+        attention=model.attention, patch_init=model.patch_init, drop_path_rate=model.drop_path_rate,
+        head_dropout=model.head_dropout, grad_checkpointing=model.grad_checkpointing,
+        encoder=OmegaConf.to_container(model.encoder, resolve=True),
+        checkpoint=None if resuming else resolve_checkpoint(cfg.checkpoint), trust_checkpoint=cfg.trust_checkpoint,
+        head_lr_ratio=cfg.finetune.head_lr_ratio, label_smoothing=cfg.finetune.label_smoothing,
+        clip_sampling=clip_sampling, optim=OmegaConf.to_container(cfg.optim, resolve=True),
+    )
+    return classifier, datamodule
+
+
+def _num_classes(datamodule) -> int:
+    if datamodule.num_classes is None:
+        raise ValueError("cannot tell the number of classes: set model.num_classes, or write the shards with "
+                         "python -m swinssl.make_shards from class folders (it writes classes.json)")
+    return datamodule.num_classes
 
 
 def finetune(cfg: DictConfig, recipe: str) -> None:

@@ -1,8 +1,9 @@
-"""Write WebDataset shards from a folder of images: ``python -m swinssl.make_shards SRC OUT``.
+"""Write WebDataset shards from a folder of images or videos: ``python -m swinssl.make_shards SRC OUT``.
 
 SRC either holds class subfolders (each one a ``cls`` label, names saved to ``OUT/classes.json``) or
-images directly (no labels). Image bytes are stored as they are; unreadable files are skipped and
-reported. The writer core, :func:`write_shards`, takes samples from any source (demo photos, videos).
+files directly (no labels), all images or all videos. Files are stored as they are, under their
+extension's key (``jpg``, ``mp4``, ...); unreadable ones are skipped and reported. The writer core,
+:func:`write_shards`, takes samples from any source (demo photos, demo videos).
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+import av
 import webdataset as wds
 from PIL import Image
 from rich.progress import track
 
 IMAGE_EXTENSIONS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
+VIDEO_EXTENSIONS = {".mp4": "mp4", ".webm": "webm", ".avi": "avi", ".mkv": "mkv"}
+EXTENSIONS = {"image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS}  # file suffix -> sample key
 
 
 class ShardItem(NamedTuple):
@@ -97,28 +101,39 @@ def write_shards(
     return ShardSummary(samples, shards, shard_pattern(out, prefix, shards), skipped)
 
 
-def find_images(src: Path) -> tuple[list[tuple[Path, int | None]], list[str] | None]:
-    """Image files under ``src`` with their labels, and the class names (None when unlabeled)."""
+def find_files(src: Path, kind: str) -> tuple[list[tuple[Path, int | None]], list[str] | None]:
+    """The ``kind`` ("image" or "video") files under ``src`` with their labels, and the class names
+    (None when unlabeled)."""
     if not src.is_dir():
         raise FileNotFoundError(f"source folder {src} does not exist")
+    extensions = EXTENSIONS[kind]
 
-    def images_in(folder: Path, recursive: bool) -> list[Path]:
+    def files_in(folder: Path, recursive: bool) -> list[Path]:
         files = folder.rglob("*") if recursive else folder.iterdir()
-        return sorted(p for p in files if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        return sorted(p for p in files if p.is_file() and p.suffix.lower() in extensions)
 
     folders = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
-    classes = [p.name for p in folders if images_in(p, recursive=True)]
-    loose = images_in(src, recursive=False)
+    classes = [p.name for p in folders if files_in(p, recursive=True)]
+    loose = files_in(src, recursive=False)
     if classes and loose:
         raise ValueError(
-            f"{src} mixes class folders with loose images (e.g. {loose[0].name}); use one layout"
+            f"{src} mixes class folders with loose {kind}s (e.g. {loose[0].name}); use one layout"
         )
     if classes:
-        files = [(path, label) for label, name in enumerate(classes) for path in images_in(src / name, True)]
+        files = [(path, label) for label, name in enumerate(classes) for path in files_in(src / name, True)]
         return files, classes
     if not loose:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {src}")
+        raise ValueError(f"no {kind}s ({', '.join(extensions)}) found in {src}")
     return [(path, None) for path in loose], None
+
+
+def media_kind(src: Path) -> str:
+    """"video" when ``src`` holds video files, else "image" (whose search reports an empty folder)."""
+    suffixes = {p.suffix.lower() for p in Path(src).rglob("*") if p.is_file()}
+    kinds = [kind for kind, extensions in EXTENSIONS.items() if suffixes & extensions.keys()]
+    if len(kinds) > 1:
+        raise ValueError(f"{src} holds both images and videos; shard them into separate folders")
+    return kinds[0] if kinds else "image"
 
 
 def verify_image(item: ShardItem) -> None:
@@ -127,23 +142,39 @@ def verify_image(item: ShardItem) -> None:
         image.verify()
 
 
-def write_image_shards(
+def verify_video(item: ShardItem) -> None:
+    """Raise if PyAV cannot open the file, finds no video stream in it, or cannot decode its first frame."""
+    with av.open(io.BytesIO(item.data)) as container:
+        if not container.streams.video:
+            raise ValueError(f"{item.name} has no video stream")
+        next(container.decode(container.streams.video[0]))
+
+
+VERIFY = {"image": verify_image, "video": verify_video}
+
+
+def write_folder_shards(
     src: str | Path,
     out: str | Path,
+    kind: str = "image",
     prefix: str = "train",
     maxcount: int = 1000,
     maxsize: float = 1e9,
     seed: int = 0,
     shuffle: bool = True,
 ) -> ShardSummary:
-    """Shard an image folder; the order is shuffled with ``seed`` so every shard mixes classes."""
+    """Shard the ``kind`` ("image" or "video") files of a folder; unreadable ones are skipped and listed.
+
+    Files are stored as they are under their extension's key; the order is shuffled with ``seed`` so
+    every shard mixes classes.
+    """
     src = Path(src)
-    files, classes = find_images(src)
+    files, classes = find_files(src, kind)
     if shuffle:
         random.Random(seed).shuffle(files)
     items = (
         ShardItem(
-            path.relative_to(src).as_posix(), path.read_bytes(), IMAGE_EXTENSIONS[path.suffix.lower()], label
+            path.relative_to(src).as_posix(), path.read_bytes(), EXTENSIONS[kind][path.suffix.lower()], label
         )
         for path, label in files
     )
@@ -154,16 +185,17 @@ def write_image_shards(
         maxcount=maxcount,
         maxsize=maxsize,
         classes=classes,
-        check=verify_image,
+        check=VERIFY[kind],
         total=len(files),
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m swinssl.make_shards", description="Write WebDataset shards from a folder of images."
+        prog="python -m swinssl.make_shards",
+        description="Write WebDataset shards from a folder of images or videos (mp4, webm, avi, mkv).",
     )
-    parser.add_argument("src", help="image folder: class subfolders, or images directly")
+    parser.add_argument("src", help="image or video folder: class subfolders, or files directly")
     parser.add_argument("out", help="output folder for the .tar shards")
     parser.add_argument("--prefix", default="train", help="shard name prefix (default: train)")
     parser.add_argument("--maxcount", type=int, default=1000, help="samples per shard at most")
@@ -172,8 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-shuffle", action="store_true", help="keep the sorted file order")
     args = parser.parse_args(argv)
     try:
-        summary = write_image_shards(
-            args.src, args.out, args.prefix, args.maxcount, args.maxsize, args.seed, not args.no_shuffle
+        kind = media_kind(Path(args.src))
+        summary = write_folder_shards(
+            args.src, args.out, kind, args.prefix, args.maxcount, args.maxsize, args.seed, not args.no_shuffle
         )
     except (OSError, ValueError) as exn:
         print(f"make_shards: error: {exn}", file=sys.stderr)

@@ -97,8 +97,8 @@ def save_config(cfg: DictConfig, run_dir: Path) -> None:
 
 
 def batch_size(batch: dict[str, Any]) -> int:
-    """Samples in one of our batches (dicts with an ``image`` tensor)."""
-    return len(batch["image"])
+    """Samples in one of our batches (dicts with an ``image`` or a ``video`` tensor)."""
+    return len(batch["image"] if "image" in batch else batch["video"])
 
 
 def build_trainer(trainer_cfg: DictConfig, run_dir: Path, checkpointing: DictConfig,
@@ -117,7 +117,7 @@ def build_trainer(trainer_cfg: DictConfig, run_dir: Path, checkpointing: DictCon
     last = ModelCheckpoint(
         dirpath=checkpoint_dir, every_n_train_steps=checkpointing.last_every_n_steps, save_top_k=0, save_last=True
     )
-    # images/s over a sliding window as long as the logging interval
+    # samples (images or clips)/s over a sliding window as long as the logging interval
     throughput = ThroughputMonitor(batch_size_fn=batch_size, window_size=max(2, kwargs.get("log_every_n_steps") or 50))
     logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
     return Trainer(

@@ -13,7 +13,7 @@ import webdataset as wds
 from PIL import Image
 
 from swinssl.datamodules import IMAGENET_MEAN, IMAGENET_STD, ClassificationShardDataModule, denormalize
-from swinssl.make_shards import write_image_shards
+from swinssl.make_shards import write_folder_shards
 
 S = 32  # output size; sources are 40 x 52, so both the resize and the crop do something
 H, W = 40, 52
@@ -64,7 +64,7 @@ def data(tmp_path_factory):
             for i in range(count):
                 fmt, ext = ("PNG", "png") if i % 2 else ("JPEG", "jpg")
                 Image.fromarray(coloured(rng, channel)).save(folder / f"{i}.{ext}", format=fmt)
-        write_image_shards(root / f"src-{split}", root / split, prefix=split, maxcount=8)
+        write_folder_shards(root / f"src-{split}", root / split, prefix=split, maxcount=8)
     return SimpleNamespace(train=str(root / "train"), val=str(root / "val"), root=root)
 
 

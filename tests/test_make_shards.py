@@ -15,7 +15,7 @@ from PIL import Image
 
 from swinssl import demo_data
 from swinssl.datamodules import resolve_shards
-from swinssl.make_shards import main, write_image_shards
+from swinssl.make_shards import main, write_folder_shards
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
@@ -75,7 +75,7 @@ def test_images_without_class_folders_are_unlabeled(tmp_path):
     src.mkdir()
     for i in range(3):
         Image.new("RGB", (8, 8), (i, 0, 0)).save(src / f"{i}.png")
-    summary = write_image_shards(src, tmp_path / "out", prefix="val", shuffle=False)
+    summary = write_folder_shards(src, tmp_path / "out", prefix="val", shuffle=False)
     assert (summary.samples, summary.shards, summary.skipped) == (3, 1, [])
     assert summary.pattern == f"{tmp_path}/out/val-000000.tar"
     samples = read_back(summary.pattern)
@@ -105,11 +105,11 @@ def test_source_without_images_exits_2_with_one_line(tmp_path, capsys):
 def test_refuses_to_mix_layouts_or_overwrite_shards(tmp_path, image_folder):
     Image.new("RGB", (8, 8)).save(image_folder / "loose.png")
     with pytest.raises(ValueError, match="mixes class folders with loose images"):
-        write_image_shards(image_folder, tmp_path / "out")
+        write_folder_shards(image_folder, tmp_path / "out")
     (image_folder / "loose.png").unlink()
-    write_image_shards(image_folder, tmp_path / "out")
+    write_folder_shards(image_folder, tmp_path / "out")
     with pytest.raises(FileExistsError, match="already holds train-"):
-        write_image_shards(image_folder, tmp_path / "out")
+        write_folder_shards(image_folder, tmp_path / "out")
 
 
 def test_demo_shards_built_once_then_reused(tmp_path, monkeypatch):
@@ -131,8 +131,8 @@ def test_demo_shards_built_once_then_reused(tmp_path, monkeypatch):
     camera = next(s for s in samples if json.loads(s["json"])["path"] == "camera.jpg")
     assert int(camera["cls"]) == 1
 
-    def no_rebuild(_target):
+    def no_rebuild(*_args, **_kwargs):
         raise AssertionError("demo shards rebuilt although cached")
 
-    monkeypatch.setattr(demo_data, "_build", no_rebuild)
+    monkeypatch.setattr(demo_data, "write_shards", no_rebuild)
     assert demo_data.demo_shards() == pattern

@@ -130,3 +130,21 @@ def test_layer_decay_follows_the_official_swin_layer_ids(family):
     }
     for name, layer in expected_ids.items():
         assert by_name[name] == pytest.approx(0.5 ** (top - layer)), name
+
+
+def test_video_backbone_learns_at_the_head_lr_ratio_including_position_bias():
+    from swinssl.models import build_video_encoder
+    from swinssl.tasks.optim import backbone_and_head_groups
+
+    for family in ("video_swinv2", "video_swin"):
+        model = build_video_encoder(family, num_frames=4, img_size=32, window_size=(2, 4, 4), num_classes=3,
+                                    embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4))
+        optimizer = build_optimizer(backbone_and_head_groups(model, 0.05, 0.1), OptimConfig(), lr=1e-3)
+        names = {id(p): name for name, p in model.named_parameters()}
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                name = names[id(param)]
+                assert group["lr_scale"] == (1.0 if name.startswith("head.") else 0.1), name
+                no_decay = param.ndim <= 1 or any(k in name for k in ("cpb_mlp", "logit_scale", "bias_table"))
+                assert group["weight_decay"] == (0.0 if no_decay else 0.05), name
+        assert sum(len(g["params"]) for g in optimizer.param_groups) == len(names)

@@ -2,5 +2,6 @@
 
 from swinssl.tasks.classification import ImageClassifier
 from swinssl.tasks.simmim import SimMIM
+from swinssl.tasks.video import VideoClassifier
 
-__all__ = ["ImageClassifier", "SimMIM"]
+__all__ = ["ImageClassifier", "SimMIM", "VideoClassifier"]

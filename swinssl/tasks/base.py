@@ -67,11 +67,18 @@ class SwinTask(LightningModule):
         """The module whose parameter names define the weight-decay and layer-decay groups."""
         raise NotImplementedError
 
+    def optimizer_parameters(self) -> nn.Module | list[dict[str, Any]]:
+        """What the optimizer is built over: the module (timm groups it) or ready-made parameter groups."""
+        return self.optimized_module()
+
     def optimizer_kwargs(self) -> dict[str, Any]:
         """Extra arguments for timm's optimizer factory (e.g. ``layer_decay``)."""
         return {}
 
-    def log_skipped(self, batch: dict[str, torch.Tensor]) -> None:
+    def log_training(self, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        """Loss, peak learning rate, and the running count of samples the data pipeline skipped."""
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", max(group["lr"] for group in self.optimizers().param_groups))
         if "skipped" in batch:
             self.skipped_samples += int(batch["skipped"])
             self.log("data/skipped", float(self.skipped_samples), reduce_fx="max")
@@ -97,7 +104,7 @@ class SwinTask(LightningModule):
             "lr %.3g = %.3g per %d samples x global batch %d (%d steps/epoch, %d steps in all)",
             rates["lr"], config.base_lr, config.reference_batch, global_batch, steps_per_epoch, total_steps,
         )
-        optimizer = build_optimizer(self.optimized_module(), config, lr=rates["lr"], **self.optimizer_kwargs())
+        optimizer = build_optimizer(self.optimizer_parameters(), config, lr=rates["lr"], **self.optimizer_kwargs())
         scheduler = build_scheduler(
             optimizer, config, global_batch=global_batch, steps_per_epoch=steps_per_epoch, total_steps=total_steps
         )

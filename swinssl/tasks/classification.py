@@ -21,7 +21,32 @@ from swinssl.weights import Checkpoint, create_encoder
 MIXUP_DEFAULTS = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode="batch")
 
 
-class ImageClassifier(SwinTask):
+class AccuracyMetrics:
+    """Top-1 and top-k accuracy (k = 5, or the class count when smaller) for a LightningModule whose
+    ``evaluate_batch(batch, stage)`` computes scores and calls :meth:`log_accuracy`."""
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.evaluate_batch(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.evaluate_batch(batch, "test")
+
+    def init_accuracy(self, num_classes: int) -> None:
+        top_k = min(5, num_classes)
+        self.top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.top5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
+        self.top5_name = f"top{top_k}"
+
+    def log_accuracy(self, stage: str, scores: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> None:
+        size = labels.shape[0]
+        self.top1(scores, labels)
+        self.top5(scores, labels)
+        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=size)
+        self.log(f"{stage}/top1", self.top1, prog_bar=True, batch_size=size)
+        self.log(f"{stage}/{self.top5_name}", self.top5, batch_size=size)
+
+
+class ImageClassifier(AccuracyMetrics, SwinTask):
     """A Swin encoder with a linear head; batches are dicts with ``image`` (B, 3, H, W) and ``label`` (B,).
 
     ``checkpoint`` is any supported checkpoint (path); ``mixup`` holds timm ``Mixup`` arguments
@@ -60,10 +85,7 @@ class ImageClassifier(SwinTask):
             self.train_loss = SoftTargetCrossEntropy()
         else:
             self.train_loss = LabelSmoothingCrossEntropy(label_smoothing) if label_smoothing else torch.nn.CrossEntropyLoss()
-        top_k = min(5, num_classes)
-        self.top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        self.top5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro")
-        self.top5_name = f"top{top_k}"
+        self.init_accuracy(num_classes)
 
     @classmethod
     def arguments_from_weights(cls, source: Checkpoint) -> dict[str, Any]:
@@ -87,23 +109,9 @@ class ImageClassifier(SwinTask):
         if self.mixup is not None:
             images, labels = self.mixup(images, labels)
         loss = self.train_loss(self(images), labels)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/lr", max(group["lr"] for group in self.optimizers().param_groups))
-        self.log_skipped(batch)
+        self.log_training(loss, batch)
         return loss
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> None:
-        logits = self(batch["image"])
-        labels = batch["label"]
-        size = labels.shape[0]
-        self.top1(logits, labels)
-        self.top5(logits, labels)
-        self.log(f"{stage}/loss", torch.nn.functional.cross_entropy(logits, labels), sync_dist=True, batch_size=size)
-        self.log(f"{stage}/top1", self.top1, prog_bar=True, batch_size=size)
-        self.log(f"{stage}/{self.top5_name}", self.top5, batch_size=size)
+    def evaluate_batch(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+        logits, labels = self(batch["image"]), batch["label"]
+        self.log_accuracy(stage, logits, labels, torch.nn.functional.cross_entropy(logits, labels))

@@ -44,8 +44,9 @@ class OptimConfig:
         return dict(lr=self.base_lr * factor, warmup_lr=self.warmup_lr * factor, min_lr=self.min_lr * factor)
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig, lr: float, **kwargs: Any) -> torch.optim.Optimizer:
-    """AdamW over timm's decay / no-decay groups; ``kwargs`` reach timm (e.g. ``layer_decay``).
+def build_optimizer(model: nn.Module | list[dict[str, Any]], config: OptimConfig, lr: float,
+                    **kwargs: Any) -> torch.optim.Optimizer:
+    """AdamW over timm's decay / no-decay groups (or ready-made groups); ``kwargs`` reach timm (``layer_decay``).
 
     Not decayed: every 1-D parameter and bias, plus the names ``model.no_weight_decay()`` lists
     (``cpb_mlp``, ``logit_scale``, ``mask_token`` for our encoders): the official no-decay set.
@@ -59,6 +60,27 @@ def build_optimizer(model: nn.Module, config: OptimConfig, lr: float, **kwargs: 
         eps=config.eps,
         **kwargs,
     )
+
+
+def backbone_and_head_groups(model: nn.Module, weight_decay: float, backbone_lr_scale: float,
+                             head_prefix: str = "head.") -> list[dict[str, Any]]:
+    """AdamW groups for a backbone that learns at ``backbone_lr_scale`` x the head's rate.
+
+    Every backbone parameter is scaled, position-bias parameters included (mmaction2's grouping; the
+    original Video Swin code left its bias tables at the head's rate by a quirk of key matching). Not
+    decayed: 1-D parameters, biases and ``model.no_weight_decay()``.
+    """
+    skip = model.no_weight_decay()
+    groups: dict[tuple[bool, bool], dict[str, Any]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        head, decay = name.startswith(head_prefix), not (param.ndim <= 1 or name.endswith(".bias") or name in skip)
+        group = groups.setdefault((head, decay), {
+            "params": [], "weight_decay": weight_decay if decay else 0.0, "lr_scale": 1.0 if head else backbone_lr_scale,
+        })
+        group["params"].append(param)
+    return list(groups.values())
 
 
 def lr_at(step: int, *, lr: float, warmup_lr: float, min_lr: float, warmup_steps: int, total_steps: int,

@@ -64,9 +64,7 @@ class SimMIM(SwinTask):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         loss, reconstruction = self(batch["image"], batch["mask"])
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/lr", max(group["lr"] for group in self.optimizers().param_groups))
-        self.log_skipped(batch)
+        self.log_training(loss, batch)
         return {"loss": loss, "reconstruction": reconstruction.detach()}
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:

@@ -88,7 +88,7 @@ def inflate_checkpoint(image: Checkpoint, model: VideoSwinEncoder, patch_init: s
     if fresh:
         notes.append(f"kept the initialization of {len(fresh)} temporal-attention tensors (identity at start)")
     return Checkpoint(
-        format=image.format, family=f"video_{image.family}", state=state, arch=image.arch,
+        format=image.format, family=f"video_{image.family}", state=state, arch=image.arch, windows=image.windows,
         conversions=image.conversions + notes, source=image.source,
     )
 
