@@ -14,12 +14,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# The whole chain on the built-in photos: pretrain (recipe=demo), fine-tune the newest demo run at a
-# larger size and window (recipe=demo_ft), evaluate it.
+# The whole chain on the built-in data: pretrain (recipe=demo) on photos, fine-tune the newest demo run at a
+# larger size and window (recipe=demo_ft), evaluate it; then inflate the same run to Video Swin and
+# fine-tune it on generated panning clips (recipe=video_demo), evaluate it on 2 clips x 3 crops per video.
 demo: install
 	$(PY) -m swinssl.pretrain
 	$(PY) -m swinssl.finetune
 	$(PY) -m swinssl.evaluate checkpoint=runs/demo_ft 'data=$${swinssl_demo_shards:}' num_workers=2
+	$(PY) -m swinssl.finetune recipe=video_demo
+	$(PY) -m swinssl.evaluate checkpoint=runs/video_demo 'data=$${swinssl_demo_video_shards:}' num_workers=2 batch_size=4
 
 test: install
 	$(PY) -m pytest
