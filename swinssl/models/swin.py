@@ -204,8 +204,12 @@ def _window_tiles(img_size, patch_size: int, window: int, stages: int) -> bool:
 
 def resolve_arch(arch: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """Preset name or bare family (``swinv2``, ``swin``) -> constructor arguments, explicit overrides winning."""
-    family = family_of(arch)
-    base = dict(PRESETS[arch] if arch in PRESETS else PRESETS[f"{family}_tiny"])
+    return preset_arguments(PRESETS, arch, family_of(arch), overrides)
+
+
+def preset_arguments(presets: dict[str, dict[str, Any]], arch: str, family: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The preset's sizes (a bare family starts from its tiny preset), then the non-None ``overrides``."""
+    base = dict(presets[arch] if arch in presets else presets[f"{family}_tiny"])
     base.update({key: value for key, value in overrides.items() if value is not None})
     return base
 

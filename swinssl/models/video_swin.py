@@ -32,6 +32,8 @@ from timm.models import swin_transformer, swin_transformer_v2
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from swinssl.models.swin import preset_arguments
+
 Triple = tuple[int, int, int]
 
 # Sizes of the official Video Swin T/S/B/L (head dim 32), shared by both attention styles.
@@ -422,10 +424,7 @@ def _init_weights(module: nn.Module) -> None:
 
 def resolve_video_arch(arch: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """Preset or bare family -> sizes, explicit (non-None) overrides winning."""
-    family = video_family_of(arch)
-    base = dict(PRESETS[arch] if arch in PRESETS else PRESETS[f"{family}_tiny"])
-    base.update({key: value for key, value in overrides.items() if value is not None})
-    return base
+    return preset_arguments(PRESETS, arch, video_family_of(arch), overrides)
 
 
 def build_video_encoder(
