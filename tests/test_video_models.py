@@ -10,7 +10,7 @@ from test_weights import official_layout, trained_like
 from swinssl import create_video_encoder
 from swinssl.models import build_encoder, build_video_encoder
 from swinssl.models.video_swin import attention_mask, relative_position_index
-from swinssl.weights import CheckpointError, load_checkpoint
+from swinssl.weights import CheckpointError, load_checkpoint, resize_bias_table
 
 TINY = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4))
 
@@ -126,7 +126,9 @@ def test_v1_tables_are_resized_to_the_video_window_before_tiling():
     model = create_video_encoder("video_swin", num_frames=8, img_size=96, window_size=(2, 3, 3),
                                  checkpoint=image_model.state_dict())
     table = model.layers[0].blocks[0].attn.relative_position_bias_table
+    resized = resize_bias_table(image_model.layers[0].blocks[0].attn.relative_position_bias_table, 3)
     assert table.shape == (3 * 25, 1)
+    torch.testing.assert_close(table.detach(), resized.repeat(3, 1))  # one copy per temporal offset
     assert any("inflated the patch kernel" in note for note in model.load_report.conversions)
 
 
