@@ -16,7 +16,7 @@ def test_transfer_quick_prints_the_table_and_writes_per_seed_json(tmp_path):
     out = tmp_path / "transfer.json"
     done = run_cli("swinssl.bench", "transfer", "--quick", "--json", str(out), timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    from swinssl.bench import VARIANTS
+    from swinssl.bench.transfer import VARIANTS
 
     lines = done.stdout.splitlines()
     header = lines.index("| variant | 32 px / W8 (train) | 64 px / W16 |")
@@ -37,14 +37,14 @@ def test_transfer_quick_prints_the_table_and_writes_per_seed_json(tmp_path):
 
 
 def _tiny():
-    from swinssl.bench import TransferConfig
+    from swinssl.bench.transfer import TransferConfig
 
     return TransferConfig(embed_dim=8, depths=(1, 2), num_heads=(1, 2), scales=[1.0, 2.0])
 
 
 def test_v1_tables_reach_the_larger_window_by_plain_bicubic_interpolation():
     """The product's transfer must match the official rule: (L, nH) -> (1, nH, 2W-1, 2W-1) -> bicubic."""
-    from swinssl.bench import build, transfer
+    from swinssl.bench.transfer import build, transfer
 
     cfg = _tiny()
     torch.manual_seed(0)
@@ -67,7 +67,7 @@ def test_v1_tables_reach_the_larger_window_by_plain_bicubic_interpolation():
 
 
 def test_v2_transfer_keeps_the_trained_windows_and_is_exact_at_the_training_size():
-    from swinssl.bench import build, transfer
+    from swinssl.bench.transfer import build, transfer
     from swinssl.models import position_bias_windows
 
     cfg = _tiny()

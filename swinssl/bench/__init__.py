@@ -1,0 +1,11 @@
+"""Benchmarks anyone can rerun: ``python -m swinssl.bench <name>``, each printing a markdown table, the
+command and the wall time, and writing JSON with ``--json``.
+
+One module per benchmark; each has a module docstring (its ``--help``), ``add_arguments(parser)`` and
+``run(args, command)``. :data:`BENCHMARKS` lists them in ``--help`` order.
+"""
+
+BENCHMARKS = {
+    "transfer": "position-bias transfer to larger windows without training",
+    "video": "video clips per second per data-loading worker",
+}
