@@ -8,12 +8,15 @@ from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch import Callback, LightningDataModule, LightningModule
 from omegaconf import DictConfig, OmegaConf
 
+from swinssl import slurm
 from swinssl.demo_data import demo_shards
 from swinssl.demo_videos import demo_video_shards
-from swinssl.runs import Run, build_trainer, prepare_run, save_config
+from swinssl.runs import Run, build_trainer, newest_checkpoint, prepare_run, resolve_strategy, save_config
+from swinssl.tasks.nonfinite import NonFiniteGuard, NonFiniteLossError
 
 log = logging.getLogger("swinssl")
 RECIPES = "swinssl.recipes"
@@ -70,6 +73,16 @@ def user_errors() -> Iterator[None]:
         raise SystemExit(f"error: {error}") from None
 
 
+def submitted_to_slurm(cfg: DictConfig, task: str, recipe: str) -> bool:
+    """``cluster=slurm`` on a login node: check the request and submit (or print) the job instead of training."""
+    if cfg.cluster.name != "slurm" or slurm.is_slurm_task():
+        return False
+    with user_errors():
+        resolve_strategy(cfg.trainer.strategy)
+        slurm.submit(cfg, task, recipe, list(HydraConfig.get().overrides.task))
+    return True
+
+
 def start_run(cfg: DictConfig, recipe: str) -> Run:
     """The run directory, ``runs/<recipe>/<run id>`` or ``out_dir``, and the checkpoint ``resume`` points at."""
     with user_errors():
@@ -78,10 +91,31 @@ def start_run(cfg: DictConfig, recipe: str) -> Run:
 
 def train(cfg: DictConfig, run: Run, model: LightningModule, datamodule: LightningDataModule,
           callbacks: list[Callback] = ()) -> None:
-    """Fit in the run directory, resuming when the run has a checkpoint; save a final last.ckpt."""
+    """Fit in the run directory, resuming when the run has a checkpoint; save a final last.ckpt.
+
+    As an srun task, SIGUSR1 saves, requeues the job and returns (:mod:`swinssl.slurm`). Too many NaN/inf
+    steps in a row end the program with an ``error:`` line and leave the last good checkpoint in place.
+    """
     log.info("run directory: %s%s", run.dir, f" (resuming {run.resume_from})" if run.resume_from else "")
     save_config(cfg, run.dir)
-    trainer = build_trainer(cfg.trainer, run.dir, cfg.checkpointing, callbacks=list(callbacks))
-    trainer.fit(model, datamodule=datamodule, ckpt_path=run.resume_from)
-    trainer.save_checkpoint(run.dir / "checkpoints" / "last.ckpt", weights_only=False)  # resumable
+    last = run.dir / "checkpoints" / "last.ckpt"
+    callbacks = [NonFiniteGuard(cfg.max_nonfinite_steps), *callbacks]
+    environment = requeue = None
+    if slurm.is_slurm_task():
+        environment = slurm.environment()
+        if cfg.cluster.requeue:
+            requeue = slurm.RequeueOnSignal(last)
+            callbacks.append(requeue)
+    with user_errors():
+        trainer = build_trainer(cfg.trainer, run.dir, cfg.checkpointing, callbacks=callbacks, environment=environment)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=run.resume_from)
+    except NonFiniteLossError as error:
+        kept = newest_checkpoint(run.dir)
+        raise SystemExit(f"error: {error}. Last good checkpoint: {kept or 'none saved yet'}"
+                         + (" (resume=auto continues from it)" if kept else "")) from None
+    if requeue is not None and requeue.requeued:
+        log.info("requeued: the job resumes from %s", last)
+        return
+    trainer.save_checkpoint(last, weights_only=False)  # resumable
     log.info("done: %s", run.dir)

@@ -16,7 +16,7 @@ from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from omegaconf import DictConfig, OmegaConf
 
-from swinssl.cli import RECIPES, check_recipe_argument, resolve_checkpoint, start_run, train, user_errors
+from swinssl.cli import RECIPES, check_recipe_argument, submitted_to_slurm, resolve_checkpoint, start_run, train, user_errors
 from swinssl.datamodules import ClassificationShardDataModule, VideoShardDataModule
 from swinssl.tasks import ImageClassifier, VideoClassifier
 
@@ -82,6 +82,8 @@ def _num_classes(datamodule) -> int:
 
 
 def finetune(cfg: DictConfig, recipe: str) -> None:
+    if submitted_to_slurm(cfg, "finetune", recipe):
+        return
     seed_everything(cfg.seed, workers=True)
     run = start_run(cfg, recipe)
     with user_errors():

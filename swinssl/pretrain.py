@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch import seed_everything
 from omegaconf import DictConfig, OmegaConf
 
-from swinssl.cli import RECIPES, check_recipe_argument, start_run, train, user_errors
+from swinssl.cli import RECIPES, check_recipe_argument, submitted_to_slurm, start_run, train, user_errors
 from swinssl.datamodules import ImageShardDataModule
 from swinssl.tasks import SimMIM
 from swinssl.tasks.callbacks import ReconstructionImages
@@ -54,6 +54,8 @@ def build(cfg: DictConfig, resuming: bool = False) -> tuple[SimMIM, ImageShardDa
 
 
 def pretrain(cfg: DictConfig, recipe: str) -> None:
+    if submitted_to_slurm(cfg, "pretrain", recipe):
+        return
     seed_everything(cfg.seed, workers=True)
     run = start_run(cfg, recipe)
     with user_errors():

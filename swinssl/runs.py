@@ -8,6 +8,7 @@ once by the launching process and handed to the ranks it starts through ``SWINSS
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -20,6 +21,8 @@ import torch
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.environments import ClusterEnvironment
+from lightning.pytorch.strategies import FSDPStrategy, Strategy, StrategyRegistry
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -96,16 +99,43 @@ def save_config(cfg: DictConfig, run_dir: Path) -> None:
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
+def resolve_strategy(name: str | Strategy) -> str | Strategy:
+    """``trainer.strategy`` checked before anything starts: a known name, and its package installed.
+
+    ``fsdp`` shards each transformer block (timm's Swin blocks, our Video Swin block) as one unit; the
+    other names go to Lightning as they are.
+    """
+    if not isinstance(name, str):
+        return name
+    known = ["auto", *StrategyRegistry.available_strategies()]
+    if name not in known:
+        raise ValueError(f"unknown trainer.strategy {name!r}; choose one of: {', '.join(known)}")
+    if name.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        raise ImportError(f"trainer.strategy={name} needs DeepSpeed, which is not installed: pip install deepspeed "
+                          "(or use trainer.strategy=ddp)")
+    if name == "fsdp":
+        from timm.models.swin_transformer import SwinTransformerBlock
+        from timm.models.swin_transformer_v2 import SwinTransformerV2Block
+
+        from swinssl.models.video_swin import VideoSwinBlock
+
+        return FSDPStrategy(auto_wrap_policy={SwinTransformerV2Block, SwinTransformerBlock, VideoSwinBlock})
+    return name
+
+
 def batch_size(batch: dict[str, Any]) -> int:
     """Samples in one of our batches (dicts with an ``image`` or a ``video`` tensor)."""
     return len(batch["image"] if "image" in batch else batch["video"])
 
 
 def build_trainer(trainer_cfg: DictConfig, run_dir: Path, checkpointing: DictConfig,
-                  callbacks: list[Callback]) -> Trainer:
+                  callbacks: list[Callback], environment: ClusterEnvironment | None = None) -> Trainer:
     """Lightning Trainer writing into ``run_dir``; every ``trainer.*`` key passes through as is."""
     kwargs = OmegaConf.to_container(trainer_cfg, resolve=True)
     kwargs["precision"] = select_precision(kwargs.get("precision"))
+    kwargs["strategy"] = resolve_strategy(kwargs.get("strategy", "auto"))
+    if environment is not None:
+        kwargs["plugins"] = [*kwargs.get("plugins", []), environment]
     checkpoint_dir = run_dir / "checkpoints"
     periodic = ModelCheckpoint(
         dirpath=checkpoint_dir,

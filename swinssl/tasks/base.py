@@ -113,7 +113,11 @@ class SwinTask(LightningModule):
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip by global norm (the official 5.0) and log the pre-clip norm."""
         max_norm = float(gradient_clip_val) if gradient_clip_val else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
+        wrapped = self.trainer.strategy.model
+        if hasattr(wrapped, "clip_grad_norm_"):  # FSDP: the norm over every rank's shards
+            norm = wrapped.clip_grad_norm_(max_norm)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
         self.log("train/grad_norm", norm)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

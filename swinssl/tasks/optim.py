@@ -10,6 +10,7 @@ to the peak, then cosine down to ``min_lr`` or a multistep decay by ``gamma`` at
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ import torch
 from timm.optim import create_optimizer_v2
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
+
 
 @dataclass
 class OptimConfig:
@@ -51,6 +53,8 @@ def build_optimizer(model: nn.Module | list[dict[str, Any]], config: OptimConfig
     Not decayed: every 1-D parameter and bias, plus the names ``model.no_weight_decay()`` lists
     (``cpb_mlp``, ``logit_scale``, ``mask_token`` for our encoders): the official no-decay set.
     """
+    if isinstance(model, nn.Module) and any(WRAPPER_PREFIX.search(name) for name, _ in model.named_parameters()):
+        model = UnwrappedNames(model)
     return create_optimizer_v2(
         model,
         "adamw",
@@ -60,6 +64,33 @@ def build_optimizer(model: nn.Module | list[dict[str, Any]], config: OptimConfig
         eps=config.eps,
         **kwargs,
     )
+
+
+# What FSDP auto-wrapping and activation-checkpoint wrappers insert into parameter names.
+WRAPPER_PREFIX = re.compile(r"(_fsdp_wrapped_module|_checkpoint_wrapped_module|_orig_mod)\.")
+
+
+class UnwrappedNames(nn.Module):
+    """A module's parameters under the names they had before wrapping.
+
+    FSDP (Lightning wraps before ``configure_optimizers``) renames ``layers.0.blocks.0.attn.logit_scale``
+    to ``layers.0.blocks.0._fsdp_wrapped_module.attn.logit_scale``, which would silently break the
+    name-based no-decay list and layer-decay ids.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.wrapped = module
+
+    def named_parameters(self, *args: Any, **kwargs: Any):
+        for name, param in self.wrapped.named_parameters(*args, **kwargs):
+            yield WRAPPER_PREFIX.sub("", name), param
+
+    def no_weight_decay(self) -> set[str]:
+        return getattr(self.wrapped, "no_weight_decay", set)()
+
+    def group_matcher(self, coarse: bool = False):
+        return self.wrapped.group_matcher(coarse)
 
 
 def backbone_and_head_groups(model: nn.Module, weight_decay: float, backbone_lr_scale: float,
@@ -72,7 +103,7 @@ def backbone_and_head_groups(model: nn.Module, weight_decay: float, backbone_lr_
     """
     skip = model.no_weight_decay()
     groups: dict[tuple[bool, bool], dict[str, Any]] = {}
-    for name, param in model.named_parameters():
+    for name, param in UnwrappedNames(model).named_parameters():
         if not param.requires_grad:
             continue
         head, decay = name.startswith(head_prefix), not (param.ndim <= 1 or name.endswith(".bias") or name in skip)
