@@ -2,8 +2,9 @@
 
 A run lives in ``runs/<recipe>/<run id>/`` (or ``out_dir=``): ``config.yaml`` (the composed, resolved
 recipe), TensorBoard events, ``checkpoints/last.ckpt`` and periodic checkpoints. The run id is the
-same for every rank and survives a requeue: the SLURM job id under SLURM, otherwise a time stamp fixed
-once by the launching process and handed to the ranks it starts through ``SWINSSL_RUN_ID``.
+same for every rank and survives a requeue: the SLURM job id under SLURM, torchrun's rendezvous id under
+``torchrun --standalone`` (or ``--rdzv-id``), otherwise a time stamp fixed once by the launching process and
+handed to the ranks it starts through ``SWINSSL_RUN_ID``.
 """
 
 from __future__ import annotations
@@ -35,11 +36,14 @@ warnings.filterwarnings("ignore", message=r"When using the `ThroughputMonitor`, 
 
 
 def run_id() -> str:
-    """SLURM job (array task) id, else the id the launching process fixed, else a new time stamp."""
+    """SLURM job (array task) id, else torchrun's rendezvous id, else the id the launching process fixed,
+    else a new time stamp."""
     if "SLURM_ARRAY_JOB_ID" in os.environ:
         return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
     if "SLURM_JOB_ID" in os.environ:
         return os.environ["SLURM_JOB_ID"]
+    if os.environ.get("TORCHELASTIC_RUN_ID", "none") != "none":  # torchrun --standalone or --rdzv-id: shared by ranks
+        return os.environ["TORCHELASTIC_RUN_ID"]
     os.environ.setdefault(RUN_ID_ENV, time.strftime("%Y%m%d-%H%M%S"))
     return os.environ[RUN_ID_ENV]
 
