@@ -73,6 +73,14 @@ def user_errors() -> Iterator[None]:
         raise SystemExit(f"error: {error}") from None
 
 
+RUNTIME_KEYS = ("attn_kernel", "attn_chunk_windows", "grad_checkpointing", "compile")
+
+
+def runtime_arguments(cfg: DictConfig) -> dict:
+    """The ``model.*`` keys that change how the model runs, not what it computes (``recipes/run.yaml``)."""
+    return {key: cfg.model[key] for key in RUNTIME_KEYS}
+
+
 def submitted_to_slurm(cfg: DictConfig, task: str, recipe: str) -> bool:
     """``cluster=slurm`` on a login node: check the request and submit (or print) the job instead of training."""
     if cfg.cluster.name != "slurm" or slurm.is_slurm_task():

@@ -16,7 +16,10 @@ from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from omegaconf import DictConfig, OmegaConf
 
-from swinssl.cli import RECIPES, check_recipe_argument, submitted_to_slurm, resolve_checkpoint, start_run, train, user_errors
+from swinssl.cli import (
+    RECIPES, check_recipe_argument, resolve_checkpoint, runtime_arguments, start_run, submitted_to_slurm, train,
+    user_errors,
+)
 from swinssl.datamodules import ClassificationShardDataModule, VideoShardDataModule
 from swinssl.tasks import ImageClassifier, VideoClassifier
 
@@ -46,7 +49,7 @@ def build(cfg: DictConfig, resuming: bool = False):
         encoder=OmegaConf.to_container(cfg.model.encoder, resolve=True),
         checkpoint=None if resuming else resolve_checkpoint(cfg.checkpoint), trust_checkpoint=cfg.trust_checkpoint,
         layer_decay=cfg.finetune.layer_decay, mixup=mixup, label_smoothing=cfg.finetune.label_smoothing,
-        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        optim=OmegaConf.to_container(cfg.optim, resolve=True), **runtime_arguments(cfg),
     )
     return model, datamodule
 
@@ -65,11 +68,11 @@ def build_video(cfg: DictConfig, resuming: bool = False) -> tuple[VideoClassifie
         arch=model.arch, num_classes=_num_classes(datamodule), num_frames=model.num_frames, img_size=model.img_size,
         window_size=list(model.window_size), patch_size=list(model.patch_size) if model.patch_size else None,
         attention=model.attention, patch_init=model.patch_init, drop_path_rate=model.drop_path_rate,
-        head_dropout=model.head_dropout, grad_checkpointing=model.grad_checkpointing,
+        head_dropout=model.head_dropout,
         encoder=OmegaConf.to_container(model.encoder, resolve=True),
         checkpoint=None if resuming else resolve_checkpoint(cfg.checkpoint), trust_checkpoint=cfg.trust_checkpoint,
         head_lr_ratio=cfg.finetune.head_lr_ratio, label_smoothing=cfg.finetune.label_smoothing,
-        clip_sampling=clip_sampling, optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        clip_sampling=clip_sampling, optim=OmegaConf.to_container(cfg.optim, resolve=True), **runtime_arguments(cfg),
     )
     return classifier, datamodule
 

@@ -14,7 +14,9 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch import seed_everything
 from omegaconf import DictConfig, OmegaConf
 
-from swinssl.cli import RECIPES, check_recipe_argument, submitted_to_slurm, start_run, train, user_errors
+from swinssl.cli import (
+    RECIPES, check_recipe_argument, runtime_arguments, start_run, submitted_to_slurm, train, user_errors,
+)
 from swinssl.datamodules import ImageShardDataModule
 from swinssl.tasks import SimMIM
 from swinssl.tasks.callbacks import ReconstructionImages
@@ -36,6 +38,7 @@ def build(cfg: DictConfig, resuming: bool = False) -> tuple[SimMIM, ImageShardDa
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
         checkpoint=None if resuming else cfg.checkpoint,
         trust_checkpoint=cfg.trust_checkpoint,
+        **runtime_arguments(cfg),
     )
     datamodule = ImageShardDataModule(
         shards=cfg.data.shards,

@@ -6,7 +6,9 @@ Parameter names stay timm's, so timm state dicts load as they are. Additions:
   patch LayerNorm, as the official SimMIM encoder does (all tokens still go through every stage);
 - the Swin V2 paper's extra LayerNorm on the main branch every ``extra_norm_period`` blocks of a stage,
   used by the H and G presets (named ``norm3`` as in timm's ``swinv2_cr``); the official release lacks it;
-- checks that turn an image size or window that cannot work into a one-line error before any compute.
+- checks that turn an image size or window that cannot work into a one-line error before any compute;
+- a choice of attention kernel (``attn_kernel``: plain, fused SDPA, or chunked; :mod:`swinssl.models.attention`)
+  for V2 and V1 alike.
 
 V1 (parameterized relative-position tables) is here to load official Swin V1 checkpoints and to compare
 against; it shares the mask-token entry so official V1 SimMIM checkpoints continue pretraining too.
@@ -15,15 +17,20 @@ This module builds modules only; :func:`swinssl.create_encoder` (in ``swinssl.we
 
 from __future__ import annotations
 
+import math
 import re
 from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from timm.layers import trunc_normal_
+from timm.models import swin_transformer, swin_transformer_v2
 from timm.models.swin_transformer import SwinTransformer
 from timm.models.swin_transformer_v2 import SwinTransformerV2, SwinTransformerV2Block
 from torch import nn
+
+from swinssl.models.attention import check_kernel, window_attention
 
 # Widths, depths and heads: T/S/B/L as timm registers them; H/G from the Swin V2 paper (sec. 3.6,
 # head dim 32). The paper gives G four blocks in its last stage (2, 2, 42, 4).
@@ -57,9 +64,76 @@ def family_of(arch: str) -> str:
     return family
 
 
+class KernelAttention:
+    """Mixin for timm's window attention modules: the part after q, k, v, run by a chosen kernel."""
+
+    kernel: str = "fused"
+    chunk_windows: int | None = None
+
+    def attend(self, q, k, v, bias: torch.Tensor, mask: torch.Tensor | None, scale=None) -> torch.Tensor:
+        """(B * nW, heads, N, d) q, k, v -> projected (B * nW, N, C) output, as timm's forward ends."""
+        out = window_attention(q, k, v, bias, mask, scale, self.kernel, self.chunk_windows,
+                               self.attn_drop.p if self.training else 0.0)
+        batch_windows, heads, tokens, dim = out.shape
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch_windows, tokens, heads * dim)))
+
+
+class WindowAttentionV2(KernelAttention, swin_transformer_v2.WindowAttention):
+    """timm's Swin V2 window attention; q, k, v, cosine normalization, logit scale and log-CPB bias as in
+    timm's forward (the block never sets ``qkv_bias_separate``), the rest by :func:`window_attention`."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        batch_windows, tokens, _ = x.shape
+        if self.q_bias is None:
+            qkv = self.qkv(x)
+        else:
+            qkv = F.linear(x, weight=self.qkv.weight, bias=torch.cat((self.q_bias, self.k_bias, self.v_bias)))
+        q, k, v = qkv.reshape(batch_windows, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        logit_scale = torch.clamp(self.logit_scale, max=math.log(1.0 / 0.01)).exp()
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        return self.attend(q, k, v, self.position_bias(), mask, logit_scale)
+
+    def position_bias(self) -> torch.Tensor:
+        """(heads, N, N) = 16 * sigmoid(cpb_mlp(log-spaced offsets)), gathered per token pair."""
+        table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
+        tokens = self.window_size[0] * self.window_size[1]
+        bias = table[self.relative_position_index.view(-1)].view(tokens, tokens, -1).permute(2, 0, 1).contiguous()
+        return 16 * torch.sigmoid(bias)
+
+
+class WindowAttentionV1(KernelAttention, swin_transformer.WindowAttention):
+    """timm's Swin V1 window attention (q scaled, then the bias table), the rest by :func:`window_attention`;
+    timm's own ``fused_attn`` flag is not consulted."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        batch_windows, tokens, _ = x.shape
+        qkv = self.qkv(x).reshape(batch_windows, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        return self.attend(q * self.scale, k, v, self._get_rel_pos_bias()[0], mask)
+
+
 class SwinExtras:
-    """Mixin for timm Swin models: the SimMIM mask token at the patch embedding, ``stride``, and the
-    official layer-decay grouping."""
+    """Mixin for timm Swin models: the SimMIM mask token at the patch embedding, ``stride``, the official
+    layer-decay grouping, and the attention kernel."""
+
+    attention_class: type[KernelAttention]
+
+    def set_attention_kernel(self, kernel: str = "fused", chunk_windows: int | None = None) -> None:
+        """Run every window attention with ``kernel`` (``plain``, ``fused``, ``chunked``; see
+        :mod:`swinssl.models.attention`), ``chunk_windows`` windows at a time for ``chunked``.
+
+        timm builds its ``WindowAttention`` inside each block and has no argument for another class, so
+        the built modules are re-classed to our subclass, which replaces ``forward`` only. Parameters and
+        buffers (also the non-persistent index and coordinate tables that ``set_input_size`` rebuilds)
+        keep timm's names, shapes and initialization, so checkpoints load unchanged; the kernel can be
+        switched at any time, e.g. to ``chunked`` for a high-resolution evaluation.
+        """
+        check_kernel(kernel, chunk_windows)
+        for stage in self.layers:
+            for block in stage.blocks:
+                block.attn.__class__ = self.attention_class
+                block.attn.kernel, block.attn.chunk_windows = kernel, chunk_windows
+        self.attn_kernel, self.attn_chunk_windows = kernel, chunk_windows
 
     def _init_mask_token(self, enabled: bool) -> None:
         if enabled:
@@ -132,11 +206,17 @@ def swin_layer_id(name: str, depths: list[int]) -> int:
 
 
 class SwinV2Encoder(SwinExtras, SwinTransformerV2):
-    """timm Swin V2 with an optional SimMIM mask token and the paper's periodic extra norm."""
+    """timm Swin V2 with an optional SimMIM mask token, the paper's periodic extra norm and a choice of
+    attention kernel."""
 
-    def __init__(self, *, mask_token: bool = False, extra_norm_period: int = 0, **kwargs: Any) -> None:
+    attention_class = WindowAttentionV2
+
+    def __init__(self, *, mask_token: bool = False, extra_norm_period: int = 0, attn_kernel: str = "fused",
+                 attn_chunk_windows: int | None = None, **kwargs: Any) -> None:
+        check_kernel(attn_kernel, attn_chunk_windows)  # before building, as the geometry checks
         super().__init__(**kwargs)
         self._init_mask_token(mask_token)
+        self.set_attention_kernel(attn_kernel, attn_chunk_windows)
         self.extra_norm_period = extra_norm_period
         if extra_norm_period:
             for stage in self.layers:
@@ -146,11 +226,16 @@ class SwinV2Encoder(SwinExtras, SwinTransformerV2):
 
 
 class SwinEncoder(SwinExtras, SwinTransformer):
-    """timm Swin V1 with an optional SimMIM mask token."""
+    """timm Swin V1 with an optional SimMIM mask token and a choice of attention kernel."""
 
-    def __init__(self, *, mask_token: bool = False, **kwargs: Any) -> None:
+    attention_class = WindowAttentionV1
+
+    def __init__(self, *, mask_token: bool = False, attn_kernel: str = "fused",
+                 attn_chunk_windows: int | None = None, **kwargs: Any) -> None:
+        check_kernel(attn_kernel, attn_chunk_windows)  # before building, as the geometry checks
         super().__init__(**kwargs)
         self._init_mask_token(mask_token)
+        self.set_attention_kernel(attn_kernel, attn_chunk_windows)
 
 
 ENCODERS = {"swinv2": SwinV2Encoder, "swin": SwinEncoder}
@@ -221,6 +306,8 @@ def build_encoder(
     patch_size: int = 4,
     num_classes: int = 0,
     mask_token: bool = False,
+    attn_kernel: str = "fused",
+    attn_chunk_windows: int | None = None,
     **overrides: Any,
 ) -> SwinV2Encoder | SwinEncoder:
     """A freshly initialized encoder from a preset (``swinv2_{tiny,...,giant}``, ``swin_{tiny,...,large}``)
@@ -228,6 +315,8 @@ def build_encoder(
 
     ``overrides`` go to the model (``embed_dim``, ``depths``, ``num_heads``, ``drop_path_rate``,
     ``pretrained_window_sizes``, ``extra_norm_period``, ...). ``num_classes=0`` gives a feature encoder.
+    ``attn_kernel`` picks the attention kernel (``plain``, ``fused``, ``chunked`` with ``attn_chunk_windows``
+    windows per chunk; :mod:`swinssl.models.attention`); all compute the same function.
     """
     family = family_of(arch)
     kwargs = resolve_arch(arch, overrides)
@@ -245,5 +334,7 @@ def build_encoder(
         window_size=window_size,
         num_classes=num_classes,
         mask_token=mask_token,
+        attn_kernel=attn_kernel,
+        attn_chunk_windows=attn_chunk_windows,
         **kwargs,
     )

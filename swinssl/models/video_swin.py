@@ -16,6 +16,9 @@ index, which is right only when time is the clipped axis).
 ``attention="factorized"`` replaces joint attention by spatial (1, M, M) then temporal (P, 1, 1) window
 attention in each block, the Video Swin paper's ablation; the temporal part starts at zero, so it is an
 identity until trained.
+
+``attn_kernel`` picks how window attention is computed (``plain``, ``fused``, ``chunked``;
+:mod:`swinssl.models.attention`, shared with the image models); every kernel computes the same function.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from timm.models import swin_transformer, swin_transformer_v2
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from swinssl.models.attention import check_kernel, window_attention
 from swinssl.models.swin import preset_arguments
 
 Triple = tuple[int, int, int]
@@ -143,12 +147,15 @@ class WindowAttention3D(nn.Module):
     continuous position bias from ``cpb_mlp`` over (dt, dh, dw), each axis normalized by its
     ``pretrained_window_size`` entry (or the current window where that is 0). ``style="v1"``: scaled dot
     product and a learned table of (2P-1)(2M-1)(2M-1) rows for the window it was built with.
+    ``kernel`` and ``chunk_windows`` choose the :func:`window_attention` kernel.
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: Triple, style: str,
-                 pretrained_window_size: Triple = (0, 0, 0)) -> None:
+                 pretrained_window_size: Triple = (0, 0, 0), kernel: str = "fused",
+                 chunk_windows: int | None = None) -> None:
         super().__init__()
         self.num_heads, self.window_size, self.style = num_heads, window_size, style
+        self.kernel, self.chunk_windows = kernel, chunk_windows
         self.pretrained_window_size = pretrained_window_size
         if style == "v2":
             self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
@@ -185,17 +192,12 @@ class WindowAttention3D(nn.Module):
             qkv = self.qkv(x)
         q, k, v = qkv.reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         if self.style == "v2":
-            attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
-            attn = attn * torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+            scale = torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
         else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-        attn = attn + self.position_bias(window).unsqueeze(0)
-        if mask is not None:
-            windows = mask.shape[0]
-            attn = attn.view(-1, windows, self.num_heads, n, n) + mask[None, :, None].to(attn.dtype)
-            attn = attn.view(-1, self.num_heads, n, n)
-        x = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, c)
-        return self.proj(x)
+            q, scale = q * self.scale, None
+        x = window_attention(q, k, v, self.position_bias(window), mask, scale, self.kernel, self.chunk_windows)
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
 
 
 def windowed_attention(attn: WindowAttention3D, x: torch.Tensor, window: Triple, shift: Triple) -> torch.Tensor:
@@ -344,7 +346,10 @@ class VideoSwinEncoder(nn.Module):
         num_classes: int = 0,
         head_dropout: float = 0.5,
         grad_checkpointing: bool = False,
+        attn_kernel: str = "fused",
+        attn_chunk_windows: int | None = None,
     ) -> None:
+        check_kernel(attn_kernel, attn_chunk_windows)
         super().__init__()
         self.num_frames, self.img_size, self.style, self.attention = num_frames, img_size, style, attention
         self.window_size, self.num_classes = window_size, num_classes
@@ -374,6 +379,15 @@ class VideoSwinEncoder(nn.Module):
                 if hasattr(module, "temporal_attn"):  # the factorized temporal branch starts as an identity
                     nn.init.zeros_(module.temporal_attn.proj.weight)
         self.set_grad_checkpointing(grad_checkpointing)
+        self.set_attention_kernel(attn_kernel, attn_chunk_windows)
+
+    def set_attention_kernel(self, kernel: str = "fused", chunk_windows: int | None = None) -> None:
+        """Run every window attention (joint, spatial and temporal) with ``kernel``; switchable at any time."""
+        check_kernel(kernel, chunk_windows)
+        for module in self.modules():
+            if isinstance(module, WindowAttention3D):
+                module.kernel, module.chunk_windows = kernel, chunk_windows
+        self.attn_kernel, self.attn_chunk_windows = kernel, chunk_windows
 
     def stage_sizes(self, num_frames: int | None = None, img_size: int | None = None) -> list[Triple]:
         """Token grid (time, height, width) of each stage for a clip of this many frames and pixels."""
@@ -435,12 +449,15 @@ def build_video_encoder(
     patch_size: int | Sequence[int] = (2, 4, 4),
     num_classes: int = 0,
     attention: str = "joint",
+    attn_kernel: str = "fused",
+    attn_chunk_windows: int | None = None,
     **overrides: Any,
 ) -> VideoSwinEncoder:
     """A freshly initialized Video Swin (``video_swinv2_*`` V2 style, ``video_swin_*`` V1 style), no I/O.
 
     ``overrides`` reach the model (``embed_dim``, ``depths``, ``num_heads``, ``drop_path_rate``,
     ``pretrained_window_sizes`` (per stage (t, h, w)), ``head_dropout``, ``grad_checkpointing``, ...).
+    ``attn_kernel``/``attn_chunk_windows``: the attention kernel, as for :func:`swinssl.models.build_encoder`.
     """
     family = video_family_of(arch)
     kwargs = resolve_video_arch(arch, overrides)
@@ -453,7 +470,8 @@ def build_video_encoder(
     _check_video_geometry(num_frames, img_size, patch, window, depths, kwargs["embed_dim"], heads)
     return VideoSwinEncoder(
         num_frames=num_frames, img_size=img_size, patch_size=patch, window_size=window, depths=depths,
-        num_heads=heads, style=STYLES[family], attention=attention, num_classes=num_classes, **kwargs,
+        num_heads=heads, style=STYLES[family], attention=attention, num_classes=num_classes,
+        attn_kernel=attn_kernel, attn_chunk_windows=attn_chunk_windows, **kwargs,
     )
 
 

@@ -29,7 +29,13 @@ def per_device_batch_size(trainer: Trainer) -> int:
 
 
 class SwinTask(LightningModule):
-    """Base of the tasks. Subclasses set ``optim_config`` and implement ``encoder`` and ``optimized_module``."""
+    """Base of the tasks. Subclasses set ``optim_config`` and implement ``encoder`` and ``optimized_module``.
+
+    Every task also takes arguments that change how the model runs, not what it computes: ``attn_kernel``
+    (``fused`` SDPA, ``plain`` reference, ``chunked`` for bounded memory; :mod:`swinssl.models.attention`),
+    ``grad_checkpointing`` (recompute each block in backward) and ``compile`` (``torch.compile`` of the
+    optimized module when training starts; parameter names are unchanged).
+    """
 
     optim_config: OptimConfig
     skipped_samples: int = 0
@@ -66,6 +72,10 @@ class SwinTask(LightningModule):
     def optimized_module(self) -> nn.Module:
         """The module whose parameter names define the weight-decay and layer-decay groups."""
         raise NotImplementedError
+
+    def configure_model(self) -> None:
+        if self.hparams.get("compile"):
+            self.optimized_module().compile()  # in place: state-dict keys stay as they are
 
     def optimizer_parameters(self) -> nn.Module | list[dict[str, Any]]:
         """What the optimizer is built over: the module (timm groups it) or ready-made parameter groups."""

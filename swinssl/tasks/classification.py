@@ -69,6 +69,10 @@ class ImageClassifier(AccuracyMetrics, SwinTask):
         mixup: dict[str, Any] | None = None,
         label_smoothing: float = 0.1,
         optim: dict[str, Any] | None = None,
+        attn_kernel: str = "fused",
+        attn_chunk_windows: int | None = None,
+        grad_checkpointing: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -77,8 +81,10 @@ class ImageClassifier(AccuracyMetrics, SwinTask):
         self.optim_config = OptimConfig(**{"schedule": "cosine", **(optim or {})})
         self.model = create_encoder(
             arch, img_size=img_size, window_size=window_size, patch_size=patch_size, num_classes=num_classes,
-            drop_path_rate=drop_path_rate, checkpoint=source, **(encoder or {}),
+            drop_path_rate=drop_path_rate, checkpoint=source, attn_kernel=attn_kernel,
+            attn_chunk_windows=attn_chunk_windows, **(encoder or {}),
         )
+        self.model.set_grad_checkpointing(grad_checkpointing)
         self.mixup = None
         if mixup is not None:
             self.mixup = Mixup(**{**MIXUP_DEFAULTS, **mixup}, label_smoothing=label_smoothing, num_classes=num_classes)

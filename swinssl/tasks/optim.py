@@ -87,7 +87,7 @@ class UnwrappedNames(nn.Module):
             yield WRAPPER_PREFIX.sub("", name), param
 
     def no_weight_decay(self) -> set[str]:
-        return getattr(self.wrapped, "no_weight_decay", set)()
+        return {WRAPPER_PREFIX.sub("", name) for name in getattr(self.wrapped, "no_weight_decay", set)()}
 
     def group_matcher(self, coarse: bool = False):
         return self.wrapped.group_matcher(coarse)
@@ -101,7 +101,7 @@ def backbone_and_head_groups(model: nn.Module, weight_decay: float, backbone_lr_
     original Video Swin code left its bias tables at the head's rate by a quirk of key matching). Not
     decayed: 1-D parameters, biases and ``model.no_weight_decay()``.
     """
-    skip = model.no_weight_decay()
+    skip = UnwrappedNames(model).no_weight_decay()
     groups: dict[tuple[bool, bool], dict[str, Any]] = {}
     for name, param in UnwrappedNames(model).named_parameters():
         if not param.requires_grad:

@@ -19,7 +19,8 @@ class SimMIM(SwinTask):
     and the token ``mask`` (B, H / patch, W / patch) made by :class:`swinssl.MaskGenerator`.
     ``encoder`` holds the preset or family name and any size overrides for :func:`swinssl.create_encoder`.
     ``checkpoint`` starts from any supported checkpoint (e.g. an official SimMIM ``.pth``): the encoder
-    with its mask token, and the decoder when the checkpoint has one.
+    with its mask token, and the decoder when the checkpoint has one. ``attn_kernel``, ``grad_checkpointing``
+    and ``compile`` change how the model runs, not what it computes (:class:`swinssl.tasks.base.SwinTask`).
     """
 
     def __init__(
@@ -34,6 +35,10 @@ class SimMIM(SwinTask):
         optim: dict[str, Any] | None = None,
         checkpoint: str | Checkpoint | None = None,
         trust_checkpoint: bool = False,
+        attn_kernel: str = "fused",
+        attn_chunk_windows: int | None = None,
+        grad_checkpointing: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         source = self.save_arguments(checkpoint, trust_checkpoint)
@@ -46,8 +51,11 @@ class SimMIM(SwinTask):
             drop_path_rate=drop_path_rate,
             mask_token=True,
             checkpoint=source,
+            attn_kernel=attn_kernel,
+            attn_chunk_windows=attn_chunk_windows,
             **(encoder or {}),
         )
+        backbone.set_grad_checkpointing(grad_checkpointing)
         self.model = MaskedImageModel(backbone, norm_target_window=norm_target_window)
         if source is not None and source.decoder:
             try:

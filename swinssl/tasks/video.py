@@ -47,6 +47,9 @@ class VideoClassifier(AccuracyMetrics, SwinTask):
         label_smoothing: float = 0.0,
         clip_sampling: dict[str, Any] | None = None,
         optim: dict[str, Any] | None = None,
+        attn_kernel: str = "fused",
+        attn_chunk_windows: int | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -59,7 +62,8 @@ class VideoClassifier(AccuracyMetrics, SwinTask):
             arch, num_frames=num_frames, img_size=img_size, window_size=tuple(window_size),
             patch_size=tuple(patch_size) if patch_size is not None else None, num_classes=num_classes,
             attention=attention, patch_init=patch_init, checkpoint=source, drop_path_rate=drop_path_rate,
-            head_dropout=head_dropout, grad_checkpointing=grad_checkpointing, **(encoder or {}),
+            head_dropout=head_dropout, grad_checkpointing=grad_checkpointing, attn_kernel=attn_kernel,
+            attn_chunk_windows=attn_chunk_windows, **(encoder or {}),
         )
         self.init_accuracy(num_classes)
 

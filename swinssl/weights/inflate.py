@@ -104,6 +104,8 @@ def create_video_encoder(
     checkpoint: str | Path | Mapping[str, Any] | Checkpoint | None = None,
     trust_checkpoint: bool = False,
     patch_init: str = "inflate",
+    attn_kernel: str = "fused",
+    attn_chunk_windows: int | None = None,
     **overrides: Any,
 ) -> VideoSwinEncoder:
     """A Video Swin encoder, from an image checkpoint (inflated) or a video one (ours or official Video Swin).
@@ -113,6 +115,7 @@ def create_video_encoder(
     inflate to ``video_swinv2``, V1 ones to ``video_swin``. ``patch_size`` defaults to 2 frames x the
     source's spatial patch. For V2, ``pretrained_window_sizes`` defaults to the windows the source
     recorded (an image checkpoint's window per stage, with time normalized by the video window).
+    ``attn_kernel``/``attn_chunk_windows`` choose the attention kernel (:func:`swinssl.models.build_encoder`).
     """
     family = video_family_of(arch)
     if patch_init not in PATCH_INITS:
@@ -139,7 +142,7 @@ def create_video_encoder(
                             "normalized by the new windows", source.source)
     model = build_video_encoder(arch, num_frames=num_frames, img_size=img_size, window_size=window_size,
                                 patch_size=patch_size or (2, 4, 4), num_classes=num_classes, attention=attention,
-                                **overrides)
+                                attn_kernel=attn_kernel, attn_chunk_windows=attn_chunk_windows, **overrides)
     if source is not None:
         if not source.family.startswith("video_"):
             source = inflate_checkpoint(source, model, patch_init)

@@ -157,6 +157,8 @@ def create_encoder(
     mask_token: bool = False,
     checkpoint: str | Path | Mapping[str, Any] | Checkpoint | None = None,
     trust_checkpoint: bool = False,
+    attn_kernel: str = "fused",
+    attn_chunk_windows: int | None = None,
     **overrides: Any,
 ) -> nn.Module:
     """A Swin V1/V2 encoder at ``img_size``/``window_size``, loaded from any supported checkpoint.
@@ -164,7 +166,8 @@ def create_encoder(
     ``arch`` is a preset (``swinv2_base``, ``swin_tiny``, ...) whose sizes the checkpoint must match, or a
     family (``swinv2``, ``swin``) whose sizes are read off the checkpoint; explicit ``overrides`` win.
     ``pretrained_window_sizes`` defaults to the windows the checkpoint's position bias was trained at.
-    The load report is logged and kept as ``model.load_report``.
+    The load report is logged and kept as ``model.load_report``. ``attn_kernel``/``attn_chunk_windows``
+    choose the attention kernel (:func:`swinssl.models.build_encoder`).
     """
     family = family_of(arch)
     source = None
@@ -186,7 +189,8 @@ def create_encoder(
                     source.source,
                 )
     model = build_encoder(arch, img_size=img_size, window_size=window_size, patch_size=patch_size or 4,
-                          num_classes=num_classes, mask_token=mask_token, **overrides)
+                          num_classes=num_classes, mask_token=mask_token, attn_kernel=attn_kernel,
+                          attn_chunk_windows=attn_chunk_windows, **overrides)
     if source is not None:
         model.load_report = load_into(model, source)
         log.info("%s", model.load_report)
