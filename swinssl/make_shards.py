@@ -13,6 +13,7 @@ import io
 import json
 import random
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +85,8 @@ def write_shards(
                 continue
             if writer is None:  # opened on the first good sample, so no empty shard is ever left behind
                 filename = str(out / f"{prefix}-%06d.tar")
-                writer = wds.ShardWriter(filename, maxcount=maxcount, maxsize=maxsize, verbose=0)
+                # whole-second mtimes: a fractional one costs every member an extra pax header to read
+                writer = wds.ShardWriter(filename, maxcount=maxcount, maxsize=maxsize, verbose=0, mtime=int(time.time()))
             sample = {"__key__": f"{samples:09d}", item.ext: item.data, "json": {"path": item.name}}
             if item.label is not None:
                 sample["cls"] = item.label

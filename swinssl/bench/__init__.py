@@ -6,6 +6,9 @@ One module per benchmark; each has a module docstring (its ``--help``), ``add_ar
 """
 
 BENCHMARKS = {
+    "data": "SimMIM training images per second per worker core, against torchvision's ImageFolder",
+    "train": "SimMIM training step: images/s, memory and MFU against timm eager and HF transformers",
+    "memory": "largest batch per GPU per preset and attention kernel; SwinV2-L 384/w24 fine-tuning",
     "transfer": "position-bias transfer to larger windows without training",
     "video": "video clips per second per data-loading worker",
 }
