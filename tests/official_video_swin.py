@@ -1,6 +1,6 @@
 """Test reference: the official Video Swin Transformer (V1) backbone, head and 2D->3D inflation.
 
-Written from the project's reference sheet on the official Video Swin code (official-video-swin.md) (sections 1, 2, 6 and 9), not
+Written from the project's reference sheet on the official Video Swin code (official-video-swin.md, sections 1, 2, 6 and 9), not
 copied from any repository. It is "what the official code computes" for other tests: parameter and buffer
 names follow the official `SwinTransformer3D` / `I3DHead`, so ``model.state_dict()`` has the layout of a
 released checkpoint (see ``official_checkpoint``), and the numerics keep the official quirks:
