@@ -3,6 +3,10 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 # A ~30k-parameter Swin V2 at 64 px: 16 px mask units, windows 2/2/2/2 (clipped at the last stage).
 TINY = [
@@ -17,3 +21,15 @@ def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     env.pop("SWINSSL_RUN_ID", None)
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def random_image_shards(folder: Path, images: int = 8, maxcount: int = 4) -> str:
+    """``images`` random 72 px PNGs written into shards by the real make_shards CLI; returns the shard folder."""
+    root = folder / "images" / "a"
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index in range(images):
+        Image.fromarray(rng.integers(0, 255, (72, 72, 3), dtype=np.uint8)).save(root / f"{index}.png")
+    done = run_cli("swinssl.make_shards", str(root.parent), str(folder / "shards"), "--maxcount", str(maxcount))
+    assert done.returncode == 0, done.stderr
+    return str(folder / "shards")

@@ -3,13 +3,11 @@ the run with the last good checkpoint kept."""
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Callback, LightningDataModule, Trainer
-from PIL import Image
 
-from cli_helpers import TINY, run_cli
+from cli_helpers import TINY, random_image_shards, run_cli
 from swinssl import SimMIM
 from swinssl.tasks.nonfinite import NonFiniteGuard, NonFiniteLossError
 
@@ -94,14 +92,9 @@ def test_too_many_bad_steps_in_a_row_raise():
 
 def test_cli_stops_with_the_last_good_checkpoint_kept(tmp_path):
     """A learning rate of 1e30 blows the weights up after the first update; every later loss is NaN."""
-    root = tmp_path / "images" / "a"
-    root.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for index in range(8):
-        Image.fromarray(rng.integers(0, 255, (72, 72, 3), dtype=np.uint8)).save(root / f"{index}.png")
-    assert run_cli("swinssl.make_shards", str(root.parent), str(tmp_path / "shards")).returncode == 0
+    shards = random_image_shards(tmp_path, maxcount=1000)
     run_dir = tmp_path / "run"
-    done = run_cli("swinssl.pretrain", *TINY, f"data.shards={tmp_path / 'shards'}", f"out_dir={run_dir}",
+    done = run_cli("swinssl.pretrain", *TINY, f"data.shards={shards}", f"out_dir={run_dir}",
                    "optim.base_lr=1e30", "optim.warmup_lr=1e30", "optim.warmup_epochs=0", "max_nonfinite_steps=3",
                    "trainer.max_steps=50", "checkpointing.last_every_n_steps=1")
     assert done.returncode != 0

@@ -9,12 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from cli_helpers import TINY, run_cli
+from cli_helpers import TINY, random_image_shards, run_cli
 
 SLURM = ["recipe=simmim_v2_b", "cluster=slurm", "cluster.partition=gpu", "cluster.time=2-00:00:00", "data.shards=/data"]
 
@@ -85,14 +83,7 @@ def test_deepspeed_strategy_needs_deepspeed_installed():
 
 @pytest.fixture()
 def shard_dir(tmp_path) -> str:
-    root = tmp_path / "images" / "a"
-    root.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for index in range(8):
-        Image.fromarray(rng.integers(0, 255, (72, 72, 3), dtype=np.uint8)).save(root / f"{index}.png")
-    done = run_cli("swinssl.make_shards", str(root.parent), str(tmp_path / "shards"), "--maxcount", "4")
-    assert done.returncode == 0, done.stderr
-    return str(tmp_path / "shards")
+    return random_image_shards(tmp_path)
 
 
 def test_sigusr1_saves_requeues_and_the_requeued_job_resumes(shard_dir, tmp_path):
