@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test install
+.PHONY: demo test figures install
 
 install: $(VENV)/.installed
 
@@ -26,3 +26,8 @@ demo: install
 
 test: install
 	$(PY) -m pytest
+
+# Redraw the figures the README shows: run the four notebooks top to bottom (outputs are not stored in them),
+# each saving its figures under notebooks/figures/<notebook>/ (git keeps the PNGs only).
+figures: install
+	SWINSSL_NOTEBOOK_OUT=notebooks/figures $(VENV)/bin/jupyter execute notebooks/0*.ipynb

@@ -33,3 +33,12 @@ def random_image_shards(folder: Path, images: int = 8, maxcount: int = 4) -> str
     done = run_cli("swinssl.make_shards", str(root.parent), str(folder / "shards"), "--maxcount", str(maxcount))
     assert done.returncode == 0, done.stderr
     return str(folder / "shards")
+
+
+def fake_command(folder: Path, name: str, output: str) -> Path:
+    """An executable ``name`` on a PATH folder that appends its arguments to ``name``.log and prints ``output``."""
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    path.write_text(f'#!/bin/sh\necho "$@" >> "{folder / name}.log"\necho "{output}"\n')
+    path.chmod(0o755)
+    return folder

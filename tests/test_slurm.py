@@ -7,23 +7,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from cli_helpers import TINY, random_image_shards, run_cli
+from cli_helpers import TINY, fake_command, random_image_shards, run_cli
 
 SLURM = ["recipe=simmim_v2_b", "cluster=slurm", "cluster.partition=gpu", "cluster.time=2-00:00:00", "data.shards=/data"]
-
-
-def fake_command(folder: Path, name: str, output: str) -> Path:
-    """An executable ``name`` on a PATH folder that appends its arguments to ``name``.log and prints ``output``."""
-    folder.mkdir(exist_ok=True)
-    path = folder / name
-    path.write_text(f'#!/bin/sh\necho "$@" >> "{folder / name}.log"\necho "{output}"\n')
-    path.chmod(0o755)
-    return folder
 
 
 def test_dry_run_prints_one_task_per_gpu_with_requeue_and_resume(tmp_path):

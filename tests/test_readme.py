@@ -1,0 +1,305 @@
+"""Every command the README shows runs, in README order, in one scratch folder.
+
+A command is a line of a ```bash block (continuation lines joined, comments dropped, ``&&`` split), or an
+inline code span that starts with ``python -m``, ``.venv/bin/``, ``make`` or ``tensorboard`` and has
+arguments. Each runs as the README writes it, with these changes, which keep the suite fast and offline:
+
+- placeholder data (``/data/...``, ``<folder>``) is tiny generated images and videos;
+- training keeps its recipe, but on a ~30k-parameter model of the recipe's family at a small size,
+  for two steps (``caps``); benchmarks add ``--quick``; ``trainer.devices=8`` becomes 2 CPU processes;
+- ``sbatch`` is a stand-in on PATH, and ``tensorboard`` adds ``--inspect`` instead of serving;
+- a command followed by a ``# error: ...`` line must fail with exactly that line, its numbers masked
+  (the checkpoints here are tiny, so sizes in messages differ from the README's).
+
+``make demo`` runs the Makefile's demo lines with the same caps; ``make test`` is what ``.ci/run`` runs;
+``make figures`` runs the notebooks, which test_notebooks executes.
+A README command that no rule here knows fails the test, so a new command cannot go unexercised.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cli_helpers import fake_command
+from test_notebooks import FIGURES, check_figure
+from swinssl import make_shards
+from swinssl.demo_videos import write_demo_videos
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+# ```bash blocks, other fenced blocks (skipped), and inline spans that are commands, in document order.
+PIECES = re.compile(
+    r"```bash\n(?P<block>.*?)```|```.*?```"
+    r"|`(?P<inline>(?:\.venv/bin/)?(?:python -m [^\s`]+|make|tensorboard) [^`|]+)`",
+    re.S,
+)
+
+RUN = {"data.batch_size": "2", "data.num_workers": "0", "data.epoch_size": "2", "data.shuffle_buffer": "4",
+       "trainer.max_steps": "2", "trainer.limit_val_batches": "1", "trainer.log_every_n_steps": "1",
+       "trainer.enable_model_summary": "false"}
+TINY_ENCODER = {"model.encoder.embed_dim": "16", "model.encoder.depths": "[1,1,1,1]",
+                "model.encoder.num_heads": "[1,2,2,4]"}
+SIZE = {
+    "pretrain": {"model.img_size": "64", "model.window_size": "2", "simmim.mask_patch_size": "16"},
+    "finetune": {"model.img_size": "96", "model.window_size": "3"},  # a larger size and window than pretraining
+    "video": {"model.num_frames": "8", "model.img_size": "64", "model.window_size": "[2,4,4]",
+              "data.short_side": "64", "data.frame_interval": "1", "data.test_clips": "1", "data.test_crops": "3"},
+}
+EVALUATE = {"batch_size": "4", "num_workers": "0"}
+# Values the README uses that do not fit the tiny models or a 2-core machine -> what runs instead.
+SCALED = {("img_size", "256"): "128", ("window_size", "16"): "4", ("trainer.devices", "8"): "2"}
+BUILT_IN = ("demo", "demo_ft", "video_demo")  # small already: step caps only
+
+
+@dataclass
+class Command:
+    argv: list[str]
+    error: str | None = None  # the `# error:` line the README prints under it
+    key: str = field(init=False)
+
+    def __post_init__(self):  # `.venv/bin/python` and `python` are the same command
+        self.key = shlex.join([Path(self.argv[0]).name, *self.argv[1:]])
+
+
+def readme_commands(text: str) -> list[Command]:
+    commands: list[Command] = []
+    for piece in PIECES.finditer(text):
+        if piece["inline"]:
+            commands += [Command(argv) for argv in split_and(shlex.split(piece["inline"]))]
+        elif piece["block"] and not piece["block"].lstrip().startswith("#!"):  # a batch script: see the last test
+            for line in piece["block"].replace("\\\n", " ").splitlines():
+                if line.strip().startswith("# error:") and commands:
+                    commands[-1].error = line.strip().removeprefix("# ")
+                elif argv := shlex.split(line, comments=True):
+                    commands += [Command(part) for part in split_and(argv)]
+    unique: dict[str, Command] = {}
+    for command in commands:
+        first = unique.setdefault(command.key, command)
+        first.error = first.error or command.error
+    return list(unique.values())
+
+
+def split_and(argv: list[str]) -> list[list[str]]:
+    parts: list[list[str]] = [[]]
+    for arg in argv:
+        if arg == "&&":
+            parts.append([])
+        else:
+            parts[-1].append(arg)
+    return [part for part in parts if part]
+
+
+COMMANDS = readme_commands(README.read_text())
+
+
+def overrides(argv: list[str], caps: dict[str, str]) -> list[str]:
+    """Hydra ``key=value`` arguments with ``caps`` replacing or joining them, and the ``SCALED`` values swapped."""
+    out, seen = [], set()
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        bare = key.lstrip("+")
+        if sep and bare in caps:
+            arg = f"{key}={caps[bare]}"
+            seen.add(bare)
+        elif sep and (bare, value) in SCALED:
+            arg = f"{key}={SCALED[bare, value]}"
+        out.append(arg)
+    flags = next((i for i, arg in enumerate(out) if arg.startswith("--")), len(out))  # Hydra's own, e.g. --cfg job
+    added = [f"++{key}={value}" for key, value in caps.items() if key not in seen]  # ++: set, present or not
+    return out[:flags] + added + out[flags:]
+
+
+def caps(module: str, argv: list[str]) -> dict[str, str]:
+    """The caps for one training or evaluation command (module ``swinssl.<task>``)."""
+    if module == "swinssl.evaluate":
+        return EVALUATE
+    task = module.removeprefix("swinssl.")
+    recipe = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("recipe=")),
+                  "demo" if task == "pretrain" else "demo_ft")
+    if recipe in BUILT_IN:
+        return RUN
+    kind = "video" if recipe.startswith("video") else task
+    return {**RUN, **TINY_ENCODER, **SIZE[kind]}
+
+
+class Workspace:
+    """The scratch folder every README command runs in: placeholder data, a stand-in sbatch, a cache."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "SWINSSL_CACHE": str(root / "cache")}
+        self.env.pop("SWINSSL_RUN_ID", None)
+        bin_dir = fake_command(root / "bin", "sbatch", "4242")
+        self.sbatch_log = bin_dir / "sbatch.log"
+        self.env["PATH"] = f"{bin_dir}{os.pathsep}{self.env['PATH']}"
+        for split in ("train", "val"):
+            write_images(root / "data" / "imagenet" / split)
+            write_demo_videos(root / "data" / "kinetics400" / split, videos_per_class=2)
+        make_shards.main([str(root / "data" / "imagenet" / "train"), str(root / "data" / "in1k"), "--maxcount", "4"])
+
+    def data(self, arg: str) -> str:
+        return re.sub(r"(^|=)/data/", rf"\g<1>{self.root}/data/", arg).replace("<folder>", "data/in1k")
+
+    def run(self, argv: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=600)
+
+
+def write_images(folder: Path, per_class: int = 4) -> None:
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (folder / cls).mkdir(parents=True)
+        for index in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(folder / cls / f"{index}.jpg")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Workspace:
+    return Workspace(tmp_path_factory.mktemp("readme"))
+
+
+def executable(name: str) -> str:
+    """``python`` / ``.venv/bin/python`` -> this interpreter; ``.venv/bin/<tool>`` -> the tool beside it."""
+    name = Path(name).name
+    return sys.executable if name == "python" else str(Path(sys.executable).with_name(name))
+
+
+def plan(argv: list[str], workspace: Workspace, capped: bool = True) -> list[list[str]]:
+    """The processes that exercise one README command (empty when a static check covers it).
+
+    ``capped=False`` runs training commands at their real sizes: for commands that must fail before any compute.
+    """
+    argv = [workspace.data(arg) for arg in argv]
+    match argv:
+        case ["make", "demo"]:
+            return [plan(line, workspace)[0] for line in makefile_lines("demo")]
+        case ["make", "test"]:
+            assert "make test" in (ROOT / ".ci" / "run").read_text()  # CI runs it on every change
+            assert "-m pytest" in "\n".join(makefile_lines_raw("test"))
+            return []
+        case ["make", "figures"]:  # the notebooks, which test_notebooks executes and checks figure by figure
+            line = makefile_lines_raw("figures")[0]
+            assert "SWINSSL_NOTEBOOK_OUT=notebooks/figures" in line and "jupyter execute notebooks/0*.ipynb" in line
+            assert sorted(path.stem for path in (ROOT / "notebooks").glob("0*.ipynb")) == sorted(FIGURES)
+            return []
+        case ["pip", "install", "-e", spec]:
+            extra = re.fullmatch(r"\.\[(\w+)\]", spec)[1]
+            for requirement in optional_dependencies(extra):  # the dev extra CI installs includes them
+                assert importlib.util.find_spec(re.split(r"[<>=\[ ]", requirement)[0]), requirement
+            return []
+        case [tool, "--logdir", *rest] if tool.endswith("tensorboard"):
+            return [[executable(tool), "--logdir", *rest, "--inspect"]]
+        case [python, "-m", "swinssl.bench", *rest]:
+            return [[executable(python), "-m", "swinssl.bench", *rest, "--quick"]]
+        case [python, "-m", ("swinssl.pretrain" | "swinssl.finetune" | "swinssl.evaluate") as module, *rest]:
+            return [[executable(python), "-m", module, *overrides(rest, caps(module, rest) if capped else {})]]
+        case [python, "-m", ("swinssl.make_shards" | "swinssl.export" | "swinssl.recipes_table") as module, *rest]:
+            return [[executable(python), "-m", module, *rest]]
+    pytest.fail(f"no rule in tests/test_readme.py runs this README command: {shlex.join(argv)}")
+
+
+def makefile_lines_raw(target: str) -> list[str]:
+    text = (ROOT / "Makefile").read_text()
+    body = re.search(rf"^{target}:.*\n((?:\t.*\n)+)", text, re.M)[1]
+    return [line.strip() for line in body.splitlines()]
+
+
+def makefile_lines(target: str) -> list[list[str]]:
+    """The target's recipe lines as argv, ``$(PY)`` as ``python`` and make's ``$$`` unescaped."""
+    return [shlex.split(line.replace("$(PY)", "python").replace("$$", "$")) for line in makefile_lines_raw(target)]
+
+
+def optional_dependencies(extra: str) -> list[str]:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][extra]
+
+
+def masked(line: str) -> str:
+    return re.sub(r"\d+", "N", line)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[command.key[:90] for command in COMMANDS])
+def test_readme_command_runs(command, workspace):
+    sbatch_calls = workspace.sbatch_log.read_text() if workspace.sbatch_log.exists() else ""
+    for argv in plan(command.argv, workspace, capped=command.error is None):
+        done = workspace.run(argv)
+        if command.error:
+            assert done.returncode != 0, f"{shlex.join(argv)} should fail"
+            assert masked(done.stderr.strip().splitlines()[-1]) == masked(command.error)
+            continue
+        assert done.returncode == 0, f"{shlex.join(argv)}\n{done.stderr[-3000:]}"
+        if "--json" in argv:
+            assert (workspace.root / argv[argv.index("--json") + 1]).is_file()
+        if "--inspect" in argv:
+            assert "train/loss" in done.stdout
+        if "cluster=slurm" in argv and "cluster.dry_run=true" not in argv:
+            assert workspace.sbatch_log.read_text() != sbatch_calls, "sbatch was not called"
+
+
+def test_commands_are_read_as_a_shell_would_in_document_order():
+    text = """Run `make demo`, then see `python -m swinssl.evaluate` and `python -m swinssl.bench train | data`.
+```bash
+# a comment
+python -m swinssl.pretrain recipe=x \\
+    'cluster.setup=[source a b]'   # trailing comment
+python -m swinssl.pretrain recipe=bad
+# error: window 3 does not fit
+```
+```python
+print("`python -m swinssl.export a b`")
+```
+| figure | `python -m swinssl.finetune recipe=y && .venv/bin/python -m swinssl.evaluate checkpoint=z` |
+Again: `.venv/bin/python -m swinssl.pretrain recipe=x 'cluster.setup=[source a b]'`.
+"""
+    commands = readme_commands(text)
+    assert [command.key for command in commands] == [
+        "make demo",
+        "python -m swinssl.pretrain recipe=x 'cluster.setup=[source a b]'",
+        "python -m swinssl.pretrain recipe=bad",
+        "python -m swinssl.finetune recipe=y",
+        "python -m swinssl.evaluate checkpoint=z",
+    ]
+    assert [command.error for command in commands] == [None, None, "error: window 3 does not fit", None, None]
+
+
+def test_the_minimal_batch_script_asks_what_the_dry_run_asks(workspace):
+    """The README's hand-written sbatch script: its options are the dry run's, and its srun line composes."""
+    script = next(block for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S)
+                  if block.lstrip().startswith("#!"))
+    options = {option for line in script.splitlines() if line.strip().startswith("#SBATCH") for option in line.split()[1:]}
+    srun = shlex.split(script.replace("\\\n", " ").split("srun ", 1)[1].splitlines()[0])
+    request = [f"cluster.{key.replace('-', '_')}={value}" for key, value in
+               (option[2:].split("=", 1) for option in options if option.split("=")[0] in
+                ("--nodes", "--cpus-per-task", "--partition", "--time"))]
+    dry = workspace.run([sys.executable, "-m", "swinssl.pretrain", "recipe=simmim_v2_b", "cluster=slurm",
+                         "cluster.dry_run=true", *request])
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    asked = {option for line in dry.stdout.splitlines() if line.startswith("#SBATCH") for option in line.split()[1:]}
+    assert options <= asked, options - asked
+    module = srun.index("-m")
+    composed = workspace.run([sys.executable, *srun[module:], "--cfg", "job"])
+    assert composed.returncode == 0, composed.stderr[-2000:]
+    assert "num_nodes: 4" in composed.stdout and "devices: 8" in composed.stdout
+
+
+def test_readme_pictures_are_notebook_figures_and_small():
+    """Each picture is a figure a notebook draws (test_notebooks checks it is drawn; `make figures` redraws it)."""
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README.read_text())
+    assert len(pictures) >= 5
+    for picture in pictures:
+        path = ROOT / picture
+        assert path.parent.parent == ROOT / "notebooks" / "figures", picture
+        assert path.stem in FIGURES[path.parent.name], picture
+        check_figure(path)
+        assert path.stat().st_size < 250_000, f"{picture} is {path.stat().st_size} bytes"
