@@ -1,15 +1,16 @@
 """Every command the README shows runs, in README order, in one scratch folder.
 
-A command is a line of a ```bash block (continuation lines joined, comments dropped, ``&&`` split), or an
-inline code span that starts with ``python -m``, ``.venv/bin/``, ``make`` or ``tensorboard`` and has
-arguments. Each runs as the README writes it, with these changes, which keep the suite fast and offline:
+A command is a line of a ```bash block (continuation lines joined, comments dropped, ``&&`` split), a
+``$ `` line of a ```console block, or an inline code span that starts with ``python -m``, ``.venv/bin/``,
+``make`` or ``tensorboard`` and has arguments. Each runs as the README writes it, with these changes, which keep the suite fast and offline:
 
-- placeholder data (``/data/...``, ``<folder>``) is tiny generated images and videos;
+- placeholder data (``/data/...``, ``<folder>``, ``photos``) is tiny generated images and videos;
 - training keeps its recipe, but on a ~30k-parameter model of the recipe's family at a small size,
   for two steps (``caps``); benchmarks add ``--quick``; ``trainer.devices=8`` becomes 2 CPU processes;
 - ``sbatch`` is a stand-in on PATH, and ``tensorboard`` adds ``--inspect`` instead of serving;
 - a command followed by a ``# error: ...`` line must fail with exactly that line, its numbers masked
-  (the checkpoints here are tiny, so sizes in messages differ from the README's).
+  (the checkpoints here are tiny, so sizes in messages differ from the README's);
+- a ``$ command`` of a ```console transcript must print the lines shown under it.
 
 ``make demo`` runs the Makefile's demo lines with the same caps; ``make test`` is what ``.ci/run`` runs;
 ``make figures`` runs the notebooks, which test_notebooks executes.
@@ -38,9 +39,10 @@ from swinssl.demo_videos import write_demo_videos
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-# ```bash blocks, other fenced blocks (skipped), and inline spans that are commands, in document order.
+# ```bash blocks, ```console transcripts ("$ command", then its output), other fenced blocks (skipped), and
+# inline spans that are commands, in document order.
 PIECES = re.compile(
-    r"```bash\n(?P<block>.*?)```|```.*?```"
+    r"```bash\n(?P<block>.*?)```|```console\n(?P<console>.*?)```|```.*?```"
     r"|`(?P<inline>(?:\.venv/bin/)?(?:python -m [^\s`]+|make|tensorboard) [^`|]+)`",
     re.S,
 )
@@ -66,6 +68,7 @@ BUILT_IN = ("demo", "demo_ft", "video_demo")  # small already: step caps only
 class Command:
     argv: list[str]
     error: str | None = None  # the `# error:` line the README prints under it
+    output: list[str] = field(default_factory=list)  # lines a ```console transcript shows it printing
     key: str = field(init=False)
 
     def __post_init__(self):  # `.venv/bin/python` and `python` are the same command
@@ -75,7 +78,13 @@ class Command:
 def readme_commands(text: str) -> list[Command]:
     commands: list[Command] = []
     for piece in PIECES.finditer(text):
-        if piece["inline"]:
+        if piece["console"]:
+            for line in piece["console"].splitlines():
+                if line.startswith("$ "):
+                    commands.append(Command(shlex.split(line[2:])))
+                elif line.strip():
+                    commands[-1].output.append(line)
+        elif piece["inline"]:
             commands += [Command(argv) for argv in split_and(shlex.split(piece["inline"]))]
         elif piece["block"] and not piece["block"].lstrip().startswith("#!"):  # a batch script: see the last test
             for line in piece["block"].replace("\\\n", " ").splitlines():
@@ -147,6 +156,8 @@ class Workspace:
             write_images(root / "data" / "imagenet" / split)
             write_demo_videos(root / "data" / "kinetics400" / split, videos_per_class=2)
         make_shards.main([str(root / "data" / "imagenet" / "train"), str(root / "data" / "in1k"), "--maxcount", "4"])
+        write_images(root / "photos", per_class=5)  # the make_shards transcript: 10 photos and a broken file
+        (root / "photos" / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
 
     def data(self, arg: str) -> str:
         return re.sub(r"(^|=)/data/", rf"\g<1>{self.root}/data/", arg).replace("<folder>", "data/in1k")
@@ -239,6 +250,8 @@ def test_readme_command_runs(command, workspace):
             assert masked(done.stderr.strip().splitlines()[-1]) == masked(command.error)
             continue
         assert done.returncode == 0, f"{shlex.join(argv)}\n{done.stderr[-3000:]}"
+        printed = done.stdout.splitlines()
+        assert [line for line in command.output if line not in printed] == [], done.stdout
         if "--json" in argv:
             assert (workspace.root / argv[argv.index("--json") + 1]).is_file()
         if "--inspect" in argv:
@@ -259,6 +272,10 @@ python -m swinssl.pretrain recipe=bad
 ```python
 print("`python -m swinssl.export a b`")
 ```
+```console
+$ python -m swinssl.make_shards a b
+wrote 2 samples
+```
 | figure | `python -m swinssl.finetune recipe=y && .venv/bin/python -m swinssl.evaluate checkpoint=z` |
 Again: `.venv/bin/python -m swinssl.pretrain recipe=x 'cluster.setup=[source a b]'`.
 """
@@ -267,10 +284,12 @@ Again: `.venv/bin/python -m swinssl.pretrain recipe=x 'cluster.setup=[source a b
         "make demo",
         "python -m swinssl.pretrain recipe=x 'cluster.setup=[source a b]'",
         "python -m swinssl.pretrain recipe=bad",
+        "python -m swinssl.make_shards a b",
         "python -m swinssl.finetune recipe=y",
         "python -m swinssl.evaluate checkpoint=z",
     ]
-    assert [command.error for command in commands] == [None, None, "error: window 3 does not fit", None, None]
+    assert [command.error for command in commands] == [None, None, "error: window 3 does not fit", None, None, None]
+    assert [command.output for command in commands][3] == ["wrote 2 samples"]
 
 
 def test_the_minimal_batch_script_asks_what_the_dry_run_asks(workspace):
