@@ -200,7 +200,7 @@ def plan(argv: list[str], workspace: Workspace, capped: bool = True) -> list[lis
             return []
         case ["make", "figures"]:  # the notebooks, which test_notebooks executes and checks figure by figure
             line = makefile_lines_raw("figures")[0]
-            assert "SWINSSL_NOTEBOOK_OUT=notebooks/figures" in line and "jupyter execute notebooks/0*.ipynb" in line
+            assert "SWINSSL_NOTEBOOK_OUT=$(CURDIR)/notebooks/figures" in line and "jupyter execute notebooks/0*.ipynb" in line
             assert sorted(path.stem for path in (ROOT / "notebooks").glob("0*.ipynb")) == sorted(FIGURES)
             return []
         case ["pip", "install", "-e", spec]:
