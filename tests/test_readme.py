@@ -2,7 +2,8 @@
 
 A command is a line of a ```bash block (continuation lines joined, comments dropped, ``&&`` split), a
 ``$ `` line of a ```console block, or an inline code span that starts with ``python -m``, ``.venv/bin/``,
-``make`` or ``tensorboard`` and has arguments. Each runs as the README writes it, with these changes, which keep the suite fast and offline:
+``make`` or ``tensorboard`` and has arguments. Each runs as the README writes it, with these changes,
+which keep the suite fast and offline:
 
 - placeholder data (``/data/...``, ``<folder>``, ``photos``) is tiny generated images and videos;
 - training keeps its recipe, but on a ~30k-parameter model of the recipe's family at a small size,
@@ -19,6 +20,7 @@ A README command that no rule here knows fails the test, so a new command cannot
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import re
@@ -193,20 +195,21 @@ def plan(argv: list[str], workspace: Workspace, capped: bool = True) -> list[lis
     argv = [workspace.data(arg) for arg in argv]
     match argv:
         case ["make", "demo"]:
-            return [plan(line, workspace)[0] for line in makefile_lines("demo")]
+            return [plan(line, workspace)[0] for line in makefile_commands("demo")]
         case ["make", "test"]:
             assert "make test" in (ROOT / ".ci" / "run").read_text()  # CI runs it on every change
-            assert "-m pytest" in "\n".join(makefile_lines_raw("test"))
+            assert "-m pytest" in "\n".join(makefile_recipe("test"))
             return []
         case ["make", "figures"]:  # the notebooks, which test_notebooks executes and checks figure by figure
-            line = makefile_lines_raw("figures")[0]
-            assert "SWINSSL_NOTEBOOK_OUT=$(CURDIR)/notebooks/figures" in line and "jupyter execute notebooks/0*.ipynb" in line
+            line = makefile_recipe("figures")[0]
+            assert "SWINSSL_NOTEBOOK_OUT=$(CURDIR)/notebooks/figures" in line
+            assert "jupyter execute notebooks/0*.ipynb" in line
             assert sorted(path.stem for path in (ROOT / "notebooks").glob("0*.ipynb")) == sorted(FIGURES)
             return []
         case ["pip", "install", "-e", spec]:
             extra = re.fullmatch(r"\.\[(\w+)\]", spec)[1]
-            for requirement in optional_dependencies(extra):  # the dev extra CI installs includes them
-                assert importlib.util.find_spec(re.split(r"[<>=\[ ]", requirement)[0]), requirement
+            packages = optional_dependencies(extra)
+            assert packages and all(importlib.util.find_spec(name) for name in packages), packages  # via the dev extra
             return []
         case [tool, "--logdir", *rest] if tool.endswith("tensorboard"):
             return [[executable(tool), "--logdir", *rest, "--inspect"]]
@@ -219,21 +222,21 @@ def plan(argv: list[str], workspace: Workspace, capped: bool = True) -> list[lis
     pytest.fail(f"no rule in tests/test_readme.py runs this README command: {shlex.join(argv)}")
 
 
-def makefile_lines_raw(target: str) -> list[str]:
+def makefile_recipe(target: str) -> list[str]:
     text = (ROOT / "Makefile").read_text()
     body = re.search(rf"^{target}:.*\n((?:\t.*\n)+)", text, re.M)[1]
     return [line.strip() for line in body.splitlines()]
 
 
-def makefile_lines(target: str) -> list[list[str]]:
+def makefile_commands(target: str) -> list[list[str]]:
     """The target's recipe lines as argv, ``$(PY)`` as ``python`` and make's ``$$`` unescaped."""
-    return [shlex.split(line.replace("$(PY)", "python").replace("$$", "$")) for line in makefile_lines_raw(target)]
+    return [shlex.split(line.replace("$(PY)", "python").replace("$$", "$")) for line in makefile_recipe(target)]
 
 
 def optional_dependencies(extra: str) -> list[str]:
-    import tomllib
-
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][extra]
+    """Names of the packages an extra adds, from the installed swinssl's metadata."""
+    requirements = importlib.metadata.metadata("swinssl").get_all("Requires-Dist")
+    return [re.match(r"[\w.-]+", req)[0] for req in requirements if req.endswith(f'extra == "{extra}"')]
 
 
 def masked(line: str) -> str:
@@ -296,7 +299,8 @@ def test_the_minimal_batch_script_asks_what_the_dry_run_asks(workspace):
     """The README's hand-written sbatch script: its options are the dry run's, and its srun line composes."""
     script = next(block for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S)
                   if block.lstrip().startswith("#!"))
-    options = {option for line in script.splitlines() if line.strip().startswith("#SBATCH") for option in line.split()[1:]}
+    options = {option for line in script.splitlines() if line.strip().startswith("#SBATCH")
+               for option in line.split()[1:]}
     srun = shlex.split(script.replace("\\\n", " ").split("srun ", 1)[1].splitlines()[0])
     request = [f"cluster.{key.replace('-', '_')}={value}" for key, value in
                (option[2:].split("=", 1) for option in options if option.split("=")[0] in
