@@ -1,5 +1,6 @@
 """Running the real ``python -m swinssl.*`` CLIs from tests, and a tiny model's overrides."""
 
+import json
 import os
 import subprocess
 import sys
@@ -42,3 +43,11 @@ def fake_command(folder: Path, name: str, output: str) -> Path:
     path.write_text(f'#!/bin/sh\necho "$@" >> "{folder / name}.log"\necho "{output}"\n')
     path.chmod(0o755)
     return folder
+
+
+def quick_bench(name: str, folder: Path, *args: str) -> tuple[str, object]:
+    """Run ``python -m swinssl.bench <name> --quick [args] --json`` (it must succeed); what it printed, and its JSON."""
+    out = folder / f"{name}.json"
+    done = run_cli("swinssl.bench", name, "--quick", *args, "--json", str(out), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout, json.loads(out.read_text())

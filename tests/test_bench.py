@@ -1,33 +1,29 @@
 """``python -m swinssl.bench transfer``: the quick run end to end, and the transfer paths it measures."""
 
-import json
 import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from cli_helpers import run_cli
+from cli_helpers import quick_bench
 
 pytest.importorskip("skimage")
 
 
 def test_transfer_quick_prints_the_table_and_writes_per_seed_json(tmp_path):
-    out = tmp_path / "transfer.json"
-    done = run_cli("swinssl.bench", "transfer", "--quick", "--json", str(out), timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
+    printed, record = quick_bench("transfer", tmp_path)
     from swinssl.bench.transfer import VARIANTS
 
-    lines = done.stdout.splitlines()
+    lines = printed.splitlines()
     header = lines.index("| variant | 32 px / W8 (train) | 64 px / W16 |")
     rows = lines[header + 2 : header + 2 + len(VARIANTS)]
     assert [row.split(" | ")[0].lstrip("| ") for row in rows] == [label for _, label in VARIANTS]
     for row in rows:
         cells = [float(x) for x in re.findall(r"(\d\.\d{3}) ± \d\.\d{3}", row)]
         assert len(cells) == 2 and all(0.0 <= c <= 1.0 for c in cells)
-    assert "command: python -m swinssl.bench transfer --quick --json" in done.stdout
+    assert "command: python -m swinssl.bench transfer --quick --json" in printed
 
-    record = json.loads(out.read_text())
     assert [c["img_size"] for c in record["columns"]] == [32, 64]
     assert [c["window"] for c in record["columns"]] == [8, 16]
     assert list(record["variants"]) == [key for key, _ in VARIANTS]

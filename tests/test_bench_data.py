@@ -2,7 +2,6 @@
 (:class:`CropFirstTransform`) against the plain reference path (whole image decoded, then albumentations)."""
 
 import io
-import json
 import re
 
 import albumentations as A
@@ -14,7 +13,7 @@ import torchvision.transforms.functional as TF
 import webdataset as wds
 from PIL import Image
 
-from cli_helpers import run_cli
+from cli_helpers import quick_bench
 from swinssl.datamodules import IMAGENET_MEAN, IMAGENET_STD, ImageShardDataModule, SkipCounter
 from swinssl.datamodules.images import CropFirstDecodeStage, CropFirstTransform, DecodeStage, train_transform
 from swinssl.masking import MaskGenerator
@@ -26,18 +25,15 @@ PIPELINES = ["swinssl", "swinssl_plain", "torchvision"]
 
 def test_data_quick_prints_the_table_and_writes_json(tmp_path):
     pytest.importorskip("skimage")
-    out = tmp_path / "data.json"
-    done = run_cli("swinssl.bench", "data", "--quick", "--json", str(out), timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert re.search(r"^libraries: Pillow \d+\.\d+.*, libjpeg-turbo \d", done.stdout, re.M)
-    lines = done.stdout.splitlines()
+    printed, record = quick_bench("data", tmp_path)
+    assert re.search(r"^libraries: Pillow \d+\.\d+.*, libjpeg-turbo \d", printed, re.M)
+    lines = printed.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| pipeline |"))
     assert [row.split(" | ")[0] for row in lines[header + 2 : header + 5]] == [f"| {name}" for name in PIPELINES]
     assert re.search(r"^target: swinssl >= 1\.3x torchvision per core: \d+\.\d\dx, (met|missed by \d+ %)$",
-                     done.stdout, re.M)  # fmt: skip
-    assert "command: python -m swinssl.bench data --quick --json" in done.stdout
+                     printed, re.M)  # fmt: skip
+    assert "command: python -m swinssl.bench data --quick --json" in printed
 
-    record = json.loads(out.read_text())
     assert record["config"]["images"] == 16 and record["dataset"]["images"] == 16
     assert record["dataset"]["mean_kbytes"] > 0 and record["dataset"]["shards"] == 2
     rows = {row["pipeline"]: row for row in record["rows"]}

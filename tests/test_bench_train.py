@@ -3,7 +3,6 @@ pieces whose correctness the numbers rest on (same loss for the contenders, the 
 meta-device estimate, the batch search)."""
 
 import importlib.util
-import json
 import math
 import re
 import sys
@@ -12,7 +11,7 @@ import weakref
 import pytest
 import torch
 
-from cli_helpers import run_cli
+from cli_helpers import quick_bench
 
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 
@@ -29,25 +28,21 @@ def table_rows(stdout: str, header_start: str) -> list[list[str]]:
 
 
 def test_train_quick_times_every_contender_and_writes_json(tmp_path):
-    out = tmp_path / "train.json"
-    done = run_cli("swinssl.bench", "train", "--quick", "--kernels", "plain", "fused", "chunked",
-                   "--json", str(out), timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    printed, record = quick_bench("train", tmp_path, "--kernels", "plain", "fused", "chunked")
     expected = ["swinssl plain", "swinssl fused", "swinssl chunked", "timm eager"] + (["HF"] if HAS_TRANSFORMERS else [])
-    rows = table_rows(done.stdout, "| contender | images/s (median) |")
+    rows = table_rows(printed, "| contender | images/s (median) |")
     assert [row[0] for row in rows] == expected
     for row in rows:
         assert float(row[1]) > 0 and float(row[-1]) > 0  # images/s and saved MiB per sample
         assert len(row[2].split()) == 2  # one rate per round
     if HAS_TRANSFORMERS:
-        assert re.search(r"^- swinssl \w+: images/s vs HF at least 3: [\d.]+ (met|missed by \d+%)$", done.stdout, re.M)
+        assert re.search(r"^- swinssl \w+: images/s vs HF at least 3: [\d.]+ (met|missed by \d+%)$", printed, re.M)
     else:
-        assert "HF skipped: transformers is not importable" in done.stdout
-    assert re.search(r"^device: .*torch", done.stdout, re.M)
-    assert "command: python -m swinssl.bench train --quick --kernels plain fused chunked --json" in done.stdout
-    assert "wall time:" in done.stdout
+        assert "HF skipped: transformers is not importable" in printed
+    assert re.search(r"^device: .*torch", printed, re.M)
+    assert "command: python -m swinssl.bench train --quick --kernels plain fused chunked --json" in printed
+    assert "wall time:" in printed
 
-    record = json.loads(out.read_text())
     assert [row["contender"] for row in record["rows"]] == expected
     for row in record["rows"]:
         rates = row["images_per_s_per_round"]
@@ -61,16 +56,13 @@ def test_train_quick_times_every_contender_and_writes_json(tmp_path):
 
 
 def test_memory_quick_estimates_every_workload_and_kernel(tmp_path):
-    out = tmp_path / "memory.json"
-    done = run_cli("swinssl.bench", "memory", "--quick", "--json", str(out), timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = table_rows(done.stdout, "| workload | kernel |")
+    printed, record = quick_bench("memory", tmp_path)
+    rows = table_rows(printed, "| workload | kernel |")
     workloads = ["SimMIM swinv2 64/w4", "fine-tune (10 classes) swinv2 128/w8"]
     assert [(row[0], row[1]) for row in rows] == [(w, k) for w in workloads for k in ("plain", "fused", "chunked")]
-    assert "every batch above is an estimate from saved activations" in done.stdout
-    assert sum("(estimate from saved activations)" in line for line in done.stdout.splitlines()) == 3
+    assert "every batch above is an estimate from saved activations" in printed
+    assert sum("(estimate from saved activations)" in line for line in printed.splitlines()) == 3
 
-    record = json.loads(out.read_text())
     for row in record["rows"]:
         assert row["state_bytes"] >= 16 * row["params"] > 0
         # bf16 activations take fewer bytes, so the bf16 bound admits at least the fp32 bound's batch

@@ -1,22 +1,19 @@
 """``python -m swinssl.bench video``: the quick run end to end, through the real CLI."""
 
-import json
 import re
 
 import pytest
 
-from cli_helpers import run_cli
+from cli_helpers import quick_bench
 
 pytest.importorskip("skimage")
 
 
 def test_video_quick_prints_versions_and_the_table_and_writes_json(tmp_path):
-    out = tmp_path / "video.json"
-    done = run_cli("swinssl.bench", "video", "--quick", "--json", str(out), timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert re.search(r"^decoders: PyAV \d+\.\d+.*, libavcodec \d+\.\d+\.\d+", done.stdout, re.M)
+    printed, record = quick_bench("video", tmp_path)
+    assert re.search(r"^decoders: PyAV \d+\.\d+.*, libavcodec \d+\.\d+\.\d+", printed, re.M)
 
-    lines = done.stdout.splitlines()
+    lines = printed.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| video | GOP |"))
     rows = lines[header + 2 : header + 6]
     assert [row.split(" | ")[:2] for row in rows] == [
@@ -25,9 +22,8 @@ def test_video_quick_prints_versions_and_the_table_and_writes_json(tmp_path):
     for row in rows:
         clips_per_s = float(row.rstrip(" |").rsplit("| ", 1)[1])
         assert clips_per_s > 0
-    assert "command: python -m swinssl.bench video --quick --json" in done.stdout
+    assert "command: python -m swinssl.bench video --quick --json" in printed
 
-    record = json.loads(out.read_text())
     assert record["versions"]["PyAV"] and record["config"]["clips"] == 2
     assert [(r["width"], r["height"], r["gop"]) for r in record["rows"]] == [
         (340, 256, None), (340, 256, 16), (426, 320, None), (426, 320, 16),
