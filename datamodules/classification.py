@@ -1,13 +1,11 @@
 """Labeled image shards -> classification batches: ``{"image", "label", "skipped"}``.
 
 For fine-tuning and evaluation. Streaming as in :mod:`.streaming`; the class count and names come
-from the ``classes.json`` that ``make_shards`` writes next to the shards.
+from the shard sets' manifests that ``make_shards`` writes next to the shards (:mod:`.shards`).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
 from collections.abc import Callable, Sequence
 
@@ -16,7 +14,7 @@ import torch
 from timm.data import create_transform
 
 from .images import IMAGENET_MEAN, IMAGENET_STD, load_rgb
-from .shards import SkipCounter
+from .shards import SkipCounter, describe_classes
 from .streaming import Decoder, ShardDataModule
 
 EVAL_CROP_MODES = ("center", "squash")
@@ -43,26 +41,36 @@ class LabeledDecodeStage(Decoder):
         return {"image": self.transform(load_rgb(sample)), "label": label}
 
 
-def read_class_names(urls: Sequence[str]) -> list[str] | None:
-    """The ``classes.json`` list in the folder of the first of ``urls`` that has one (remote: none)."""
-    for url in urls:
-        path = os.path.join(os.path.dirname(url), "classes.json")
-        if os.path.isfile(path):
-            with open(path) as file:
-                return json.load(file)
-    return None
-
-
 class LabeledShards:
-    """Class count and names of labeled shards, for a :class:`ShardDataModule` (after its ``__init__``)."""
+    """Class count and names of labeled shards, for a :class:`ShardDataModule` (after its ``__init__``).
+
+    Training and validation sets must list the same classes in the same order (a label is an index into
+    that list), and a set whose manifest says it has no labels cannot be used at all.
+    """
 
     def read_labels(self, num_classes: int | None) -> None:
-        self._class_names = read_class_names([urls[0] for urls in (self.train_urls, self.val_urls) if urls])
+        sets = [data for data in (self.train_data, self.val_data) if data is not None]
+        for data in sets:
+            if data.labeled is False:
+                raise ValueError(f"{data.name} has no class labels (make_shards found no class subfolders in its "
+                                 "source); classification needs shards written from class folders")
+        named = [data for data in sets if data.classes is not None]
+        if len(named) == 2 and named[0].classes != named[1].classes:
+            first, second = named
+            raise ValueError(
+                f"the training shards {first.name} and the validation shards {second.name} have different classes "
+                f"({describe_classes(first.classes)} vs {describe_classes(second.classes)}); a label would mean "
+                "another class in each: write both from folders with the same class subfolders"
+            )
+        self._class_names = named[0].classes if named else None
         self._num_classes = num_classes
+        if num_classes is not None and self._class_names is not None and num_classes != len(self._class_names):
+            raise ValueError(f"num_classes={num_classes} but {named[0].name} has {len(self._class_names)} classes "
+                             f"({describe_classes(self._class_names)}); leave num_classes unset to take them from the shards")
 
     @property
     def class_names(self) -> list[str] | None:
-        """The names in ``classes.json`` next to the first train (else val) shard, or None."""
+        """The class names the shard sets record (train, else val), or None."""
         return self._class_names
 
     @property

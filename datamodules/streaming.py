@@ -2,6 +2,8 @@
 
 Training streams resampled shards with a fixed number of batches per rank, so DDP ranks never wait on
 each other at the end of an epoch; validation reads each shard once, keeping the partial last batch.
+Every batch reports the samples its worker skipped since the previous one (``skipped``, ``skipped_files``);
+a pass that reads each shard once ends with a batch of no samples when skips are left to report.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from .shards import SkipCounter, rank_shards, resolve_shards
+from .shards import Shards, SkipCounter, rank_shards, resolve_shards, sample_name
 
 
 class Decoder:
@@ -35,20 +37,36 @@ class Decoder:
             try:
                 decoded = self.decode(sample)
             except Exception as exn:  # noqa: BLE001 - any unreadable sample is skipped and counted
-                self.counter.record(exn, sample.get("__key__"))
+                self.counter.record(exn, sample_name(sample))
                 continue
             yield decoded
 
 
-def collate(samples: list[dict], counter: SkipCounter) -> dict[str, torch.Tensor]:
-    """Stack tensors and turn ints into int64; ``skipped`` is this worker's skip count since its last batch."""
+def collate(samples: list[dict], counter: SkipCounter) -> dict:
+    """Stack tensors and turn ints into int64; ``skipped`` is this worker's skip count since its last batch
+    and ``skipped_files`` names them."""
     batch = {}
-    for key in samples[0]:
+    for key in samples[0] if samples else ():
         values = [sample[key] for sample in samples]
         is_tensor = isinstance(values[0], torch.Tensor)
         batch[key] = torch.stack(values) if is_tensor else torch.tensor(values, dtype=torch.int64)
-    batch["skipped"] = torch.tensor(counter.take(), dtype=torch.int64)
+    skipped, names = counter.take()
+    batch["skipped"] = torch.tensor(skipped, dtype=torch.int64)
+    batch["skipped_files"] = names
     return batch
+
+
+def batches_reporting_skips(samples: Iterable[dict], batch_size: int, counter: SkipCounter) -> Iterator[dict]:
+    """Batches of ``batch_size`` and a partial last one; then, if skips came after it, a batch of no samples
+    that reports them, so a pass that reads every shard once counts every skip."""
+    pending = []
+    for sample in samples:
+        pending.append(sample)
+        if len(pending) == batch_size:
+            yield collate(pending, counter)
+            pending = []
+    if pending or counter.count:
+        yield collate(pending, counter)
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -72,8 +90,10 @@ class ShardDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         # Resolved here so that a bad path fails before any model is built.
-        self.train_urls = resolve_shards(shards) if shards is not None else None
-        self.val_urls = resolve_shards(val_shards) if val_shards is not None else None
+        self.train_data: Shards | None = resolve_shards(shards) if shards is not None else None
+        self.val_data: Shards | None = resolve_shards(val_shards) if val_shards is not None else None
+        self.train_urls = self.train_data.urls if self.train_data is not None else None
+        self.val_urls = self.val_data.urls if self.val_data is not None else None
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.epoch_size = epoch_size
@@ -135,6 +155,6 @@ class ShardDataModule(L.LightningDataModule):
             wds.split_by_worker,
             wds.tarfile_to_samples(handler=counter.handler),
             make_decoder(counter),
-            wds.batched(self.batch_size, partial=True, collation_fn=partial(collate, counter=counter)),
+            partial(batches_reporting_skips, batch_size=self.batch_size, counter=counter),
         )
         return wds.WebLoader(pipeline, batch_size=None, num_workers=min(self.num_workers, len(urls)))

@@ -6,7 +6,6 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import files
-from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch import Callback, LightningDataModule, LightningModule
@@ -16,6 +15,8 @@ from swinssl import slurm
 from swinssl.demo_data import demo_shards
 from swinssl.demo_videos import demo_video_shards
 from swinssl.runs import Run, build_trainer, newest_checkpoint, prepare_run, resolve_strategy, save_config
+from swinssl.models import describe_encoder
+from swinssl.tasks.callbacks import SkippedSamples
 from swinssl.tasks.nonfinite import NonFiniteGuard, NonFiniteLossError
 
 log = logging.getLogger("swinssl")
@@ -49,27 +50,12 @@ def check_recipe_argument(argv: list[str], task: str) -> None:
             raise SystemExit(f"error: {value!r} is a {other} recipe; run it with python -m swinssl.{other} recipe={value}")
 
 
-def resolve_checkpoint(checkpoint: str | None) -> str | None:
-    """A file as is; a folder (a run, or all runs of a recipe) -> the newest ``last.ckpt`` inside it."""
-    if checkpoint is None:
-        return None
-    path = Path(checkpoint)
-    if path.is_dir():
-        found = sorted(path.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise FileNotFoundError(f"no last.ckpt under {path}; train one first or pass checkpoint=<file>")
-        return str(found[-1])
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return str(path)
-
-
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Bad paths, sizes and checkpoints end the program with one ``error:`` line instead of a traceback."""
     try:
         yield
-    except (ValueError, FileNotFoundError, ImportError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
         raise SystemExit(f"error: {error}") from None
 
 
@@ -105,9 +91,10 @@ def train(cfg: DictConfig, run: Run, model: LightningModule, datamodule: Lightni
     steps in a row end the program with an ``error:`` line and leave the last good checkpoint in place.
     """
     log.info("run directory: %s%s", run.dir, f" (resuming {run.resume_from})" if run.resume_from else "")
+    log.info("model: %s %s", cfg.model.arch, describe_encoder(model.encoder))
     save_config(cfg, run.dir)
     last = run.dir / "checkpoints" / "last.ckpt"
-    callbacks = [NonFiniteGuard(cfg.max_nonfinite_steps), *callbacks]
+    callbacks = [NonFiniteGuard(cfg.max_nonfinite_steps), SkippedSamples(), *callbacks]
     environment = requeue = None
     if slurm.is_slurm_task():
         environment = slurm.environment()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from swinssl.make_shards import ShardItem, shard_pattern, write_shards
+from swinssl.make_shards import ShardItem, write_shards
 
 # Real photographs only; synthetic images (checkerboard, binary blobs, ...) teach nothing.
 PHOTOS = (
@@ -24,7 +24,7 @@ PHOTOS = (
     "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket", "text",
 )  # fmt: skip
 CLASSES = ["color", "grayscale"]
-CACHE_NAME = "demo-shards-v2"  # bump when the content changes, so stale caches are not reused
+CACHE_NAME = "demo-shards-v3"  # bump when the content changes, so stale caches are not reused
 PREFIX = "demo"
 SHORT_SIDE = 256  # plenty for the demo's 128 px crops; full-size photos (up to 1411 px) make decoding the bottleneck
 
@@ -37,13 +37,14 @@ def cache_root() -> Path:
 
 
 def demo_shards(cache_dir: str | Path | None = None) -> str:
-    """Brace pattern of the demo shards, building them on first use."""
+    """The folder of the demo shards (one set, ``demo``), built on first use."""
     # maxcount 5 gives 4 shards, so loader workers have shards to split.
-    return cached_shards(Path(cache_dir or cache_root()) / CACHE_NAME, _photo_items(), maxcount=5, classes=CLASSES)
+    return cached_shards(Path(cache_dir or cache_root()) / CACHE_NAME, _photo_items(), maxcount=5, classes=CLASSES,
+                         kind="image")
 
 
-def cached_shards(target: Path, items: Iterable[ShardItem], maxcount: int, classes: list[str]) -> str:
-    """Write ``items`` as ``target/demo-*.tar`` unless already there; the brace pattern of the shards.
+def cached_shards(target: Path, items: Iterable[ShardItem], maxcount: int, classes: list[str], kind: str) -> str:
+    """Write ``items`` as the set ``demo`` of ``target`` unless already there; the folder.
 
     The shards are written to a temporary sibling and moved into place in one rename, so ranks that
     race here either build identical copies or reuse the finished one, never a half-written folder.
@@ -52,14 +53,15 @@ def cached_shards(target: Path, items: Iterable[ShardItem], maxcount: int, class
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
-            write_shards(items, tmp, prefix=PREFIX, maxcount=maxcount, classes=classes)
+            write_shards(items, tmp, prefix=PREFIX, maxcount=maxcount, classes=classes, kind=kind,
+                         source=f"swinssl built-in {kind} demo")
             os.replace(tmp, target)
         except OSError:
             if not target.is_dir():
                 raise  # a real failure, not another process having finished first
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return shard_pattern(target, PREFIX, len(list(target.glob(f"{PREFIX}-*.tar"))))
+    return str(target)
 
 
 def _photo_items() -> Iterator[ShardItem]:

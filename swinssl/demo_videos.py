@@ -20,7 +20,7 @@ from swinssl.demo_data import PHOTOS, cache_root, cached_shards
 from swinssl.make_shards import ShardItem
 
 CLASSES = ["pan_left", "pan_right"]
-CACHE_NAME = "demo-videos-v1"  # bump when the content changes, so stale caches are not reused
+CACHE_NAME = "demo-videos-v2"  # bump when the content changes, so stale caches are not reused
 GOP = 8  # a keyframe every 8 frames, so loading a clip exercises seeking even in these short videos
 CONTAINERS = {"libx264": "mp4", "libvpx-vp9": "webm", "mpeg4": "avi"}  # each codec's usual file format
 FORMAT_NAMES = {"mkv": "matroska"}  # file extension -> FFmpeg muxer name, where they differ
@@ -119,7 +119,8 @@ def write_demo_videos(
 
 
 def demo_video_shards(cache_dir: str | Path | None = None) -> str:
-    """Brace pattern of the demo video shards, built once in the cache folder the image demo uses."""
+    """The folder of the demo video shards (one set, ``demo``), built once in the cache folder the image demo uses."""
     items = (ShardItem(path, data, "mp4", label) for path, label, data in demo_clips())
     # maxcount 4 gives 4 shards of both classes, so loader workers have shards to split.
-    return cached_shards(Path(cache_dir or cache_root()) / CACHE_NAME, items, maxcount=4, classes=CLASSES)
+    return cached_shards(Path(cache_dir or cache_root()) / CACHE_NAME, items, maxcount=4, classes=CLASSES,
+                         kind="video")

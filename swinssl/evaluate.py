@@ -1,75 +1,122 @@
 """``python -m swinssl.evaluate checkpoint=<path> data=<labeled shards>``: top-1/top-5 at any resolution.
 
-Prints the accuracies and writes them as JSON. ``img_size=``/``window_size=`` evaluate a classifier at a
-size it was not trained at (the weights move through log-CPB as on any load). Video classifiers are
-tested on several views per video (clips x crops, softmax scores averaged), sampled as in training.
+Prints the accuracies and writes them as JSON next to the checkpoint, named after the data set and size,
+with what produced them: checkpoint, data, samples evaluated and skipped, size, window and preprocessing.
+An existing result is never replaced unless ``overwrite=true``. Images are read the way the checkpoint was
+fine-tuned to see them (its crop mode and fraction) unless ``eval_crop_mode=``/``eval_crop_pct=`` say
+otherwise; ``img_size=``/``window_size=`` evaluate a classifier at a size it was not trained at (the
+weights move through log-CPB as on any load). Video classifiers are tested on several views per video
+(clips x crops, softmax scores averaged), sampled as in training. Evaluating nothing is an error: shards
+without labels, or where every sample is skipped, write no result.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import hydra
 from lightning.pytorch import Trainer
 from omegaconf import DictConfig
 
-from swinssl.cli import RECIPES, resolve_checkpoint, user_errors
+from swinssl.cli import RECIPES, user_errors
 from swinssl.datamodules import ClassificationShardDataModule, VideoShardDataModule
+from swinssl.datamodules.shards import describe_classes
 from swinssl.runs import select_precision
 from swinssl.tasks import ImageClassifier, VideoClassifier
-from swinssl.weights import load_checkpoint
+from swinssl.tasks.callbacks import SkippedSamples
+from swinssl.weights import Checkpoint, load_checkpoint
+
+# Image preprocessing of evaluation when neither the command line nor the checkpoint says (official TEST.CROP).
+IMAGE_EVALUATION = {"eval_crop_pct": 0.875, "eval_crop_mode": "center", "interpolation": "bicubic"}
 
 
-def load_classifier(cfg: DictConfig) -> tuple[ImageClassifier | VideoClassifier, str]:
-    checkpoint = resolve_checkpoint(cfg.checkpoint)
-    source = load_checkpoint(checkpoint, cfg.trust_checkpoint)
+def load_classifier(cfg: DictConfig, source: Checkpoint) -> ImageClassifier | VideoClassifier:
     if source.num_classes == 0:
-        raise ValueError(f"{checkpoint} has no classification head; fine-tune it first (python -m swinssl.finetune)")
+        raise ValueError(f"{source.source} has no classification head; fine-tune it first (python -m swinssl.finetune)")
     video = source.family.startswith("video_")
     keys = ("img_size", "window_size", "num_frames") if video else ("img_size", "window_size")
     sizes = {key: cfg[key] for key in keys if cfg[key] is not None}
     task = VideoClassifier if video else ImageClassifier
-    return task.from_checkpoint(source, **sizes), checkpoint
+    return task.from_checkpoint(source, **sizes)
+
+
+def image_evaluation(cfg: DictConfig, model: ImageClassifier) -> dict:
+    """Crop mode, crop fraction and interpolation: the command line's, else the checkpoint's, else official."""
+    trained = model.hparams.get("evaluation") or {}
+    return {key: cfg.get(key) if cfg.get(key) is not None else trained.get(key, default)
+            for key, default in IMAGE_EVALUATION.items()}
 
 
 def test_data(cfg: DictConfig, model: ImageClassifier | VideoClassifier):
-    """The labeled shards, read as the model was trained to see them."""
+    """The labeled shards, read as the model was trained to see them, and what that means."""
     common = dict(val_shards=cfg.data, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                   img_size=model.hparams.img_size)
     if isinstance(model, ImageClassifier):
-        data = ClassificationShardDataModule(**common, eval_crop_pct=cfg.eval_crop_pct, eval_crop_mode=cfg.eval_crop_mode)
-        return data, data.val_dataloader()
+        evaluation = image_evaluation(cfg, model)
+        data = ClassificationShardDataModule(**common, **evaluation)
+        return data, data.val_dataloader(), evaluation
     views = {key: cfg[key] for key in ("test_clips", "test_crops") if cfg[key] is not None}
     sampling = {**(model.hparams.clip_sampling or {}), **views}
     data = VideoShardDataModule(**common, num_frames=model.hparams.num_frames, **sampling)
-    return data, data.test_dataloader()
+    return data, data.test_dataloader(), {"views": f"{data.test_clips} clips x {data.test_crops} crops"}
+
+
+def check_classes(data, model: ImageClassifier | VideoClassifier) -> None:
+    """The shards' classes must be the ones the head was trained on, in the same order."""
+    trained = model.hparams.get("class_names")
+    if data.class_names is not None and trained is not None and list(trained) != data.class_names:
+        raise ValueError(f"{data.val_data.name} has the classes {describe_classes(data.class_names)}; the checkpoint "
+                         f"was trained on {describe_classes(list(trained))}: its scores would be read as other classes")
+    if data.num_classes is not None and data.num_classes != model.hparams.num_classes:
+        raise ValueError(f"{data.val_data.name} has {data.num_classes} classes; the checkpoint's head has "
+                         f"{model.hparams.num_classes}")
+
+
+def result_path(cfg: DictConfig, checkpoint: str, data_name: str, img_size: int) -> Path:
+    """``out=``, else ``<checkpoint>.eval-<data set>-<size>px.json``; never an existing file unless ``overwrite``."""
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", data_name.replace(":", ".")).strip("_")
+    out = Path(cfg.out) if cfg.out else Path(checkpoint).with_suffix(f".eval-{label}-{img_size}px.json")
+    if out.exists() and not cfg.overwrite:
+        raise FileExistsError(f"{out} already holds a result; pass overwrite=true to replace it, or out=<file>")
+    return out
 
 
 def evaluate(cfg: DictConfig) -> dict:
     with user_errors():
-        model, checkpoint = load_classifier(cfg)
+        source = load_checkpoint(cfg.checkpoint, cfg.trust_checkpoint)
+        model = load_classifier(cfg, source)
         img_size = model.hparams.img_size
-        data, loader = test_data(cfg, model)
-        if data.num_classes is not None and data.num_classes != model.hparams.num_classes:
-            raise ValueError(f"the shards have {data.num_classes} classes (classes.json); "
-                             f"the checkpoint's head has {model.hparams.num_classes}")
+        data, loader, preprocessing = test_data(cfg, model)
+        check_classes(data, model)
+        out = result_path(cfg, source.source, data.val_data.name, img_size)
+    skips = SkippedSamples()
     trainer = Trainer(accelerator=cfg.accelerator, devices=1, precision=select_precision(cfg.precision),
-                      logger=False, enable_checkpointing=False, enable_model_summary=False)
+                      logger=False, enable_checkpointing=False, enable_model_summary=False, callbacks=[skips])
     metrics = trainer.test(model, dataloaders=loader, verbose=False)[0]
+    evaluated, skipped = skips.samples["test"], skips.skipped["test"]
+    if evaluated == 0:
+        example = f", e.g. {skips.examples['test']}" if skips.examples.get("test") else ""
+        raise SystemExit(f"error: no sample of {data.val_data.name} could be evaluated ({skipped} skipped{example}); "
+                         "nothing written")
     results = {
-        "checkpoint": checkpoint,
+        "checkpoint": source.source,
         "data": str(cfg.data),
+        "data_set": data.val_data.name,
+        "samples": evaluated,
+        "skipped": skipped,
+        **({"samples_in_set": data.val_data.samples} if data.val_data.samples is not None else {}),
         "img_size": img_size,
         "window_size": model.hparams.window_size,
-        **({"views": f"{data.test_clips} clips x {data.test_crops} crops"} if isinstance(model, VideoClassifier) else {}),
+        **preprocessing,
         **{key.removeprefix("test/"): round(float(value), 6) for key, value in metrics.items()},
     }
-    out = Path(cfg.out) if cfg.out else Path(checkpoint).with_suffix(f".eval-{img_size}px.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
     accuracies = ", ".join(f"{key} {100 * value:.2f}%" for key, value in results.items() if key.startswith("top"))
-    print(f"{accuracies} at {img_size} px / window {results['window_size']} -> {out}")
+    print(f"{accuracies} on {evaluated} samples of {data.val_data.name} ({skipped} skipped) at {img_size} px / window "
+          f"{results['window_size']} -> {out}")
     return results
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 
-from swinssl.cli import resolve_checkpoint
 from swinssl.weights import CheckpointError, load_checkpoint, to_timm
 
 TIMM_CLASSES = {"swinv2": "timm.models.swin_transformer_v2.SwinTransformerV2",
@@ -21,7 +20,7 @@ TIMM_CLASSES = {"swinv2": "timm.models.swin_transformer_v2.SwinTransformerV2",
 
 
 def export(checkpoint: str, out: str, trust_checkpoint: bool = False) -> dict:
-    source = load_checkpoint(resolve_checkpoint(checkpoint), trust_checkpoint)
+    source = load_checkpoint(checkpoint, trust_checkpoint)
     state, kwargs = to_timm(source)
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)

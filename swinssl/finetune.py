@@ -17,14 +17,15 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 from omegaconf import DictConfig, OmegaConf
 
 from swinssl.cli import (
-    RECIPES, check_recipe_argument, resolve_checkpoint, runtime_arguments, start_run, submitted_to_slurm, train,
+    RECIPES, check_recipe_argument, runtime_arguments, start_run, submitted_to_slurm, train,
     user_errors,
 )
 from swinssl.datamodules import ClassificationShardDataModule, VideoShardDataModule
 from swinssl.tasks import ImageClassifier, VideoClassifier
 
-# What a video recipe's data block says about clip sampling, recorded in the model for evaluation.
+# What a recipe's data block says about reading data for evaluation, recorded in the model for `evaluate`.
 CLIP_SAMPLING_KEYS = ("sampling", "frame_interval", "short_side", "eval_short_side", "test_clips", "test_crops")
+EVALUATION_KEYS = ("eval_crop_pct", "eval_crop_mode", "interpolation")
 
 
 def build(cfg: DictConfig, resuming: bool = False):
@@ -32,12 +33,13 @@ def build(cfg: DictConfig, resuming: bool = False):
     if cfg.model.arch.startswith("video_"):
         return build_video(cfg, resuming)
     data = cfg.data
+    evaluation = {key: data[key] for key in EVALUATION_KEYS}
     datamodule = ClassificationShardDataModule(
         shards=data.shards, val_shards=data.val_shards, batch_size=data.batch_size, num_workers=data.num_workers,
         epoch_size=data.epoch_size, shuffle_buffer=data.shuffle_buffer, img_size=cfg.model.img_size, seed=cfg.seed,
         num_classes=cfg.model.num_classes, auto_augment=data.auto_augment, color_jitter=data.color_jitter,
-        crop_scale=tuple(data.crop_scale), re_prob=data.re_prob, interpolation=data.interpolation,
-        eval_crop_pct=data.eval_crop_pct, eval_crop_mode=data.eval_crop_mode,
+        crop_scale=tuple(data.crop_scale), crop_ratio=tuple(data.crop_ratio), hflip=data.hflip, re_prob=data.re_prob,
+        **evaluation,
     )
     num_classes = _num_classes(datamodule)
     mixup = OmegaConf.to_container(cfg.finetune.mixup, resolve=True) if cfg.finetune.mixup is not None else None
@@ -47,9 +49,10 @@ def build(cfg: DictConfig, resuming: bool = False):
         arch=cfg.model.arch, num_classes=num_classes, img_size=cfg.model.img_size,
         window_size=cfg.model.window_size, patch_size=cfg.model.patch_size, drop_path_rate=cfg.model.drop_path_rate,
         encoder=OmegaConf.to_container(cfg.model.encoder, resolve=True),
-        checkpoint=None if resuming else resolve_checkpoint(cfg.checkpoint), trust_checkpoint=cfg.trust_checkpoint,
+        checkpoint=None if resuming else cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint,
         layer_decay=cfg.finetune.layer_decay, mixup=mixup, label_smoothing=cfg.finetune.label_smoothing,
-        optim=OmegaConf.to_container(cfg.optim, resolve=True), **runtime_arguments(cfg),
+        optim=OmegaConf.to_container(cfg.optim, resolve=True), class_names=datamodule.class_names,
+        evaluation=evaluation, **runtime_arguments(cfg),
     )
     return model, datamodule
 
@@ -60,7 +63,8 @@ def build_video(cfg: DictConfig, resuming: bool = False) -> tuple[VideoClassifie
     datamodule = VideoShardDataModule(
         shards=data.shards, val_shards=data.val_shards, batch_size=data.batch_size, num_workers=data.num_workers,
         epoch_size=data.epoch_size, shuffle_buffer=data.shuffle_buffer, seed=cfg.seed, num_classes=model.num_classes,
-        num_frames=model.num_frames, img_size=model.img_size, crop_scale=tuple(data.crop_scale), hflip=data.hflip,
+        num_frames=model.num_frames, img_size=model.img_size, crop_scale=tuple(data.crop_scale),
+        crop_ratio=tuple(data.crop_ratio), hflip=data.hflip,
         rand_augment=OmegaConf.to_container(data.rand_augment) if data.rand_augment is not None else None,
         re_prob=data.re_prob, **clip_sampling,
     )
@@ -70,17 +74,18 @@ def build_video(cfg: DictConfig, resuming: bool = False) -> tuple[VideoClassifie
         attention=model.attention, patch_init=model.patch_init, drop_path_rate=model.drop_path_rate,
         head_dropout=model.head_dropout,
         encoder=OmegaConf.to_container(model.encoder, resolve=True),
-        checkpoint=None if resuming else resolve_checkpoint(cfg.checkpoint), trust_checkpoint=cfg.trust_checkpoint,
+        checkpoint=None if resuming else cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint,
         head_lr_ratio=cfg.finetune.head_lr_ratio, label_smoothing=cfg.finetune.label_smoothing,
-        clip_sampling=clip_sampling, optim=OmegaConf.to_container(cfg.optim, resolve=True), **runtime_arguments(cfg),
+        clip_sampling=clip_sampling, class_names=datamodule.class_names,
+        optim=OmegaConf.to_container(cfg.optim, resolve=True), **runtime_arguments(cfg),
     )
     return classifier, datamodule
 
 
 def _num_classes(datamodule) -> int:
     if datamodule.num_classes is None:
-        raise ValueError("cannot tell the number of classes: set model.num_classes, or write the shards with "
-                         "python -m swinssl.make_shards from class folders (it writes classes.json)")
+        raise ValueError("cannot tell the number of classes: the shards record no class names; set "
+                         "model.num_classes, or write the shards with python -m swinssl.make_shards from class folders")
     return datamodule.num_classes
 
 

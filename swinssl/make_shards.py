@@ -1,8 +1,12 @@
 """Write WebDataset shards from a folder of images or videos: ``python -m swinssl.make_shards SRC OUT``.
 
-SRC either holds class subfolders (each one a ``cls`` label, names saved to ``OUT/classes.json``) or
-files directly (no labels), all images or all videos. Files are stored as they are, under their
-extension's key (``jpg``, ``mp4``, ...); unreadable ones are skipped and reported. The writer core,
+SRC either holds class subfolders (each one a ``cls`` label) or files directly (no labels), all images
+or all videos. Files are stored as they are, under their extension's key (``jpg``, ``mp4``, ...), each
+with its source path in the sample's ``json``; files that do not decode are skipped and listed by path.
+The shards form one *set* of OUT, ``<prefix>-NNNNNN.tar``, described by ``<prefix>.manifest.json``
+(shard list, sample count, class names, source, tool version; :mod:`swinssl.datamodules.shards`). A
+folder can hold several sets; a set never replaces another, and a set whose class names differ from
+those of a set already there is refused unless ``--allow-other-classes``. The writer core,
 :func:`write_shards`, takes samples from any source (demo photos, demo videos).
 """
 
@@ -10,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import random
 import sys
 import time
@@ -23,6 +26,9 @@ import av
 import webdataset as wds
 from PIL import Image
 from rich.progress import track
+
+from swinssl import __version__
+from swinssl.datamodules.shards import SET_NAME, ShardSet, describe_classes, manifest_path, shard_sets
 
 IMAGE_EXTENSIONS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
 VIDEO_EXTENSIONS = {".mp4": "mp4", ".webm": "webm", ".avi": "avi", ".mkv": "mkv"}
@@ -44,6 +50,7 @@ class ShardSummary:
     shards: int
     pattern: str
     skipped: list[str] = field(default_factory=list)
+    sets: list[str] = field(default_factory=list)  # every set now in the output folder
 
 
 def shard_pattern(out: str | Path, prefix: str, shards: int) -> str:
@@ -63,18 +70,26 @@ def write_shards(
     classes: list[str] | None = None,
     check: Callable[[ShardItem], object] | None = None,
     total: int | None = None,
+    kind: str | None = None,
+    source: str | None = None,
+    allow_other_classes: bool = False,
 ) -> ShardSummary:
-    """Write ``items`` in order as ``OUT/{prefix}-NNNNNN.tar``; items that ``check`` raises on are skipped.
+    """Write ``items`` in order as the set ``prefix`` of ``out`` (shards and manifest); items that ``check``
+    raises on are skipped.
 
     Keys are a running index, because webdataset cuts a key at its first dot and file names have dots.
+    The manifest is written last, in one rename: a set without one was interrupted.
     """
+    if not SET_NAME.match(prefix):
+        raise ValueError(f"--prefix {prefix!r} is not a set name: use letters, digits, '_', '.' and '-'")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if any(out.glob(f"{prefix}-*.tar")):
-        raise FileExistsError(
-            f"{out} already holds {prefix}-*.tar shards; remove them or pick another --prefix"
-        )
-    skipped, samples, writer = [], 0, None
+    existing = shard_sets(out)
+    if prefix in existing or manifest_path(out, prefix).exists():
+        raise FileExistsError(f"{out} already holds the shard set {prefix!r}; remove its {prefix}-*.tar and "
+                              f"{manifest_path(out, prefix).name}, or pick another --prefix")
+    _check_classes(existing, classes, allow_other_classes)
+    skipped, samples, written, writer = [], 0, [], None
     try:
         for item in track(items, total=total, description="writing shards"):
             try:
@@ -86,21 +101,35 @@ def write_shards(
             if writer is None:  # opened on the first good sample, so no empty shard is ever left behind
                 filename = str(out / f"{prefix}-%06d.tar")
                 # whole-second mtimes: a fractional one costs every member an extra pax header to read
-                writer = wds.ShardWriter(filename, maxcount=maxcount, maxsize=maxsize, verbose=0, mtime=int(time.time()))
+                writer = wds.ShardWriter(filename, maxcount=maxcount, maxsize=maxsize, verbose=0, mtime=int(time.time()),
+                                         post=lambda name: written.append(Path(name).name))
             sample = {"__key__": f"{samples:09d}", item.ext: item.data, "json": {"path": item.name}}
             if item.label is not None:
                 sample["cls"] = item.label
             writer.write(sample)
             samples += 1
-        shards = writer.shard if writer is not None else 0
     finally:
         if writer is not None:
             writer.close()
     if samples == 0:
         raise ValueError(f"no readable samples to write to {out} ({len(skipped)} unreadable)")
-    if classes is not None:
-        (out / "classes.json").write_text(json.dumps(classes, indent=1) + "\n")
-    return ShardSummary(samples, shards, shard_pattern(out, prefix, shards), skipped)
+    ShardSet(str(out), prefix, written, samples=samples, classes=classes, kind=kind, source=source,
+             tool=f"swinssl {__version__} make_shards", skipped=skipped).write_manifest()
+    return ShardSummary(samples, len(written), shard_pattern(out, prefix, len(written)), skipped,
+                        sets=list(shard_sets(out)))
+
+
+def _check_classes(existing: dict[str, ShardSet], classes: list[str] | None, allow: bool) -> None:
+    """A labeled set must name the classes of the labeled sets already in the folder, in the same order."""
+    others = [other for other in existing.values() if other.classes is not None]
+    if allow or classes is None or not others or all(other.classes == classes for other in others):
+        return
+    other = next(other for other in others if other.classes != classes)
+    raise ValueError(
+        f"the set {other.name!r} already in {other.folder} has other classes ({describe_classes(other.classes)}) "
+        f"than this one ({describe_classes(classes)}): labels would mean different classes in the two sets; "
+        "use another output folder, or pass --allow-other-classes if they are meant to differ"
+    )
 
 
 def find_files(src: Path, kind: str) -> tuple[list[tuple[Path, int | None]], list[str] | None]:
@@ -139,17 +168,22 @@ def media_kind(src: Path) -> str:
 
 
 def verify_image(item: ShardItem) -> None:
-    """Raise if PIL cannot parse the file (cheap: checks structure, does not decode pixels)."""
+    """Raise unless PIL decodes every pixel (a truncated JPEG parses, but does not decode)."""
     with Image.open(io.BytesIO(item.data)) as image:
-        image.verify()
+        image.load()
 
 
 def verify_video(item: ShardItem) -> None:
-    """Raise if PyAV cannot open the file, finds no video stream in it, or cannot decode its first frame."""
+    """Raise if PyAV cannot open the file, finds no video stream in it, cannot read all of its packets, or
+    cannot decode its first frame. (Decoding every frame would cost about as much as the training epochs.)"""
     with av.open(io.BytesIO(item.data)) as container:
         if not container.streams.video:
             raise ValueError(f"{item.name} has no video stream")
-        next(container.decode(container.streams.video[0]))
+        stream = container.streams.video[0]
+        if not any(packet.size for packet in container.demux(stream)):
+            raise ValueError(f"{item.name} has no video frames")
+        container.seek(0, stream=stream)
+        next(container.decode(stream))
 
 
 VERIFY = {"image": verify_image, "video": verify_video}
@@ -164,8 +198,10 @@ def write_folder_shards(
     maxsize: float = 1e9,
     seed: int = 0,
     shuffle: bool = True,
+    allow_other_classes: bool = False,
 ) -> ShardSummary:
-    """Shard the ``kind`` ("image" or "video") files of a folder; unreadable ones are skipped and listed.
+    """Shard the ``kind`` ("image" or "video") files of a folder as the set ``prefix`` of ``out``; files that
+    do not decode are skipped and listed.
 
     Files are stored as they are under their extension's key; the order is shuffled with ``seed`` so
     every shard mixes classes.
@@ -189,6 +225,9 @@ def write_folder_shards(
         classes=classes,
         check=VERIFY[kind],
         total=len(files),
+        kind=kind,
+        source=str(src.resolve()),
+        allow_other_classes=allow_other_classes,
     )
 
 
@@ -199,16 +238,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("src", help="image or video folder: class subfolders, or files directly")
     parser.add_argument("out", help="output folder for the .tar shards")
-    parser.add_argument("--prefix", default="train", help="shard name prefix (default: train)")
+    parser.add_argument("--prefix", default="train",
+                        help="the set's name, which prefixes its shards: train-000000.tar ... (default: train)")
     parser.add_argument("--maxcount", type=int, default=1000, help="samples per shard at most")
     parser.add_argument("--maxsize", type=float, default=1e9, help="bytes per shard at most")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample order")
     parser.add_argument("--no-shuffle", action="store_true", help="keep the sorted file order")
+    parser.add_argument("--allow-other-classes", action="store_true",
+                        help="allow class names that differ from those of a set already in OUT")
     args = parser.parse_args(argv)
     try:
         kind = media_kind(Path(args.src))
         summary = write_folder_shards(
-            args.src, args.out, kind, args.prefix, args.maxcount, args.maxsize, args.seed, not args.no_shuffle
+            args.src, args.out, kind, args.prefix, args.maxcount, args.maxsize, args.seed, not args.no_shuffle,
+            args.allow_other_classes,
         )
     except (OSError, ValueError) as exn:
         print(f"make_shards: error: {exn}", file=sys.stderr)
@@ -219,10 +262,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  unreadable: {name}")
     if skipped > 10:
         print(f"  ... and {skipped - 10} more")
-    # The folder is the override that survives any shell; a brace pattern needs Hydra quotes inside shell quotes.
-    others = [path for path in Path(args.out).glob("*.tar") if not path.name.startswith(f"{args.prefix}-")]
+    # A folder with one set means that set; with several, the set is named after a colon.
     print(f"shards: {summary.pattern}")
-    print("train with: " + (f"\"data.shards='{summary.pattern}'\"" if others else f"data.shards={args.out}"))
+    print("train with: data.shards=" + (args.out if len(summary.sets) == 1 else f"{args.out}:{args.prefix}"))
 
 
 if __name__ == "__main__":

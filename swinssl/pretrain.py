@@ -23,10 +23,26 @@ from swinssl.tasks.callbacks import ReconstructionImages
 
 
 def build(cfg: DictConfig, resuming: bool = False) -> tuple[SimMIM, ImageShardDataModule]:
-    """The model and data a config describes; bad sizes and missing shards raise here, before any compute.
+    """The data and model a config describes; missing shards and bad sizes raise here, before any compute.
 
     A resumed run restores its own weights, so the starting ``checkpoint`` is not read again.
     """
+    datamodule = ImageShardDataModule(
+        shards=cfg.data.shards,
+        val_shards=cfg.data.val_shards,
+        batch_size=cfg.data.batch_size,
+        num_workers=cfg.data.num_workers,
+        epoch_size=cfg.data.epoch_size,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        img_size=cfg.model.img_size,
+        mask_patch_size=cfg.simmim.mask_patch_size,
+        model_patch_size=cfg.model.patch_size,
+        mask_ratio=cfg.simmim.mask_ratio,
+        crop_scale=tuple(cfg.data.crop_scale),
+        crop_ratio=tuple(cfg.data.crop_ratio),
+        hflip=cfg.data.hflip,
+        seed=cfg.seed,
+    )
     model = SimMIM(
         arch=cfg.model.arch,
         img_size=cfg.model.img_size,
@@ -39,19 +55,6 @@ def build(cfg: DictConfig, resuming: bool = False) -> tuple[SimMIM, ImageShardDa
         checkpoint=None if resuming else cfg.checkpoint,
         trust_checkpoint=cfg.trust_checkpoint,
         **runtime_arguments(cfg),
-    )
-    datamodule = ImageShardDataModule(
-        shards=cfg.data.shards,
-        val_shards=cfg.data.val_shards,
-        batch_size=cfg.data.batch_size,
-        num_workers=cfg.data.num_workers,
-        epoch_size=cfg.data.epoch_size,
-        shuffle_buffer=cfg.data.shuffle_buffer,
-        img_size=cfg.model.img_size,
-        mask_patch_size=cfg.simmim.mask_patch_size,
-        model_patch_size=cfg.model.patch_size,
-        mask_ratio=cfg.simmim.mask_ratio,
-        seed=cfg.seed,
     )
     return model, datamodule
 

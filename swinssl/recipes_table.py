@@ -76,7 +76,7 @@ def _rate(value: float) -> str:
 
 def _model(model: DictConfig) -> str:
     encoder = model.get("encoder") or {}
-    if "embed_dim" not in encoder:
+    if encoder.get("embed_dim") is None:
         sizes = " (sizes from the checkpoint)" if model.arch in ("swinv2", "swin", "video_swinv2", "video_swin") else ""
         return f"`{model.arch}`{sizes}"
     join = ",".join

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 import time
 import warnings
@@ -20,12 +21,15 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, ThroughputMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import ClusterEnvironment
 from lightning.pytorch.strategies import FSDPStrategy, Strategy, StrategyRegistry
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+
+from swinssl.tasks.base import samples_in
+from swinssl.tasks.optim import plan_steps
 
 log = logging.getLogger(__name__)
 RUN_ID_ENV = "SWINSSL_RUN_ID"
@@ -127,9 +131,26 @@ def resolve_strategy(name: str | Strategy) -> str | Strategy:
     return name
 
 
-def batch_size(batch: dict[str, Any]) -> int:
-    """Samples in one of our batches (dicts with an ``image`` or a ``video`` tensor)."""
-    return len(batch["image"] if "image" in batch else batch["video"])
+class RunProgressBar(RichProgressBar):
+    """Lightning's progress bar, counting the epochs and batches that really run when ``trainer.max_steps``
+    ends the run before ``max_epochs`` (Lightning's own bar counts to ``max_epochs`` and whole epochs)."""
+
+    @property
+    def total_train_batches(self) -> int | float:
+        total = self.trainer.num_training_batches
+        if self.trainer.max_steps is None or self.trainer.max_steps < 0 or math.isinf(total):
+            return total
+        remaining = (self.trainer.max_steps - self.trainer.global_step) * self.trainer.accumulate_grad_batches
+        return min(total, remaining)
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        trainer = self.trainer
+        if math.isinf(trainer.num_training_batches):
+            return super()._get_train_description(current_epoch)
+        plan = plan_steps(trainer.num_training_batches, trainer.accumulate_grad_batches, trainer.max_epochs,
+                          trainer.max_steps)
+        description = f"Epoch {current_epoch}/{plan.epochs - 1}"
+        return f"{description:{len(self.validation_description)}}"
 
 
 def build_trainer(trainer_cfg: DictConfig, run_dir: Path, checkpointing: DictConfig,
@@ -152,11 +173,12 @@ def build_trainer(trainer_cfg: DictConfig, run_dir: Path, checkpointing: DictCon
         dirpath=checkpoint_dir, every_n_train_steps=checkpointing.last_every_n_steps, save_top_k=0, save_last=True
     )
     # samples (images or clips)/s over a sliding window as long as the logging interval
-    throughput = ThroughputMonitor(batch_size_fn=batch_size, window_size=max(2, kwargs.get("log_every_n_steps") or 50))
+    throughput = ThroughputMonitor(batch_size_fn=samples_in, window_size=max(2, kwargs.get("log_every_n_steps") or 50))
     logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
+    progress = [RunProgressBar()] if kwargs.get("enable_progress_bar", True) else []
     return Trainer(
         default_root_dir=str(run_dir),
         logger=logger,
-        callbacks=[periodic, last, throughput, *callbacks],
+        callbacks=[periodic, last, throughput, *progress, *callbacks],
         **kwargs,
     )

@@ -74,10 +74,10 @@ def test_batches_have_documented_format_and_labels_follow_class_folders(data):
     train = list(dm.train_dataloader())
     assert len(train) == 2
     for batch in train:
-        assert set(batch) == {"image", "label", "skipped"}
+        assert set(batch) == {"image", "label", "skipped", "skipped_files"}
         assert batch["image"].shape == (5, 3, S, S) and batch["image"].dtype == torch.float32
         assert batch["label"].dtype == torch.int64 and set(batch["label"].tolist()) <= {0, 1, 2}
-        assert batch["skipped"].shape == () and batch["skipped"].dtype == torch.int64 and batch["skipped"] == 0
+        assert batch["skipped"].shape == () and batch["skipped"].dtype == torch.int64 and batch["skipped"] == 0, batch["skipped_files"]
 
     val = list(dm.val_dataloader())
     assert [len(b["label"]) for b in val] == [5, 5, 2]  # each sample once, partial last batch kept
@@ -98,19 +98,41 @@ def test_training_yields_exactly_batches_per_rank_full_batches(data):
     assert all(b["image"].shape[0] == 4 for b in batches)
 
 
-def test_num_classes_and_class_names_from_classes_json(data, tmp_path):
+def test_num_classes_and_class_names_from_the_set_manifests(data, tmp_path):
     assert ClassificationShardDataModule(data.train, **SMALL).num_classes == 3
-    eval_only = ClassificationShardDataModule(val_shards=data.val, **SMALL)  # found next to the val shards
+    eval_only = ClassificationShardDataModule(val_shards=data.val, **SMALL)  # the val set's manifest
     assert eval_only.num_classes == 3 and eval_only.class_names == ["blue", "green", "red"]
-    (tmp_path / "classes.json").write_text(json.dumps(["a", "b", "c", "d", "e"]))
-    shard = write_tar(tmp_path / "x.tar", [{"__key__": "k", "png": encode(coloured(np.random.default_rng(1), 0))}])
-    # the first train shard's folder wins over the val one
-    assert ClassificationShardDataModule(shard, data.val, **SMALL).class_names == list("abcde")
-    explicit = ClassificationShardDataModule(data.train, num_classes=10, **SMALL)
-    assert explicit.num_classes == 10 and explicit.class_names == ["blue", "green", "red"]
-    (tmp_path / "classes.json").unlink()
+    with pytest.raises(ValueError, match="num_classes=10 but .* has 3 classes"):
+        ClassificationShardDataModule(data.train, num_classes=10, **SMALL)
+    # a folder written before manifests: its classes.json; a bare tar: no names, unless num_classes says
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    shard = write_tar(legacy / "x.tar", [{"__key__": "k", "png": encode(coloured(np.random.default_rng(1), 0))}])
+    (legacy / "classes.json").write_text(json.dumps(["blue", "green", "red"]))
+    assert ClassificationShardDataModule(shard, data.val, **SMALL).class_names == ["blue", "green", "red"]
+    (legacy / "classes.json").unlink()
     bare = ClassificationShardDataModule(shard, **SMALL)
     assert bare.num_classes is None and bare.class_names is None
+    assert ClassificationShardDataModule(shard, num_classes=7, **SMALL).num_classes == 7
+
+
+def test_train_and_val_sets_with_other_classes_are_refused(data, tmp_path):
+    """Today's main used the train folder's classes.json for both, so val labels meant other classes."""
+    rng = np.random.default_rng(6)
+    for name in ("green", "red", "zebra"):
+        (tmp_path / "src" / name).mkdir(parents=True)
+        Image.fromarray(coloured(rng, 0)).save(tmp_path / "src" / name / "0.png")
+    write_folder_shards(tmp_path / "src", tmp_path / "other", prefix="val")
+    with pytest.raises(ValueError, match=r"different classes \(blue, green, red vs green, red, zebra\)"):
+        ClassificationShardDataModule(data.train, str(tmp_path / "other"), **SMALL)
+
+
+def test_a_set_without_labels_is_refused_for_classification(tmp_path):
+    (tmp_path / "flat").mkdir()
+    Image.fromarray(coloured(np.random.default_rng(7), 0)).save(tmp_path / "flat" / "0.png")
+    write_folder_shards(tmp_path / "flat", tmp_path / "shards")
+    with pytest.raises(ValueError, match="has no class labels"):
+        ClassificationShardDataModule(val_shards=str(tmp_path / "shards"), **SMALL)
 
 
 def test_eval_transform_matches_plain_pil_reference(tmp_path):

@@ -66,15 +66,16 @@ def shards(tmp_path):
 
 def test_resolve_braces_globs_dirs_lists(shards, tmp_path):
     pattern = f"{tmp_path}/train-{{000000..000002}}.tar"
-    assert resolve_shards(pattern) == shards
-    assert resolve_shards(f"{tmp_path}/train-*.tar") == shards
-    assert resolve_shards(str(tmp_path)) == shards
-    assert resolve_shards(tmp_path) == shards
-    assert resolve_shards([shards[2], f"{tmp_path}/train-00000[01].tar"]) == [shards[2], *shards[:2]]
+    assert resolve_shards(pattern).urls == shards
+    assert resolve_shards(f"{tmp_path}/train-*.tar").urls == shards
+    assert resolve_shards(str(tmp_path)).urls == shards
+    assert resolve_shards(tmp_path).urls == shards
+    assert resolve_shards(f"{tmp_path}:train").urls == shards
+    assert resolve_shards([shards[2], f"{tmp_path}/train-00000[01].tar"]).urls == [shards[2], *shards[:2]]
 
 
 def test_resolve_passes_remote_urls_through_with_braces_expanded():
-    urls = resolve_shards(["https://host/a-{0..1}.tar", "pipe:curl -s s3://b/c.tar", "gs://b/d.tar"])
+    urls = resolve_shards(["https://host/a-{0..1}.tar", "pipe:curl -s s3://b/c.tar", "gs://b/d.tar"]).urls
     expected = ["https://host/a-0.tar", "https://host/a-1.tar", "pipe:curl -s s3://b/c.tar", "gs://b/d.tar"]
     assert urls == expected
 
@@ -108,15 +109,18 @@ def test_rank_shards_fewer_than_ranks_overlap_with_warning(caplog):
 # --- decoding and skipping ----------------------------------------------------------------------
 
 
-def test_decode_stage_skips_and_counts_bad_samples():
+def test_decode_stage_skips_and_counts_bad_samples_by_source_file():
     rng = np.random.default_rng(1)
     good = {"__key__": "a", "png": encode(noise(rng))}
-    samples = [good, {"__key__": "b", "jpg": b"not an image"}, {"__key__": "c", "txt": b"hi"}, good]
+    bad = {"__key__": "b", "jpg": b"not an image", "json": b'{"path": "cats/broken.jpg"}'}
+    samples = [good, bad, {"__key__": "c", "txt": b"hi", "__url__": "/s/train-000001.tar"}, good]
     counter = SkipCounter()
     out = list(DecodeStage(eval_transform(IMG), MaskGenerator(IMG, 32, 4, 0.6), counter)(iter(samples)))
     assert len(out) == 2 and [o["label"] for o in out] == [-1, -1]
-    assert counter.take() == 2
-    assert counter.take() == 0
+    count, names = counter.take()
+    assert count == 2 and [name for name, _ in names] == ["cats/broken.jpg", "train-000001.tar/c"]
+    assert "UnidentifiedImageError" in names[0][1] and "KeyError" in names[1][1]
+    assert counter.take() == (0, [])
 
 
 def test_eval_decode_matches_plain_pil_reference():
@@ -261,3 +265,27 @@ def test_skip_counter_gives_up_when_nothing_is_readable(shards, tmp_path):
     dm = ImageShardDataModule(str(truncated), batch_size=4, num_workers=0, epoch_size=8, **SMALL)
     with pytest.raises(RuntimeError, match="unreadable samples since the last batch"):
         next(iter(dm.train_dataloader()))
+
+
+@pytest.mark.parametrize("hflip", [0.0, 1.0])
+def test_flip_and_crop_are_data_keys_of_every_image_recipe(tmp_path, hflip):
+    """Horizontal flip and the crop range were fixed in code: digits and text must not be flipped."""
+    from hydra import compose, initialize_config_module
+
+    from swinssl import finetune, pretrain
+
+    left_bright = np.zeros((64, 64, 3), np.uint8)
+    left_bright[:, :32] = 255
+    shard = write_tar(tmp_path / "train-000000.tar", [{"__key__": "a", "png": encode(left_bright), "cls": 0}])
+    common = [f"data.shards={shard}", "data.batch_size=2", "model.arch=swinv2_tiny", "model.img_size=64",
+              "model.window_size=2", "data.crop_scale=[1.0,1.0]", "data.crop_ratio=[1.0,1.0]", f"data.hflip={hflip}"]
+    with initialize_config_module("swinssl.recipes", version_base="1.3"):
+        pretraining = compose("pretrain", [*common, "simmim.mask_patch_size=32"])
+        finetuning = compose("finetune", ["recipe=ft_v2_t_192to224", *common, "checkpoint=null", "data.auto_augment=null",
+                                          "data.re_prob=0", "data.val_shards=null", "model.num_classes=2"])
+    image_data = pretrain.build(pretraining)[1]
+    classification_data = finetune.build(finetuning)[1]
+    for data in (image_data, classification_data):
+        images = torch.stack([next(iter(data.train_dataloader()))["image"][0] for _ in range(4)])
+        left, right = images[..., :32].mean(), images[..., 32:].mean()
+        assert (left > right) == (hflip == 0.0), type(data).__name__

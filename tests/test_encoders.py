@@ -74,6 +74,8 @@ def test_family_name_with_explicit_sizes():
         (dict(img_size=200), "must be a multiple of 32"),
         (dict(window_size=7), r"window 7 does not tile every stage .* windows that fit: \[2, 3, 6, 12, 24, 48\]"),
         (dict(num_heads=(3, 6, 12, 25)), "not divisible by its 25 heads"),
+        (dict(arch="swinv2"), r"arch 'swinv2' names a family, not a size: give embed_dim, depths, num_heads"),
+        (dict(arch="swin", embed_dim=32), r"arch 'swin' names a family, not a size: give depths, num_heads .*swin_tiny"),
     ],
 )
 def test_bad_geometry_fails_in_one_line_before_building(kwargs, message):
@@ -88,3 +90,10 @@ def test_encoder_without_mask_token_refuses_a_mask():
                              num_heads=(1, 1, 1, 1))
     with pytest.raises(ValueError, match="mask_token=True"):
         encoder.forward_features(torch.zeros(1, 3, 64, 64), torch.zeros(1, 16, 16))
+
+
+def test_a_video_family_without_sizes_is_refused():
+    from swinssl import create_video_encoder
+
+    with pytest.raises(ValueError, match="arch 'video_swinv2' names a family, not a size"):
+        create_video_encoder("video_swinv2", num_frames=8, img_size=64, window_size=(2, 4, 4))

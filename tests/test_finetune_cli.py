@@ -15,6 +15,7 @@ skimage_data = pytest.importorskip("skimage.data")
 COLOR = ("astronaut", "coffee", "chelsea", "rocket", "retina", "immunohistochemistry")
 GRAY = ("camera", "coins", "moon", "page", "text", "clock")
 # pretraining at 64 px / window 2 (windows 2/2/2/2), fine-tuning at 96 px / window 3 (windows 3/3/3/3)
+SIZES = ["model.encoder.embed_dim=16", "model.encoder.depths=[1,1,1,1]", "model.encoder.num_heads=[1,2,2,4]"]
 FINETUNE = [
     "recipe=demo_ft", "model.img_size=96", "model.window_size=3", "data.batch_size=4", "data.num_workers=0",
     "data.epoch_size=16", "data.shuffle_buffer=8", "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
@@ -51,7 +52,7 @@ def pretrained(photo_shards, tmp_path_factory) -> Path:
 def test_chain_make_shards_pretrain_finetune_evaluate_export(photo_shards, pretrained, tmp_path):
     run_dir = tmp_path / "ft"
     done = run_cli("swinssl.finetune", *FINETUNE, f"checkpoint={pretrained}", f"data.shards={photo_shards}",
-                   f"data.val_shards={photo_shards}", f"out_dir={run_dir}")
+                   f"data.val_shards={photo_shards}", f"out_dir={run_dir}", "data.eval_crop_mode=squash")
     assert done.returncode == 0, done.stderr[-3000:]
     log = done.stdout + done.stderr
     # the pretraining run was found in its folder and moved from windows 2 to 3 through log-CPB
@@ -61,15 +62,26 @@ def test_chain_make_shards_pretrain_finetune_evaluate_export(photo_shards, pretr
     assert checkpoint.is_file()
     saved = torch.load(checkpoint, map_location="cpu")  # weights-only by default: plain hyper-parameters
     assert saved["hyper_parameters"]["num_classes"] == 2 and saved["swinssl"]["position_bias_windows"] == [2] * 4
+    assert saved["hyper_parameters"]["class_names"] == ["color", "gray"]
     assert "current_model_state" in saved  # EMA: state_dict holds the averaged weights, which load by default
 
-    out = tmp_path / "eval.json"
-    done = run_cli("swinssl.evaluate", f"checkpoint={checkpoint}", f"data={photo_shards}", "num_workers=0",
-                   f"out={out}")
+    # named after the data set, recording what produced it, read as fine-tuning validated (squash, not centre crop)
+    done = run_cli("swinssl.evaluate", f"checkpoint={checkpoint}", f"data={photo_shards}", "num_workers=0")
     assert done.returncode == 0, done.stderr[-3000:]
+    out = checkpoint.with_suffix(f".eval-{photo_shards.name}.train-96px.json")
     results = json.loads(out.read_text())
     assert results["img_size"] == 96 and 0.0 <= results["top1"] <= 1.0 and results["top2"] == 1.0
-    assert "top1" in done.stdout and str(out) in done.stdout
+    assert {key: results[key] for key in ("checkpoint", "data", "data_set", "samples", "skipped", "samples_in_set",
+                                         "eval_crop_mode", "eval_crop_pct")} == {
+        "checkpoint": str(checkpoint), "data": str(photo_shards), "data_set": f"{photo_shards.name}:train",
+        "samples": 12, "skipped": 0, "samples_in_set": 12, "eval_crop_mode": "squash", "eval_crop_pct": 0.875}
+    assert f"on 12 samples of {photo_shards.name}:train (0 skipped)" in done.stdout and str(out) in done.stdout
+    # an existing result is never replaced silently
+    done = run_cli("swinssl.evaluate", f"checkpoint={checkpoint}", f"data={photo_shards}", "num_workers=0",
+                   "eval_crop_mode=center")
+    assert done.stderr.strip().splitlines()[-1] == (f"error: {out} already holds a result; pass overwrite=true to "
+                                                     "replace it, or out=<file>")
+    assert json.loads(out.read_text()) == results
 
     # the same classifier evaluated at 128 px / window 4, moved through log-CPB on load
     done = run_cli("swinssl.evaluate", f"checkpoint={run_dir}", f"data={photo_shards}", "num_workers=0",
@@ -97,20 +109,72 @@ def test_chain_make_shards_pretrain_finetune_evaluate_export(photo_shards, pretr
     (["data.batch_size=3"], "Mixup/CutMix mixes pairs: data.batch_size must be even, got 3"),
 ])
 def test_finetune_bad_input_fails_in_one_line(photo_shards, tmp_path, args, message):
-    done = run_cli("swinssl.finetune", *FINETUNE, "checkpoint=null", f"data.shards={photo_shards}",
-                   f"out_dir={tmp_path}", *args, timeout=120)
+    done = run_cli("swinssl.finetune", *FINETUNE, *SIZES, "checkpoint=null", f"data.shards={photo_shards}",
+                   "data.val_shards=null", f"out_dir={tmp_path}", *args, timeout=120)
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1] == f"error: {message}"
 
 
-def test_finetune_needs_a_class_count(tmp_path):
+def test_finetune_needs_labels_and_a_class_count(tmp_path):
     images = tmp_path / "flat"
     images.mkdir()
     Image.new("RGB", (64, 64)).save(images / "0.png")
     run_cli("swinssl.make_shards", str(images), str(tmp_path / "shards"))
-    done = run_cli("swinssl.finetune", *FINETUNE, "checkpoint=null", f"data.shards={tmp_path / 'shards'}",
+    done = run_cli("swinssl.finetune", *FINETUNE, *SIZES, "checkpoint=null", f"data.shards={tmp_path / 'shards'}",
                    "data.val_shards=null", f"out_dir={tmp_path / 'run'}", timeout=120)
-    assert "cannot tell the number of classes: set model.num_classes" in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == ("error: shards:train has no class labels (make_shards found no class "
+                                                     "subfolders in its source); classification needs shards written "
+                                                     "from class folders")
+    # shards another tool wrote say nothing about classes: the count must be given
+    (tmp_path / "shards" / "train.manifest.json").unlink()
+    done = run_cli("swinssl.finetune", *FINETUNE, *SIZES, "checkpoint=null", f"data.shards={tmp_path / 'shards'}",
+                   "data.val_shards=null", f"out_dir={tmp_path / 'run'}", timeout=120)
+    assert "cannot tell the number of classes: the shards record no class names; set model.num_classes" in done.stderr
+
+
+def test_evaluate_refuses_to_evaluate_nothing(pretrained, photo_shards, tmp_path):
+    """Today's main exited 0 with no metric (and overwrote the previous result) on shards without labels."""
+    classifier = ImageClassifier(arch="swinv2", num_classes=2, img_size=64, window_size=2, checkpoint=pretrained)
+    checkpoint = tmp_path / "classifier.ckpt"
+    torch.save({"state_dict": classifier.state_dict(), "hyper_parameters": dict(classifier.hparams)}, checkpoint)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for index in range(3):
+        Image.new("RGB", (64, 64), (index, 0, 0)).save(flat / f"{index}.png")
+    assert run_cli("swinssl.make_shards", str(flat), str(tmp_path / "unlabeled")).returncode == 0
+    done = run_cli("swinssl.evaluate", f"checkpoint={checkpoint}", f"data={tmp_path / 'unlabeled'}", "num_workers=0")
+    assert done.returncode != 0 and done.stderr.strip().splitlines()[-1] == (
+        "error: unlabeled:train has no class labels (make_shards found no class subfolders in its source); "
+        "classification needs shards written from class folders")
+    # shards from elsewhere, with no manifest to say so: every sample is skipped, and nothing is written
+    (tmp_path / "unlabeled" / "train.manifest.json").unlink()
+    done = run_cli("swinssl.evaluate", f"checkpoint={checkpoint}", f"data={tmp_path / 'unlabeled'}", "num_workers=0")
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "error: no sample of unlabeled:train could be evaluated (3 skipped, e.g. ")
+    assert "no class label (cls)" in done.stderr and not list(tmp_path.glob("*.json"))
+
+
+def test_a_bare_family_from_scratch_needs_its_sizes(photo_shards, tmp_path):
+    """Today's main built timm's 27.6M-parameter Swin-T default for `swinv2` without a word."""
+    args = [*FINETUNE, "checkpoint=null", f"data.shards={photo_shards}", "data.val_shards=null", "trainer.max_steps=1"]
+    done = run_cli("swinssl.finetune", *args, f"out_dir={tmp_path / 'none'}", timeout=120)
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: arch 'swinv2' names a family, not a size: give embed_dim, depths, num_heads (on the command line "
+        "model.encoder.embed_dim=...), start from a checkpoint to read them from, or use a preset (swinv2_tiny, "
+        "swinv2_small, swinv2_base, swinv2_large, swinv2_huge, swinv2_giant)")
+    done = run_cli("swinssl.finetune", *args, *SIZES, f"out_dir={tmp_path / 'sized'}", timeout=120)  # no `+` needed
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "model: swinv2 Swin V2, embed_dim 16, depths [1, 1, 1, 1], heads [1, 2, 2, 4], 96 px" in done.stdout
+
+
+def test_the_api_takes_run_folders_as_the_cli_does(pretrained):
+    """Today's main: "checkpoint not found" for a run folder in create_encoder and from_checkpoint."""
+    from swinssl import SimMIM, create_encoder
+
+    last = str(next(pretrained.rglob("last.ckpt")))
+    assert create_encoder("swinv2", img_size=96, window_size=3, checkpoint=pretrained).load_report.source == last
+    assert SimMIM.from_checkpoint(pretrained).hparams.checkpoint == last
 
 
 def test_evaluate_refuses_a_checkpoint_without_head(pretrained, photo_shards):

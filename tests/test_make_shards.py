@@ -13,8 +13,8 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from swinssl import demo_data
-from swinssl.datamodules import resolve_shards
+from swinssl import __version__, demo_data
+from swinssl.datamodules import resolve_shards, shard_sets
 from swinssl.make_shards import main, write_folder_shards
 
 
@@ -24,7 +24,7 @@ def run_cli(*args) -> subprocess.CompletedProcess:
 
 
 def read_back(pattern: str) -> list[dict]:
-    return list(wds.WebDataset(resolve_shards(pattern), shardshuffle=False, empty_check=False))
+    return list(wds.WebDataset(resolve_shards(pattern).urls, shardshuffle=False, empty_check=False))
 
 
 @pytest.fixture
@@ -53,7 +53,11 @@ def test_cli_writes_labeled_shards_with_every_image_once(image_folder, tmp_path)
     pattern = f"{out}/train-{{000000..000002}}.tar"
     assert f"shards: {pattern}" in result.stdout
     assert f"train with: data.shards={out}" in result.stdout
-    assert json.loads((out / "classes.json").read_text()) == ["cat", "dog"]
+    manifest = json.loads((out / "train.manifest.json").read_text())
+    assert manifest["classes"] == ["cat", "dog"] and manifest["samples"] == 12 and manifest["kind"] == "image"
+    assert manifest["shards"] == [f"train-00000{i}.tar" for i in range(3)] and manifest["skipped"] == ["dog/broken.jpg"]
+    assert manifest["source"] == str(image_folder.resolve()) and manifest["tool"] == f"swinssl {__version__} make_shards"
+    assert not (out / "classes.json").exists()
 
     samples = read_back(pattern)
     paths = Counter(json.loads(s["json"])["path"] for s in samples)
@@ -81,7 +85,8 @@ def test_images_without_class_folders_are_unlabeled(tmp_path):
     samples = read_back(summary.pattern)
     assert [json.loads(s["json"])["path"] for s in samples] == ["0.png", "1.png", "2.png"]
     assert not any("cls" in s for s in samples)
-    assert not (tmp_path / "out" / "classes.json").exists()
+    assert shard_sets(tmp_path / "out")["val"].classes is None
+    assert resolve_shards(str(tmp_path / "out")).labeled is False
 
 
 def test_cli_missing_source_exits_2_with_one_line(tmp_path):
@@ -108,8 +113,66 @@ def test_refuses_to_mix_layouts_or_overwrite_shards(tmp_path, image_folder):
         write_folder_shards(image_folder, tmp_path / "out")
     (image_folder / "loose.png").unlink()
     write_folder_shards(image_folder, tmp_path / "out")
-    with pytest.raises(FileExistsError, match="already holds train-"):
+    with pytest.raises(FileExistsError, match="already holds the shard set 'train'"):
         write_folder_shards(image_folder, tmp_path / "out")
+    with pytest.raises(ValueError, match="is not a set name"):
+        write_folder_shards(image_folder, tmp_path / "out", prefix="a/b")
+
+
+def test_a_truncated_jpeg_is_skipped_by_make_shards_and_named_by_its_path(tmp_path):
+    """PIL's verify() passed a truncated JPEG (it does not decode), which then failed at every epoch."""
+    src = tmp_path / "src" / "cat"
+    src.mkdir(parents=True)
+    pixels = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(src / "whole.jpg", quality=95)
+    data = (src / "whole.jpg").read_bytes()
+    (src / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    Image.open(src / "truncated.jpg").verify()  # the old check: passes
+    summary = write_folder_shards(tmp_path / "src", tmp_path / "out")
+    assert summary.samples == 1 and summary.skipped == ["cat/truncated.jpg"]
+
+
+def test_a_second_set_with_other_classes_is_refused_and_classes_are_never_overwritten(tmp_path, image_folder):
+    """Today's main rewrote classes.json: the first set's labels then meant other classes."""
+    out = tmp_path / "out"
+    write_folder_shards(image_folder, out)
+    other = tmp_path / "other"
+    for name in ("science", "zebra"):
+        (other / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(other / name / "0.png")
+    result = run_cli(other, out, "--prefix", "val")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "the set 'train' already in" in result.stderr and "(cat, dog) than this one (science, zebra)" in result.stderr
+    assert list(shard_sets(out)) == ["train"] and not list(out.glob("val-*"))
+    # the same classes are welcome, and an unlabeled set too
+    write_folder_shards(image_folder, out, prefix="more")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.new("RGB", (8, 8)).save(flat / "0.png")
+    write_folder_shards(flat, out, prefix="unlabeled")
+    summary = write_folder_shards(other, out, prefix="val", allow_other_classes=True)
+    assert summary.sets == ["more", "train", "unlabeled", "val"]
+    assert shard_sets(out)["train"].classes == ["cat", "dog"] and shard_sets(out)["val"].classes == ["science", "zebra"]
+
+
+def test_a_folder_of_several_sets_needs_the_set_named(tmp_path, image_folder):
+    """Today's main read train-*.tar and val-*.tar together: validation leaked into training."""
+    out = tmp_path / "out"
+    write_folder_shards(image_folder, out, maxcount=5)
+    result = run_cli(image_folder, out, "--prefix", "val")
+    assert result.returncode == 0, result.stderr
+    assert f"train with: data.shards={out}:val" in result.stdout
+    with pytest.raises(ValueError, match=rf"{out} holds 2 shard sets \(train, val\); name the one to read: "
+                                         rf"{out}:train or {out}:val"):
+        resolve_shards(str(out))
+    train, val = resolve_shards(f"{out}:train"), resolve_shards(f"{out}:val")
+    assert [url.rsplit("/", 1)[1] for url in train.urls] == [f"train-00000{i}.tar" for i in range(3)]
+    assert [url.rsplit("/", 1)[1] for url in val.urls] == ["val-000000.tar"]
+    assert (train.name, train.samples, train.classes) == ("out:train", 12, ["cat", "dog"])
+    with pytest.raises(ValueError, match="has no shard set 'vall'; its sets: train, val"):
+        resolve_shards(f"{out}:vall")
+    part = resolve_shards(f"{out}/train-00000[01].tar")
+    assert part.name == "out:train[2 of 3 shards]" and part.samples is None and part.classes == ["cat", "dog"]
 
 
 def test_demo_shards_built_once_then_reused(tmp_path, monkeypatch):
@@ -117,8 +180,9 @@ def test_demo_shards_built_once_then_reused(tmp_path, monkeypatch):
     monkeypatch.setenv("SWINSSL_CACHE", str(tmp_path / "cache"))
     pattern = demo_data.demo_shards()
     root = tmp_path / "cache" / demo_data.CACHE_NAME
-    assert pattern == f"{root}/demo-{{000000..000003}}.tar"
-    assert json.loads((root / "classes.json").read_text()) == ["color", "grayscale"]
+    assert pattern == str(root)
+    assert shard_sets(root)["demo"].classes == ["color", "grayscale"]
+    assert shard_sets(root)["demo"].shards == [f"demo-00000{i}.tar" for i in range(4)]
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [demo_data.CACHE_NAME]  # no temp dir left
 
     samples = read_back(pattern)

@@ -13,6 +13,7 @@ from test_make_shards import read_back, run_cli
 from test_video_data import audio_only_mp4, decode_all
 
 from swinssl import demo_data, demo_videos
+from swinssl.datamodules import shard_sets
 from swinssl.demo_videos import encode_video, write_demo_videos
 from swinssl.make_shards import main, write_folder_shards
 
@@ -44,7 +45,7 @@ def test_cli_writes_labeled_video_shards_stored_as_is(video_folder, tmp_path):
     assert "wrote 8 samples in 3 shards; skipped 3 unreadable" in result.stdout
     for name in ("walk/garbage.mp4", "walk/empty.webm", "jump/sound.mp4"):
         assert name in result.stdout
-    assert json.loads((out / "classes.json").read_text()) == ["jump", "walk"]
+    assert shard_sets(out)["train"].classes == ["jump", "walk"] and shard_sets(out)["train"].kind == "video"
 
     samples = read_back(f"{out}/train-{{000000..000002}}.tar")
     paths = Counter(json.loads(s["json"])["path"] for s in samples)
@@ -103,8 +104,8 @@ def test_demo_video_shards_built_once_then_reused(tmp_path, monkeypatch):
     monkeypatch.setenv("SWINSSL_CACHE", str(tmp_path / "cache"))
     pattern = demo_videos.demo_video_shards()
     root = tmp_path / "cache" / demo_videos.CACHE_NAME
-    assert pattern == f"{root}/demo-{{000000..000003}}.tar"
-    assert json.loads((root / "classes.json").read_text()) == ["pan_left", "pan_right"]
+    assert pattern == str(root)
+    assert shard_sets(root)["demo"].classes == ["pan_left", "pan_right"] and len(shard_sets(root)["demo"].shards) == 4
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [demo_videos.CACHE_NAME]  # no temp dir left
 
     samples = read_back(pattern)

@@ -12,10 +12,22 @@ from PIL import Image
 from swinssl import SimMIM
 from swinssl.datamodules import ImageShardDataModule
 from swinssl.make_shards import ShardItem, write_shards
-from swinssl.tasks.optim import OptimConfig, build_optimizer, build_scheduler
+from swinssl.tasks.optim import OptimConfig, build_optimizer, build_scheduler, plan_steps
 
 TINY = dict(arch="swinv2", img_size=64, window_size=2,
             encoder=dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4]))
+
+
+def noise_photos(folder, epoch_size: int) -> ImageShardDataModule:
+    """8 random 64 px PNGs as one shard set, batches of 4."""
+    def photo(seed):
+        buffer = io.BytesIO()
+        Image.fromarray(np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
+        return ShardItem(f"{seed}.png", buffer.getvalue(), "png")
+
+    write_shards([photo(i) for i in range(8)], folder)
+    return ImageShardDataModule(str(folder), batch_size=4, num_workers=0, epoch_size=epoch_size, img_size=64,
+                                mask_patch_size=16, shuffle_buffer=4)
 
 
 def test_learning_rates_are_per_512_samples():
@@ -91,14 +103,7 @@ def test_official_no_weight_decay_set():
 
 def test_trainer_scales_the_peak_lr_by_the_real_global_batch(tmp_path):
     """Per-device batch 4 x 1 device x accumulation 2 = 8 samples per optimizer step."""
-    def photo(seed):
-        buffer = io.BytesIO()
-        Image.fromarray(np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
-        return ShardItem(f"{seed}.png", buffer.getvalue(), "png")
-
-    write_shards([photo(i) for i in range(8)], tmp_path)
-    data = ImageShardDataModule(str(tmp_path), batch_size=4, num_workers=0, epoch_size=32, img_size=64,
-                                mask_patch_size=16, shuffle_buffer=4)
+    data = noise_photos(tmp_path, epoch_size=32)
     model = SimMIM(**TINY, optim=dict(base_lr=1e-3, warmup_epochs=0, schedule="cosine"))
     trainer = Trainer(max_steps=1, accumulate_grad_batches=2, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False)
@@ -148,3 +153,50 @@ def test_video_backbone_learns_at_the_head_lr_ratio_including_position_bias():
                 no_decay = param.ndim <= 1 or any(k in name for k in ("cpb_mlp", "logit_scale", "bias_table"))
                 assert group["weight_decay"] == (0.0 if no_decay else 0.05), name
         assert sum(len(g["params"]) for g in optimizer.param_groups) == len(names)
+
+
+def test_plan_counts_accumulation_and_ends_where_the_run_ends():
+    plan = plan_steps(batches_per_epoch=100, accumulation=2, max_epochs=6, max_steps=-1)
+    assert (plan.steps_per_epoch, plan.total_steps, plan.scheduled_steps, plan.epochs) == (50, 300, 300, 6)
+    short = plan_steps(batches_per_epoch=100, accumulation=1, max_epochs=6, max_steps=50)
+    assert (short.total_steps, short.scheduled_steps, short.epochs) == (50, 600, 1)
+    assert short.schedule_steps_per_epoch == pytest.approx(100 * 50 / 600)
+    assert plan_steps(100, 1, -1, 250).total_steps == 250
+    with pytest.raises(ValueError, match="the run has no end"):
+        plan_steps(100, 1, -1, -1)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "multistep"])
+def test_a_run_cut_short_by_max_steps_warms_up_and_decays_within_it(schedule):
+    """Today's main laid the schedule over max_epochs: 50 of 600 steps never left the 100-step warmup."""
+    config = OptimConfig(base_lr=1e-3, warmup_lr=1e-6, min_lr=1e-5, warmup_epochs=1, schedule=schedule,
+                         milestones=[3], gamma=0.1)
+    plan = plan_steps(batches_per_epoch=100, accumulation=1, max_epochs=6, max_steps=50)
+    rates = _lrs(config, 512, plan.schedule_steps_per_epoch, plan.total_steps)
+    warmup = round(100 * 50 / 600)  # one of six epochs
+    assert rates[warmup] == pytest.approx(1e-3) and max(rates) == pytest.approx(1e-3)
+    assert rates[-1] < 2e-4  # decayed: cosine towards 1e-5, or multistep at epoch 3 of 6 (step 25)
+
+
+def test_a_short_trainer_run_ends_at_the_minimum_rate(tmp_path):
+    data = noise_photos(tmp_path, epoch_size=40)
+    model = SimMIM(**TINY, optim=dict(base_lr=1e-3, warmup_lr=0.0, min_lr=1e-5, warmup_epochs=1, schedule="cosine"))
+    trainer = Trainer(max_epochs=10, max_steps=6, accumulate_grad_batches=2, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 6
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-5 * 8 / 512)
+
+
+def test_the_progress_bar_counts_what_really_runs():
+    from types import SimpleNamespace
+
+    from swinssl.runs import RunProgressBar
+
+    bar = RunProgressBar()
+    trainer = SimpleNamespace(num_training_batches=100, max_steps=50, global_step=0, accumulate_grad_batches=1,
+                              max_epochs=6)
+    bar._trainer = trainer
+    assert bar.total_train_batches == 50 and bar._get_train_description(0).strip() == "Epoch 0/0"
+    trainer.max_steps = -1
+    assert bar.total_train_batches == 100 and bar._get_train_description(2).strip() == "Epoch 2/5"

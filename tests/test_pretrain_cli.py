@@ -1,5 +1,7 @@
 """The real `python -m swinssl.pretrain` CLI, end to end on tiny shards in a temporary directory."""
 
+import io
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import webdataset as wds
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -50,7 +53,8 @@ def test_pretrain_writes_config_events_images_and_checkpoints(shard_dir, tmp_pat
     assert checkpoints == ["epoch0000-step00000004.ckpt", "epoch0001-step00000008.ckpt", "last.ckpt"]
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)  # plain hparams: no pickles
     assert last["global_step"] == 8
-    assert last["hyper_parameters"]["encoder"] == {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 2, 4]}
+    encoder = {key: value for key, value in last["hyper_parameters"]["encoder"].items() if value is not None}
+    assert encoder == {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 2, 4]}
     events = scalars(run_dir)
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "train/grad_norm", "train/lr", "train/device/samples_per_sec", "data/skipped"} <= tags
@@ -76,7 +80,8 @@ def test_cfg_job_shows_the_official_recipe_values():
     "args, message",
     [
         (["recipe=simmim_v9"], "unknown recipe 'simmim_v9'; choose one of: demo, simmim_v2_b"),
-        (["model.img_size=200"], "must be a multiple of 32"),
+        (["model.img_size=200"], "image size 200x200 is not divisible by mask_patch_size 32"),
+        (["model.img_size=240", "simmim.mask_patch_size=16"], "img_size 240x240 must be a multiple of 32"),
         (["model.window_size=7"], "window 7 does not tile every stage"),
         (["simmim.mask_patch_size=40"], "not divisible by mask_patch_size 40"),
         (["data.shards='/nonexistent/train-{000000..000003}.tar'"], "/nonexistent/train-000000.tar"),
@@ -123,7 +128,7 @@ def test_default_command_runs_the_demo_on_scikit_image_photos(tmp_path):
     done = run_cli("swinssl.pretrain", "trainer.max_steps=2", "data.num_workers=0", f"out_dir={tmp_path / 'run'}",
                    env={"SWINSSL_CACHE": str(tmp_path / "cache")})
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "cache" / "demo-shards-v2" / "classes.json").exists()
+    assert (tmp_path / "cache" / "demo-shards-v3" / "demo.manifest.json").exists()
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
 
 
@@ -142,3 +147,45 @@ def test_swinv2_base_recipe_runs_real_steps_on_the_cpu(shard_dir, tmp_path):
     assert weights["model.encoder.mask_token"].shape == (1, 1, 128)
     assert weights["model.decoder.0.weight"].shape == (3072, 1024, 1, 1)
     assert sum(v.numel() for v in weights.values()) == 86_893_944 + 1024 * 3072 + 3072  # timm's B + decoder
+
+
+def test_a_folder_of_two_sets_is_refused_before_a_run_directory_exists(shard_dir, tmp_path):
+    """Today's main trained on train-*.tar and val-*.tar together when the folder held both."""
+    folder = tmp_path / "both"
+    source = json.loads((Path(shard_dir) / "train.manifest.json").read_text())["source"]
+    for name in ("train", "val"):
+        assert run_cli("swinssl.make_shards", source, str(folder), "--prefix", name).returncode == 0
+    run_dir = tmp_path / "run"
+    done = run_cli("swinssl.pretrain", *TINY, f"data.shards={folder}", f"out_dir={run_dir}", timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: {folder} holds 2 shard sets (train, val); name the one to read: {folder}:train or {folder}:val")
+    assert not run_dir.exists()
+
+
+def test_a_bad_sample_is_named_by_its_file_once_and_the_schedule_fits_a_short_run(tmp_path):
+    """A sample that does not decode is reported by its source path, once per run rather than once per pass over
+    it; trainer.max_steps shorter than the recipe's epochs compresses warmup and decay into the steps that run."""
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    with wds.TarWriter(str(folder / "train-000000.tar")) as writer:
+        for index in range(6):
+            buffer = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (72, 72, 3), dtype=np.uint8)).save(buffer, "PNG")
+            writer.write({"__key__": f"{index:09d}", "png": buffer.getvalue(), "json": {"path": f"cats/{index}.png"}})
+        writer.write({"__key__": "000000006", "jpg": b"\xff\xd8 broken", "json": {"path": "cats/broken.jpg"}})
+    run_dir = tmp_path / "run"
+    done = run_cli("swinssl.pretrain", *TINY, f"data.shards={folder}:train", "data.epoch_size=28", "data.shuffle_buffer=2",
+                   "trainer.max_epochs=6", "trainer.max_steps=10", f"out_dir={run_dir}", "trainer.enable_progress_bar=false")
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = done.stdout + done.stderr
+    assert log.count("skipped unreadable sample cats/broken.jpg") == 1  # read about 6 times in 10 steps of 4
+    assert ("7 steps/epoch, 10 steps in all; trainer.max_steps ends the run before the recipe's 42 steps, so warmup "
+            "and decay are compressed into 10") in log
+    assert "model: swinv2 Swin V2, embed_dim 16, depths [1, 1, 1, 1], heads [1, 2, 2, 4], 64 px" in log
+    events = scalars(run_dir)
+    assert events.Scalars("data/skipped")[-1].value >= 2
+    rates = [event.value for event in events.Scalars("train/lr")]
+    # demo recipe: warmup 1 of 6 epochs -> 2 of 10 steps, then cosine to min_lr (1e-5 per 512 at batch 4)
+    assert rates[2] == pytest.approx(max(rates)) and rates[-1] < rates[2] / 5

@@ -157,9 +157,12 @@ class Workspace:
         for split in ("train", "val"):
             write_images(root / "data" / "imagenet" / split)
             write_demo_videos(root / "data" / "kinetics400" / split, videos_per_class=2)
+        write_images(root / "data" / "imagenet" / "val-synsets", classes=("n02085620", "n02123045"))
+        write_images(root / "data" / "unlabeled", classes=(".",))
         make_shards.main([str(root / "data" / "imagenet" / "train"), str(root / "data" / "in1k"), "--maxcount", "4"])
-        write_images(root / "photos", per_class=5)  # the make_shards transcript: 10 photos and a broken file
+        write_images(root / "photos", per_class=5)  # the make_shards transcripts: 10 photos and a broken file,
         (root / "photos" / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
+        write_images(root / "photos-val", per_class=2)  # then 4 more as a second set
 
     def data(self, arg: str) -> str:
         return re.sub(r"(^|=)/data/", rf"\g<1>{self.root}/data/", arg).replace("<folder>", "data/in1k")
@@ -168,10 +171,11 @@ class Workspace:
         return subprocess.run(argv, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=600)
 
 
-def write_images(folder: Path, per_class: int = 4) -> None:
+def write_images(folder: Path, per_class: int = 4, classes: tuple[str, ...] = ("cat", "dog")) -> None:
+    """``per_class`` random JPEGs in each class folder (``.``: straight into ``folder``, unlabeled)."""
     rng = np.random.default_rng(0)
-    for cls in ("cat", "dog"):
-        (folder / cls).mkdir(parents=True)
+    for cls in classes:
+        (folder / cls).mkdir(parents=True, exist_ok=True)
         for index in range(per_class):
             Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(folder / cls / f"{index}.jpg")
 

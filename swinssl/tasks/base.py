@@ -12,10 +12,19 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 
-from swinssl.tasks.optim import OptimConfig, build_optimizer, build_scheduler
+from swinssl.tasks.optim import OptimConfig, build_optimizer, build_scheduler, plan_steps
 from swinssl.weights import Checkpoint, load_checkpoint, swinssl_metadata
 
 log = logging.getLogger("swinssl.tasks")
+
+
+def samples_in(batch: dict[str, Any]) -> int:
+    """Samples in one of our batches: dicts with an ``image`` or a ``video`` tensor, or none (a batch that
+    only reports skipped samples at the end of a pass)."""
+    for key in ("image", "video"):
+        if key in batch:
+            return len(batch[key])
+    return 0
 
 
 def per_device_batch_size(trainer: Trainer) -> int:
@@ -38,7 +47,6 @@ class SwinTask(LightningModule):
     """
 
     optim_config: OptimConfig
-    skipped_samples: int = 0
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path | Checkpoint, trust_checkpoint: bool = False, **overrides: Any) -> SwinTask:
@@ -85,13 +93,10 @@ class SwinTask(LightningModule):
         """Extra arguments for timm's optimizer factory (e.g. ``layer_decay``)."""
         return {}
 
-    def log_training(self, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
-        """Loss, peak learning rate, and the running count of samples the data pipeline skipped."""
+    def log_training(self, loss: torch.Tensor) -> None:
+        """Loss and peak learning rate (skipped samples: :class:`swinssl.tasks.callbacks.SkippedSamples`)."""
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", max(group["lr"] for group in self.optimizers().param_groups))
-        if "skipped" in batch:
-            self.skipped_samples += int(batch["skipped"])
-            self.log("data/skipped", float(self.skipped_samples), reduce_fx="max")
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW + per-step schedule, rates per 512 samples scaled by the real global batch."""
@@ -102,22 +107,14 @@ class SwinTask(LightningModule):
         global_batch = per_device_batch_size(trainer) * trainer.world_size * accumulation
         if math.isinf(trainer.num_training_batches):
             raise ValueError("the train loader has no length; give it an epoch length (data.epoch_size)")
-        steps_per_epoch = max(1, math.ceil(trainer.num_training_batches / accumulation))
-        # the schedule spans max_epochs; a run bounded by max_steps alone (max_epochs -1) spans max_steps
-        if trainer.max_epochs is not None and trainer.max_epochs > 0:
-            total_steps = steps_per_epoch * trainer.max_epochs
-        else:
-            total_steps = max(trainer.max_steps, 1)
+        plan = plan_steps(trainer.num_training_batches, accumulation, trainer.max_epochs, trainer.max_steps)
         config = self.optim_config
         rates = config.scaled(global_batch)
-        log.info(
-            "lr %.3g = %.3g per %d samples x global batch %d (%d steps/epoch, %d steps in all)",
-            rates["lr"], config.base_lr, config.reference_batch, global_batch, steps_per_epoch, total_steps,
-        )
+        log.info("lr %.3g = %.3g per %d samples x global batch %d (%s)",
+                 rates["lr"], config.base_lr, config.reference_batch, global_batch, plan.describe())
         optimizer = build_optimizer(self.optimizer_parameters(), config, lr=rates["lr"], **self.optimizer_kwargs())
-        scheduler = build_scheduler(
-            optimizer, config, global_batch=global_batch, steps_per_epoch=steps_per_epoch, total_steps=total_steps
-        )
+        scheduler = build_scheduler(optimizer, config, global_batch=global_batch,
+                                    steps_per_epoch=plan.schedule_steps_per_epoch, total_steps=plan.total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:

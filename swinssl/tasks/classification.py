@@ -14,7 +14,7 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torchmetrics.classification import MulticlassAccuracy
 
-from swinssl.tasks.base import SwinTask
+from swinssl.tasks.base import SwinTask, samples_in
 from swinssl.tasks.optim import OptimConfig
 from swinssl.weights import Checkpoint, create_encoder
 
@@ -26,10 +26,12 @@ class AccuracyMetrics:
     ``evaluate_batch(batch, stage)`` computes scores and calls :meth:`log_accuracy`."""
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.evaluate_batch(batch, "val")
+        if samples_in(batch):
+            self.evaluate_batch(batch, "val")
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.evaluate_batch(batch, "test")
+        if samples_in(batch):
+            self.evaluate_batch(batch, "test")
 
     def init_accuracy(self, num_classes: int) -> None:
         top_k = min(5, num_classes)
@@ -51,7 +53,9 @@ class ImageClassifier(AccuracyMetrics, SwinTask):
 
     ``checkpoint`` is any supported checkpoint (path); ``mixup`` holds timm ``Mixup`` arguments
     (``{}`` for the official 0.8 / 1.0 defaults, None to switch mixing off); ``label_smoothing`` applies
-    in both cases. ``layer_decay`` None trains every layer at the full rate.
+    in both cases. ``layer_decay`` None trains every layer at the full rate. ``class_names`` (the
+    training shards') and ``evaluation`` (``eval_crop_pct``, ``eval_crop_mode``, ``interpolation`` of the
+    data) are recorded, so ``evaluate`` checks the classes and reads images as fine-tuning validated them.
     """
 
     def __init__(
@@ -69,6 +73,8 @@ class ImageClassifier(AccuracyMetrics, SwinTask):
         mixup: dict[str, Any] | None = None,
         label_smoothing: float = 0.1,
         optim: dict[str, Any] | None = None,
+        class_names: list[str] | None = None,
+        evaluation: dict[str, Any] | None = None,
         attn_kernel: str = "fused",
         attn_chunk_windows: int | None = None,
         grad_checkpointing: bool = False,
@@ -77,6 +83,8 @@ class ImageClassifier(AccuracyMetrics, SwinTask):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"an image classifier needs num_classes >= 1, got {num_classes}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         source = self.save_arguments(checkpoint, trust_checkpoint)
         self.optim_config = OptimConfig(**{"schedule": "cosine", **(optim or {})})
         self.model = create_encoder(
@@ -115,7 +123,7 @@ class ImageClassifier(AccuracyMetrics, SwinTask):
         if self.mixup is not None:
             images, labels = self.mixup(images, labels)
         loss = self.train_loss(self(images), labels)
-        self.log_training(loss, batch)
+        self.log_training(loss)
         return loss
 
     def evaluate_batch(self, batch: dict[str, torch.Tensor], stage: str) -> None:

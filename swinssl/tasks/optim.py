@@ -5,10 +5,15 @@ Learning rates are given per ``reference_batch`` (512) samples and scaled by the
 SimMIM/Swin script does. The schedule is stepped per optimizer step: linear warmup from ``warmup_lr``
 to the peak, then cosine down to ``min_lr`` or a multistep decay by ``gamma`` at ``milestones``
 (epochs, counted from the start of training as in the official multistep scheduler).
+
+The schedule spans the steps that really run (:class:`StepPlan`): a recipe describes its run in epochs,
+and when ``trainer.max_steps`` ends the run earlier, warmup, milestones and decay are compressed into
+those steps, so a short run still warms up, decays and ends at the minimum rate.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -18,6 +23,8 @@ import torch
 from timm.optim import create_optimizer_v2
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
+
+log = logging.getLogger("swinssl.tasks")
 
 
 @dataclass
@@ -44,6 +51,51 @@ class OptimConfig:
         """Absolute rates for this global batch."""
         factor = global_batch / self.reference_batch
         return dict(lr=self.base_lr * factor, warmup_lr=self.warmup_lr * factor, min_lr=self.min_lr * factor)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How many optimizer steps a run takes, and how its epochs map onto them.
+
+    ``scheduled_steps`` is the run the recipe describes (``max_epochs`` epochs, or ``max_steps`` when no
+    epoch count is set); ``total_steps`` what really runs (``max_steps`` may end it earlier).
+    """
+
+    steps_per_epoch: int
+    total_steps: int
+    scheduled_steps: int
+
+    @property
+    def schedule_steps_per_epoch(self) -> float:
+        """Steps per recipe epoch on the schedule: the epoch length, compressed when the run is cut short."""
+        return self.steps_per_epoch * self.total_steps / self.scheduled_steps
+
+    @property
+    def epochs(self) -> int:
+        """Epochs started before the run ends (the last one possibly cut short)."""
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    def describe(self) -> str:
+        text = f"{self.steps_per_epoch} steps/epoch, {self.total_steps} steps in all"
+        if self.total_steps < self.scheduled_steps:
+            text += (f"; trainer.max_steps ends the run before the recipe's {self.scheduled_steps} steps, so warmup "
+                     f"and decay are compressed into {self.total_steps}")
+        return text
+
+
+def plan_steps(batches_per_epoch: int, accumulation: int, max_epochs: int | None, max_steps: int | None) -> StepPlan:
+    """The :class:`StepPlan` of a run: ``batches_per_epoch`` loader batches per epoch on one rank, each optimizer
+    step taking ``accumulation`` of them; ``max_epochs``/``max_steps`` as Lightning takes them (-1 or None: unset)."""
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / accumulation))
+    bounded_by_steps = max_steps is not None and max_steps > 0
+    if max_epochs is not None and max_epochs > 0:
+        scheduled = steps_per_epoch * max_epochs
+    elif bounded_by_steps:
+        scheduled = max_steps
+    else:
+        raise ValueError("the run has no end: set trainer.max_epochs or trainer.max_steps")
+    total = min(scheduled, max_steps) if bounded_by_steps else scheduled
+    return StepPlan(steps_per_epoch, total, scheduled)
 
 
 def build_optimizer(model: nn.Module | list[dict[str, Any]], config: OptimConfig, lr: float,
@@ -129,9 +181,14 @@ def lr_at(step: int, *, lr: float, warmup_lr: float, min_lr: float, warmup_steps
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, *, global_batch: int,
                     steps_per_epoch: float, total_steps: int) -> LambdaLR:
-    """Per-step LambdaLR; each group's ``lr_scale`` (timm layer decay) multiplies its rate."""
+    """Per-step LambdaLR over ``total_steps``, with ``steps_per_epoch`` steps per recipe epoch (warmup and
+    milestones are in epochs); each group's ``lr_scale`` (timm layer decay) multiplies its rate."""
     rates = config.scaled(global_batch)
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    if warmup_steps >= total_steps and config.warmup_epochs > 0:
+        log.warning("optim.warmup_epochs=%g (%d steps) lasts the whole run of %d steps: the learning rate only warms "
+                    "up and never decays; shorten the warmup or lengthen the run", config.warmup_epochs, warmup_steps,
+                    total_steps)
 
     def factor(step: int) -> float:
         return lr_at(step, **rates, warmup_steps=warmup_steps, total_steps=total_steps, config=config,

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from swinssl.models import MaskedImageModel
-from swinssl.tasks.base import SwinTask
+from swinssl.tasks.base import SwinTask, samples_in
 from swinssl.tasks.optim import OptimConfig
 from swinssl.weights import Checkpoint, CheckpointError, create_encoder
 
@@ -72,10 +72,12 @@ class SimMIM(SwinTask):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         loss, reconstruction = self(batch["image"], batch["mask"])
-        self.log_training(loss, batch)
+        self.log_training(loss)
         return {"loss": loss, "reconstruction": reconstruction.detach()}
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor] | None:
+        if not samples_in(batch):
+            return None
         loss, reconstruction = self(batch["image"], batch["mask"])
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["image"].shape[0])
         return {"loss": loss, "reconstruction": reconstruction}

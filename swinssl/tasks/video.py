@@ -46,6 +46,7 @@ class VideoClassifier(AccuracyMetrics, SwinTask):
         head_lr_ratio: float = 10.0,
         label_smoothing: float = 0.0,
         clip_sampling: dict[str, Any] | None = None,
+        class_names: list[str] | None = None,
         optim: dict[str, Any] | None = None,
         attn_kernel: str = "fused",
         attn_chunk_windows: int | None = None,
@@ -54,6 +55,8 @@ class VideoClassifier(AccuracyMetrics, SwinTask):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"a video classifier needs num_classes >= 1, got {num_classes}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         if head_lr_ratio <= 0:
             raise ValueError(f"head_lr_ratio must be positive (head lr / backbone lr), got {head_lr_ratio}")
         source = self.save_arguments(checkpoint, trust_checkpoint)
@@ -88,7 +91,7 @@ class VideoClassifier(AccuracyMetrics, SwinTask):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = F.cross_entropy(self(batch["video"]), batch["label"], label_smoothing=self.hparams.label_smoothing)
-        self.log_training(loss, batch)
+        self.log_training(loss)
         return loss
 
     def view_probabilities(self, video: torch.Tensor) -> torch.Tensor:

@@ -2,13 +2,14 @@
 
 from swinssl.weights.formats import Checkpoint, parse_checkpoint, swinssl_metadata, to_timm
 from swinssl.weights.inflate import create_video_encoder, inflate_checkpoint
-from swinssl.weights.io import CheckpointError, read_checkpoint
+from swinssl.weights.io import CheckpointError, checkpoint_file, read_checkpoint
 from swinssl.weights.transfer import LoadReport, create_encoder, load_checkpoint, load_into, resize_bias_table
 
 __all__ = [
     "Checkpoint",
     "CheckpointError",
     "LoadReport",
+    "checkpoint_file",
     "create_encoder",
     "create_video_encoder",
     "inflate_checkpoint",

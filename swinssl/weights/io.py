@@ -27,14 +27,26 @@ class _PickledConfig:
 ALLOWED_METADATA = [(_PickledConfig, "yacs.config.CfgNode")]
 
 
+def checkpoint_file(path: str | Path) -> Path:
+    """A file as is; a folder (a run, or all runs of a recipe) -> the newest ``last.ckpt`` inside it."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise FileNotFoundError(f"no last.ckpt under {path}; train one first or pass a checkpoint file")
+        return found[-1]
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return path
+
+
 def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> Mapping[str, Any]:
-    """The object stored in ``path``, loaded on the CPU without running pickled code.
+    """The object stored in ``path`` (a file, or a run folder: :func:`checkpoint_file`), loaded on the CPU
+    without running pickled code.
 
     ``trust_checkpoint=True`` allows arbitrary pickled objects (only for files you trust).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    path = checkpoint_file(path)
     if _is_safetensors(path):
         from safetensors.torch import load_file
 

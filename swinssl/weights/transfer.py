@@ -23,7 +23,7 @@ from torch import nn
 from swinssl.models import build_encoder, family_of
 from swinssl.models.swin import resolve_arch
 from swinssl.weights.formats import FAMILY_NAMES, FORMAT_NAMES, Checkpoint, parse_checkpoint
-from swinssl.weights.io import CheckpointError, read_checkpoint
+from swinssl.weights.io import CheckpointError, checkpoint_file, read_checkpoint
 
 log = logging.getLogger("swinssl.weights")
 ARCH_KEYS = ("embed_dim", "depths", "num_heads", "patch_size", "extra_norm_period")
@@ -54,21 +54,27 @@ class LoadReport:
 
 
 def load_checkpoint(checkpoint: str | Path | Mapping[str, Any] | Checkpoint, trust_checkpoint: bool = False) -> Checkpoint:
-    """Any supported checkpoint (path, loaded dict or state dict) in canonical form."""
+    """Any supported checkpoint (a file, a run folder: its newest ``last.ckpt``, a loaded dict or state dict)
+    in canonical form."""
     if isinstance(checkpoint, Checkpoint):
         return checkpoint
     if isinstance(checkpoint, Mapping):
         return parse_checkpoint(checkpoint)
-    return parse_checkpoint(read_checkpoint(checkpoint, trust_checkpoint), source=str(checkpoint))
+    path = checkpoint_file(checkpoint)
+    return parse_checkpoint(read_checkpoint(path, trust_checkpoint), source=str(path))
 
 
-def check_architecture(checkpoint: Checkpoint, family: str, requested: Mapping[str, Any], arch: str) -> None:
-    """One error naming every size on which the checkpoint and the requested model disagree."""
+def check_family(checkpoint: Checkpoint, family: str, arch: str) -> None:
     if checkpoint.family != family:
         raise CheckpointError(
             f"{checkpoint.source} is a {FAMILY_NAMES[checkpoint.family]} checkpoint; arch {arch!r} is "
             f"{FAMILY_NAMES[family]}"
         )
+
+
+def check_architecture(checkpoint: Checkpoint, family: str, requested: Mapping[str, Any], arch: str) -> None:
+    """One error naming every size on which the checkpoint and the requested model disagree."""
+    check_family(checkpoint, family, arch)
     differ = [key for key in ARCH_KEYS if _size(checkpoint.arch.get(key)) != _size(requested.get(key))]
     if differ:
         found = ", ".join(f"{key} {_size(checkpoint.arch.get(key))}" for key in differ)
@@ -173,7 +179,8 @@ def create_encoder(
     source = None
     if checkpoint is not None:
         source = load_checkpoint(checkpoint, trust_checkpoint)
-        if arch == family and source.family == family:
+        check_family(source, family, arch)
+        if arch == family:
             inferred = {key: value for key, value in source.arch.items() if key != "patch_size"}
             overrides = {**inferred, **{k: v for k, v in overrides.items() if v is not None}}
             patch_size = patch_size or source.arch["patch_size"]
