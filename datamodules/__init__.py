@@ -4,7 +4,7 @@ Names load on first use, so tools that need only shard sets (``make_shards``) do
 albumentations and PyAV.
 """
 
-from importlib import import_module
+from swinssl.lazy import lazy_exports
 
 _PUBLIC = {
     "IMAGENET_MEAN": ".images",
@@ -22,12 +22,4 @@ _PUBLIC = {
 }
 __all__ = sorted(_PUBLIC)
 
-
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        return getattr(import_module(_PUBLIC[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_PUBLIC])
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

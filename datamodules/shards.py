@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from webdataset.shardlists import expand_urls
+from braceexpand import braceexpand
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,12 @@ def resolve_shards(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> Sha
         samples=sum(samples) if None not in samples else None,
         labeled=False if False in labeled else labeled.pop() if len(labeled) == 1 else None,
     )
+
+
+def expand_urls(spec: str) -> list[str]:
+    """``a::b`` lists and ``{000000..000099}`` ranges, as WebDataset reads them (without importing it: the
+    recipe checks resolve shards before anything heavy is imported)."""
+    return [url for part in spec.split("::") for url in braceexpand(part)]
 
 
 def _resolve_item(item: str) -> list[Shards]:

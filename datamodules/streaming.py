@@ -8,6 +8,8 @@ a pass that reads each shard once ends with a batch of no samples when skips are
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 
@@ -17,6 +19,8 @@ import torch
 import webdataset as wds
 
 from .shards import Shards, SkipCounter, rank_shards, resolve_shards, sample_name
+
+log = logging.getLogger(__name__)
 
 
 class Decoder:
@@ -74,8 +78,8 @@ class ShardDataModule(L.LightningDataModule):
 
     ``epoch_size`` counts samples of the whole job per epoch; each rank yields ``batches_per_rank`` full
     batches of ``batch_size``. ``seed`` fixes shard resampling, shuffling and the workers' RNGs, so a run
-    is reproducible for a given world size and worker count. ``shards=None`` makes an evaluation-only
-    module.
+    is reproducible for a given world size and worker count; a run resumed at step N reads a stream seeded
+    with N too. ``shards=None`` makes an evaluation-only module.
     """
 
     def __init__(
@@ -116,15 +120,19 @@ class ShardDataModule(L.LightningDataModule):
     def train_dataloader(self) -> wds.WebLoader:
         if self.train_urls is None:
             raise ValueError(f"{type(self).__name__} has no training shards; pass shards= to train")
+        shards = rank_shards(self.train_urls, self.rank, self.world_size)
+        log.info("rank %d of %d reads %d of %d shards (%s)", self.rank, self.world_size, len(shards),
+                 len(self.train_urls), ", ".join(os.path.basename(url) for url in shards[:4])
+                 + (", ..." if len(shards) > 4 else ""))
         # One seed per rank drives shard draws, shuffling and the workers' torch RNGs (augmentation,
-        # masks): reproducible for a given seed, and distinct across ranks.
-        seed = int(np.random.SeedSequence([self.seed, self.rank]).generate_state(1)[0])
+        # masks): reproducible for a given seed, and distinct across ranks. A resumed run's loader is built after
+        # its step is restored, and that step joins the seed: the stream continues, it does not replay.
+        step = self.trainer.global_step if self.trainer is not None else 0
+        seed = int(np.random.SeedSequence([self.seed, self.rank, *([step] if step else [])]).generate_state(1)[0])
         counter = SkipCounter()
         pipeline = wds.DataPipeline(
             # Resampling within this rank's shards: disjoint across ranks, endless within one.
-            wds.ResampledShards(
-                rank_shards(self.train_urls, self.rank, self.world_size), seed=seed, deterministic=True
-            ),
+            wds.ResampledShards(shards, seed=seed, deterministic=True),
             wds.tarfile_to_samples(handler=counter.handler),
             wds.detshuffle(self.shuffle_buffer, seed=seed),  # before decoding: the buffer holds bytes
             self.decoder(counter, train=True),

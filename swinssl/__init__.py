@@ -4,7 +4,7 @@ The public names load on first use, so command-line tools that need only part of
 (``python -m swinssl.make_shards``) start without importing Lightning and timm.
 """
 
-from importlib import import_module
+from swinssl.lazy import lazy_exports
 
 _PUBLIC = {
     "ImageClassifier": "swinssl.tasks",
@@ -17,12 +17,4 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"
 
-
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        return getattr(import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'swinssl' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_PUBLIC])
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

@@ -16,23 +16,17 @@ import json
 import re
 from pathlib import Path
 
-import hydra
-from lightning.pytorch import Trainer
 from omegaconf import DictConfig
 
-from swinssl.cli import RECIPES, user_errors
-from swinssl.datamodules import ClassificationShardDataModule, VideoShardDataModule
-from swinssl.datamodules.shards import describe_classes
-from swinssl.runs import select_precision
-from swinssl.tasks import ImageClassifier, VideoClassifier
-from swinssl.tasks.callbacks import SkippedSamples
-from swinssl.weights import Checkpoint, load_checkpoint
+from swinssl import cli
 
 # Image preprocessing of evaluation when neither the command line nor the checkpoint says (official TEST.CROP).
 IMAGE_EVALUATION = {"eval_crop_pct": 0.875, "eval_crop_mode": "center", "interpolation": "bicubic"}
 
 
-def load_classifier(cfg: DictConfig, source: Checkpoint) -> ImageClassifier | VideoClassifier:
+def load_classifier(cfg: DictConfig, source):
+    from swinssl.tasks import ImageClassifier, VideoClassifier
+
     if source.num_classes == 0:
         raise ValueError(f"{source.source} has no classification head; fine-tune it first (python -m swinssl.finetune)")
     video = source.family.startswith("video_")
@@ -42,15 +36,18 @@ def load_classifier(cfg: DictConfig, source: Checkpoint) -> ImageClassifier | Vi
     return task.from_checkpoint(source, **sizes)
 
 
-def image_evaluation(cfg: DictConfig, model: ImageClassifier) -> dict:
+def image_evaluation(cfg: DictConfig, model) -> dict:
     """Crop mode, crop fraction and interpolation: the command line's, else the checkpoint's, else official."""
     trained = model.hparams.get("evaluation") or {}
     return {key: cfg.get(key) if cfg.get(key) is not None else trained.get(key, default)
             for key, default in IMAGE_EVALUATION.items()}
 
 
-def test_data(cfg: DictConfig, model: ImageClassifier | VideoClassifier):
+def test_data(cfg: DictConfig, model):
     """The labeled shards, read as the model was trained to see them, and what that means."""
+    from swinssl.datamodules import ClassificationShardDataModule, VideoShardDataModule
+    from swinssl.tasks import ImageClassifier
+
     common = dict(val_shards=cfg.data, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                   img_size=model.hparams.img_size)
     if isinstance(model, ImageClassifier):
@@ -63,8 +60,10 @@ def test_data(cfg: DictConfig, model: ImageClassifier | VideoClassifier):
     return data, data.test_dataloader(), {"views": f"{data.test_clips} clips x {data.test_crops} crops"}
 
 
-def check_classes(data, model: ImageClassifier | VideoClassifier) -> None:
+def check_classes(data, model) -> None:
     """The shards' classes must be the ones the head was trained on, in the same order."""
+    from swinssl.datamodules.shards import describe_classes
+
     trained = model.hparams.get("class_names")
     if data.class_names is not None and trained is not None and list(trained) != data.class_names:
         raise ValueError(f"{data.val_data.name} has the classes {describe_classes(data.class_names)}; the checkpoint "
@@ -84,7 +83,13 @@ def result_path(cfg: DictConfig, checkpoint: str, data_name: str, img_size: int)
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    with user_errors():
+    from lightning.pytorch import Trainer
+
+    from swinssl.runs import select_precision
+    from swinssl.tasks.callbacks import SkippedSamples
+    from swinssl.weights import load_checkpoint
+
+    with cli.user_errors():
         source = load_checkpoint(cfg.checkpoint, cfg.trust_checkpoint)
         model = load_classifier(cfg, source)
         img_size = model.hparams.img_size
@@ -98,8 +103,9 @@ def evaluate(cfg: DictConfig) -> dict:
     evaluated, skipped = skips.samples["test"], skips.skipped["test"]
     if evaluated == 0:
         example = f", e.g. {skips.examples['test']}" if skips.examples.get("test") else ""
-        raise SystemExit(f"error: no sample of {data.val_data.name} could be evaluated ({skipped} skipped{example}); "
-                         "nothing written")
+        with cli.user_errors():
+            raise ValueError(f"no sample of {data.val_data.name} could be evaluated ({skipped} skipped{example}); "
+                             "nothing written")
     results = {
         "checkpoint": source.source,
         "data": str(cfg.data),
@@ -120,9 +126,8 @@ def evaluate(cfg: DictConfig) -> dict:
     return results
 
 
-@hydra.main(config_path=f"pkg://{RECIPES}", config_name="evaluate", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+def main() -> None:
+    cli.main("evaluate", evaluate)
 
 
 if __name__ == "__main__":

@@ -8,20 +8,9 @@ on load, and inflated to Video Swin when the recipe's arch is ``video_*``. With 
 
 from __future__ import annotations
 
-import sys
-
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch import seed_everything
-from lightning.pytorch.callbacks import EMAWeightAveraging
 from omegaconf import DictConfig, OmegaConf
 
-from swinssl.cli import (
-    RECIPES, check_recipe_argument, runtime_arguments, start_run, submitted_to_slurm, train,
-    user_errors,
-)
-from swinssl.datamodules import ClassificationShardDataModule, VideoShardDataModule
-from swinssl.tasks import ImageClassifier, VideoClassifier
+from swinssl import cli
 
 # What a recipe's data block says about reading data for evaluation, recorded in the model for `evaluate`.
 CLIP_SAMPLING_KEYS = ("sampling", "frame_interval", "short_side", "eval_short_side", "test_clips", "test_crops")
@@ -32,6 +21,9 @@ def build(cfg: DictConfig, resuming: bool = False):
     """The model and data a config describes; bad sizes, shards and checkpoints raise here, before any compute."""
     if cfg.model.arch.startswith("video_"):
         return build_video(cfg, resuming)
+    from swinssl.datamodules import ClassificationShardDataModule
+    from swinssl.tasks import ImageClassifier
+
     data = cfg.data
     evaluation = {key: data[key] for key in EVALUATION_KEYS}
     datamodule = ClassificationShardDataModule(
@@ -52,12 +44,15 @@ def build(cfg: DictConfig, resuming: bool = False):
         checkpoint=None if resuming else cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint,
         layer_decay=cfg.finetune.layer_decay, mixup=mixup, label_smoothing=cfg.finetune.label_smoothing,
         optim=OmegaConf.to_container(cfg.optim, resolve=True), class_names=datamodule.class_names,
-        evaluation=evaluation, **runtime_arguments(cfg),
+        evaluation=evaluation, **cli.runtime_arguments(cfg),
     )
     return model, datamodule
 
 
-def build_video(cfg: DictConfig, resuming: bool = False) -> tuple[VideoClassifier, VideoShardDataModule]:
+def build_video(cfg: DictConfig, resuming: bool = False):
+    from swinssl.datamodules import VideoShardDataModule
+    from swinssl.tasks import VideoClassifier
+
     data, model = cfg.data, cfg.model
     clip_sampling = {key: data[key] for key in CLIP_SAMPLING_KEYS}
     datamodule = VideoShardDataModule(
@@ -77,7 +72,7 @@ def build_video(cfg: DictConfig, resuming: bool = False) -> tuple[VideoClassifie
         checkpoint=None if resuming else cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint,
         head_lr_ratio=cfg.finetune.head_lr_ratio, label_smoothing=cfg.finetune.label_smoothing,
         clip_sampling=clip_sampling, class_names=datamodule.class_names,
-        optim=OmegaConf.to_container(cfg.optim, resolve=True), **runtime_arguments(cfg),
+        optim=OmegaConf.to_container(cfg.optim, resolve=True), **cli.runtime_arguments(cfg),
     )
     return classifier, datamodule
 
@@ -89,25 +84,17 @@ def _num_classes(datamodule) -> int:
     return datamodule.num_classes
 
 
-def finetune(cfg: DictConfig, recipe: str) -> None:
-    if submitted_to_slurm(cfg, "finetune", recipe):
-        return
-    seed_everything(cfg.seed, workers=True)
-    run = start_run(cfg, recipe)
-    with user_errors():
-        model, datamodule = build(cfg, resuming=run.resume_from is not None)
+def finetune(cfg: DictConfig) -> None:
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    from swinssl.runs import run_training
+
     callbacks = [EMAWeightAveraging(decay=cfg.finetune.ema_decay)] if cfg.finetune.ema_decay else []
-    train(cfg, run, model, datamodule, callbacks=callbacks)
-
-
-@hydra.main(config_path=f"pkg://{RECIPES}", config_name="finetune", version_base="1.3")
-def _main(cfg: DictConfig) -> None:
-    finetune(cfg, recipe=HydraConfig.get().runtime.choices["recipe"])
+    run_training(cfg, "finetune", build, callbacks)
 
 
 def main() -> None:
-    check_recipe_argument(sys.argv[1:], task="finetune")
-    _main()
+    cli.main("finetune", finetune)
 
 
 if __name__ == "__main__":

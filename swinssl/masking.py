@@ -8,8 +8,10 @@ model a token-resolution mask (48 x 48 at 192 px with 4 px patches).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -59,6 +61,8 @@ class MaskGenerator:
         return self.units[0] * self.scale, self.units[1] * self.scale
 
     def __call__(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        import torch  # here, not at import: the recipe checks build a MaskGenerator before torch is loaded
+
         num_units = self.units[0] * self.units[1]
         chosen = torch.randperm(num_units, generator=generator)[: self.mask_count]
         units = torch.zeros(num_units, dtype=torch.uint8)

@@ -7,26 +7,17 @@ supported checkpoint (e.g. an official SimMIM ``.pth``, decoder included).
 
 from __future__ import annotations
 
-import sys
-
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch import seed_everything
 from omegaconf import DictConfig, OmegaConf
 
-from swinssl.cli import (
-    RECIPES, check_recipe_argument, runtime_arguments, start_run, submitted_to_slurm, train, user_errors,
-)
-from swinssl.datamodules import ImageShardDataModule
-from swinssl.tasks import SimMIM
-from swinssl.tasks.callbacks import ReconstructionImages
+from swinssl import cli
 
 
-def build(cfg: DictConfig, resuming: bool = False) -> tuple[SimMIM, ImageShardDataModule]:
-    """The data and model a config describes; missing shards and bad sizes raise here, before any compute.
+def build(cfg: DictConfig, resuming: bool = False):
+    """The SimMIM model and image data a config describes; missing shards and bad sizes raise here, before any
+    compute. A resumed run restores its own weights, so the starting ``checkpoint`` is not read again."""
+    from swinssl.datamodules import ImageShardDataModule
+    from swinssl.tasks import SimMIM
 
-    A resumed run restores its own weights, so the starting ``checkpoint`` is not read again.
-    """
     datamodule = ImageShardDataModule(
         shards=cfg.data.shards,
         val_shards=cfg.data.val_shards,
@@ -54,29 +45,20 @@ def build(cfg: DictConfig, resuming: bool = False) -> tuple[SimMIM, ImageShardDa
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
         checkpoint=None if resuming else cfg.checkpoint,
         trust_checkpoint=cfg.trust_checkpoint,
-        **runtime_arguments(cfg),
+        **cli.runtime_arguments(cfg),
     )
     return model, datamodule
 
 
-def pretrain(cfg: DictConfig, recipe: str) -> None:
-    if submitted_to_slurm(cfg, "pretrain", recipe):
-        return
-    seed_everything(cfg.seed, workers=True)
-    run = start_run(cfg, recipe)
-    with user_errors():
-        model, datamodule = build(cfg, resuming=run.resume_from is not None)
-    train(cfg, run, model, datamodule, callbacks=[ReconstructionImages(every_n_steps=cfg.images_every_n_steps)])
+def pretrain(cfg: DictConfig) -> None:
+    from swinssl.runs import run_training
+    from swinssl.tasks.callbacks import ReconstructionImages
 
-
-@hydra.main(config_path=f"pkg://{RECIPES}", config_name="pretrain", version_base="1.3")
-def _main(cfg: DictConfig) -> None:
-    pretrain(cfg, recipe=HydraConfig.get().runtime.choices["recipe"])
+    run_training(cfg, "pretrain", build, [ReconstructionImages(every_n_steps=cfg.images_every_n_steps)])
 
 
 def main() -> None:
-    check_recipe_argument(sys.argv[1:], task="pretrain")
-    _main()
+    cli.main("pretrain", pretrain)
 
 
 if __name__ == "__main__":

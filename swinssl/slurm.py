@@ -7,12 +7,15 @@ runs the same command under ``srun`` with ``resume=auto``, and the CLI submits i
 task is one rank: Lightning's ``SLURMEnvironment`` reads the ranks from SLURM's variables, and the run
 directory is ``runs/<recipe>/<job id>``.
 
-Preemption has one owner, :class:`RequeueOnSignal`. SLURM sends SIGUSR1 ``cluster.signal_delay_s``
+Preemption has one owner, :class:`swinssl.tasks.callbacks.StopOnPreemption`. SLURM sends SIGUSR1 ``cluster.signal_delay_s``
 seconds before the time limit (``--signal=USR1@...``), and a scheduler that preempts the job sends it
-too. The handler only sets a flag. At the next batch end all ranks save ``checkpoints/last.ckpt``
-together, rank 0 runs ``scontrol requeue <job id>``, and the job comes back as the same job id. It then
-resumes from that checkpoint. Saving inside the signal handler, which Lightning's own auto-requeue does,
-can hang (Lightning #21406), so Lightning's requeue is switched off.
+too. The handler, installed when the training program starts (:func:`catch_preemption_signal`), only sets
+a flag. At the next batch end all ranks save ``checkpoints/last.ckpt`` together, rank 0 runs ``scontrol
+requeue <job id>``, and the job comes back as the same job id. It then resumes from that checkpoint. A
+signal that comes before the first step requeues without saving (there is nothing new to save); outside
+SLURM the run saves, says that nothing will requeue it, and ends cleanly. Saving inside the signal
+handler, which Lightning's own auto-requeue does, can hang (Lightning #21406), so Lightning's requeue is
+switched off.
 
 The batch script is plain ``sbatch``: submitit is not needed.
 """
@@ -29,8 +32,6 @@ import sys
 import time
 from pathlib import Path
 
-from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, MissingMandatoryValue
 
 log = logging.getLogger("swinssl")
@@ -148,37 +149,52 @@ def submit(cfg: DictConfig, task: str, recipe: str, overrides: list[str]) -> str
     return job_id
 
 
-def environment() -> SLURMEnvironment:
-    """Ranks from SLURM's variables; requeueing is :class:`RequeueOnSignal`'s job, not Lightning's."""
+def environment():
+    """Ranks from SLURM's variables; requeueing is :class:`swinssl.tasks.callbacks.StopOnPreemption`'s job, not
+    Lightning's."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
     return SLURMEnvironment(auto_requeue=False)
 
 
-class RequeueOnSignal(Callback):
-    """On ``signum``: at the next batch end save ``checkpoint``, requeue the job (rank 0), and stop."""
+PREEMPTION_SIGNAL = signal.SIGUSR1
+_signal_received = False
 
-    def __init__(self, checkpoint: Path, signum: int = signal.SIGUSR1) -> None:
-        self.checkpoint = Path(checkpoint)
-        self.signum = signum
-        self.received = False
-        self.requeued = False
 
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        signal.signal(self.signum, self._on_signal)
+def catch_preemption_signal() -> None:
+    """From now on, SIGUSR1 only sets a flag that the training callback acts on, instead of killing the process."""
+    signal.signal(PREEMPTION_SIGNAL, _on_signal)
 
-    def _on_signal(self, signum, frame) -> None:
-        self.received = True
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
-        if self.requeued or not trainer.strategy.reduce_boolean_decision(self.received, all=False):
-            return
-        log.info("preemption signal: saving %s and requeueing", self.checkpoint)
-        trainer.save_checkpoint(self.checkpoint)  # every rank takes part (sharded strategies)
-        self.requeued = True
-        trainer.should_stop = True
-        if trainer.is_global_zero:
-            job = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ["SLURM_JOB_ID"])
-            if "SLURM_ARRAY_TASK_ID" in os.environ:
-                job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-            done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-            if done.returncode != 0:
-                log.error("scontrol requeue %s failed: %s; resubmit with resume=auto", job, done.stderr.strip())
+def catching_preemption_signal() -> bool:
+    return signal.getsignal(PREEMPTION_SIGNAL) is _on_signal
+
+
+def _on_signal(signum, frame) -> None:
+    global _signal_received
+    _signal_received = True
+
+
+def preemption_signal_received() -> bool:
+    return _signal_received
+
+
+def requeue_job() -> None:
+    """``scontrol requeue`` this job (array task); a failure is logged, not raised: the checkpoint is saved."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ["SLURM_JOB_ID"])
+    if "SLURM_ARRAY_TASK_ID" in os.environ:
+        job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    if done.returncode != 0:
+        log.error("scontrol requeue %s failed: %s; resubmit with resume=auto", job, done.stderr.strip())
+
+
+def submitted_to_slurm(cfg: DictConfig, task: str, recipe: str, overrides: list[str]) -> bool:
+    """``cluster=slurm`` on a login node: check the request and submit (or print) the job instead of training."""
+    if cfg.cluster.name != "slurm" or is_slurm_task():
+        return False
+    from swinssl.runs import resolve_strategy
+
+    resolve_strategy(cfg.trainer.strategy)
+    submit(cfg, task, recipe, overrides)
+    return True

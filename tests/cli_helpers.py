@@ -45,6 +45,15 @@ def fake_command(folder: Path, name: str, output: str) -> Path:
     return folder
 
 
+def slurm_task_env(job_id: str, bin_dir: Path) -> dict[str, str]:
+    """The environment of srun task 0 of a one-task SLURM job, with stand-in commands from ``bin_dir`` first on PATH."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "SLURM_JOB_ID": job_id, "SLURM_JOB_NAME": "swinssl-demo", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+           "SLURM_NODEID": "0", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NODELIST": "localhost"}
+    env.pop("SWINSSL_RUN_ID", None)
+    return env
+
+
 def quick_bench(name: str, folder: Path, *args: str) -> tuple[str, object]:
     """Run ``python -m swinssl.bench <name> --quick [args] --json`` (it must succeed); what it printed, and its JSON."""
     out = folder / f"{name}.json"

@@ -90,7 +90,7 @@ def test_batches_have_documented_format_and_labels_follow_class_folders(data):
 
 def test_training_yields_exactly_batches_per_rank_full_batches(data):
     dm = ClassificationShardDataModule(data.train, batch_size=4, num_workers=0, epoch_size=30, **SMALL)
-    dm.trainer = SimpleNamespace(global_rank=1, world_size=2)
+    dm.trainer = SimpleNamespace(global_rank=1, world_size=2, global_step=0)
     dm.setup("fit")
     loader = dm.train_dataloader()
     batches = list(loader)

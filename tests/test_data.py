@@ -156,7 +156,7 @@ def test_batches_have_documented_format(shards):
 
 def test_batches_per_rank_splits_the_epoch_over_ranks(shards):
     dm = ImageShardDataModule(shards, batch_size=4, num_workers=0, epoch_size=22, **SMALL)
-    dm.trainer = SimpleNamespace(global_rank=1, world_size=2)
+    dm.trainer = SimpleNamespace(global_rank=1, world_size=2, global_step=0)
     dm.setup("fit")
     assert (dm.rank, dm.world_size, dm.batches_per_rank) == (1, 2, 2)
     assert len(list(dm.train_dataloader())) == 2
@@ -165,7 +165,7 @@ def test_batches_per_rank_splits_the_epoch_over_ranks(shards):
 def test_ranks_sharing_one_shard_still_draw_different_batches(shards):
     def first_batch(rank):
         dm = ImageShardDataModule(shards[:1], batch_size=4, num_workers=0, epoch_size=8, **SMALL)
-        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2)
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2, global_step=0)
         dm.setup("fit")
         torch.manual_seed(0)  # with no workers the masks come from the global generator
         return next(iter(dm.train_dataloader()))

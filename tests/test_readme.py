@@ -310,7 +310,7 @@ def test_the_minimal_batch_script_asks_what_the_dry_run_asks(workspace):
                (option[2:].split("=", 1) for option in options if option.split("=")[0] in
                 ("--nodes", "--cpus-per-task", "--partition", "--time"))]
     dry = workspace.run([sys.executable, "-m", "swinssl.pretrain", "recipe=simmim_v2_b", "cluster=slurm",
-                         "cluster.dry_run=true", *request])
+                         "cluster.dry_run=true", "data.shards=/data/in1k", *request])
     assert dry.returncode == 0, dry.stderr[-2000:]
     asked = {option for line in dry.stdout.splitlines() if line.startswith("#SBATCH") for option in line.split()[1:]}
     assert options <= asked, options - asked

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from cli_helpers import TINY, fake_command, random_image_shards, run_cli
+from cli_helpers import TINY, fake_command, random_image_shards, run_cli, slurm_task_env
 
 SLURM = ["recipe=simmim_v2_b", "cluster=slurm", "cluster.partition=gpu", "cluster.time=2-00:00:00", "data.shards=/data"]
 
@@ -37,7 +37,8 @@ def test_submission_writes_the_script_and_calls_sbatch(tmp_path):
     bin_dir = fake_command(tmp_path / "bin", "sbatch", "777")
     env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     done = run_cli("swinssl.finetune", "recipe=ft_v2_b_192to256", "cluster=slurm", "cluster.partition=gpu",
-                   "cluster.time=60", "checkpoint=x.pth", f"out_dir={tmp_path / 'run'}", env=env)
+                   "cluster.time=60", "checkpoint=x.pth", "data.shards=/shared/in1k", f"out_dir={tmp_path / 'run'}",
+                   env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "submitted job 777" in done.stdout
     scripts = list((tmp_path / "run" / "slurm").glob("submit-*.sbatch"))
@@ -80,10 +81,7 @@ def test_sigusr1_saves_requeues_and_the_requeued_job_resumes(shard_dir, tmp_path
     """One srun task of job 4242 on the CPU: the run directory is the job id, SIGUSR1 leads to a checkpoint
     and ``scontrol requeue 4242``, and the same job id started again continues from that checkpoint."""
     bin_dir = fake_command(tmp_path / "bin", "scontrol", "")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-           "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "swinssl-demo", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
-           "SLURM_NODEID": "0", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NODELIST": "localhost"}
-    env.pop("SWINSSL_RUN_ID", None)
+    env = slurm_task_env("4242", bin_dir)
     args = [*TINY, f"data.shards={shard_dir}", "cluster=slurm", "cluster.partition=cpu", "cluster.time=10",
             "cluster.gpus_per_node=1", "trainer.accelerator=cpu", "checkpointing.last_every_n_steps=2"]
     run_dir = tmp_path / "runs" / "demo" / "4242"
@@ -105,6 +103,7 @@ def test_sigusr1_saves_requeues_and_the_requeued_job_resumes(shard_dir, tmp_path
     again = subprocess.run([sys.executable, "-m", "swinssl.pretrain", *args, f"trainer.max_steps={saved + 2}"],
                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming runs/demo/4242/checkpoints/last.ckpt" in again.stdout + again.stderr
+    # the newest checkpoint: last.ckpt, or the epoch-end one written after it at the same step
+    assert "resuming runs/demo/4242/checkpoints/" in again.stdout + again.stderr
     assert torch.load(last, weights_only=True)["global_step"] == saved + 2
     assert (bin_dir / "scontrol.log").read_text().split() == ["requeue", "4242"]  # no second requeue

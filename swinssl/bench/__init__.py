@@ -11,4 +11,5 @@ BENCHMARKS = {
     "memory": "largest batch per GPU per preset and attention kernel; SwinV2-L 384/w24 fine-tuning",
     "transfer": "position-bias transfer to larger windows without training",
     "video": "video clips per second per data-loading worker",
+    "threads": "demo training images/s for loader workers x torch threads: where the default lands",
 }

@@ -53,7 +53,7 @@ from swinssl.bench.report import SavedTensorMeter, device_name, progress_bar, wr
 from swinssl.masking import MaskGenerator
 from swinssl.models import MaskedImageModel, SimMIMDecoder, masked_l1_loss
 from swinssl.models.attention import KERNELS
-from swinssl.models.swin import resolve_arch
+from swinssl.models.registry import resolve_arch
 from swinssl.weights import create_encoder
 
 # timm and HF have no Swin V2-H/G (the paper's extra norm), so the comparison stops at L.

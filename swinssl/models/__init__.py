@@ -1,23 +1,26 @@
-"""Pure nn.Modules: no Lightning, no I/O."""
+"""Pure nn.Modules: no Lightning, no I/O.
 
-from swinssl.models.simmim import MaskedImageModel, SimMIMDecoder, masked_l1_loss, normalize_targets
-from swinssl.models.summary import describe_encoder
-from swinssl.models.swin import PRESETS, SwinEncoder, SwinV2Encoder, build_encoder, family_of, position_bias_windows
-from swinssl.models.video_swin import VideoSwinEncoder, build_video_encoder, video_family_of
+Names load on first use, so what needs only the registry (presets, families, geometry checks) does not
+import torch and timm.
+"""
 
-__all__ = [
-    "PRESETS",
-    "MaskedImageModel",
-    "SimMIMDecoder",
-    "SwinEncoder",
-    "SwinV2Encoder",
-    "VideoSwinEncoder",
-    "build_encoder",
-    "build_video_encoder",
-    "describe_encoder",
-    "family_of",
-    "masked_l1_loss",
-    "normalize_targets",
-    "position_bias_windows",
-    "video_family_of",
-]
+from swinssl.lazy import lazy_exports
+
+_PUBLIC = {
+    "MaskedImageModel": ".simmim",
+    "SimMIMDecoder": ".simmim",
+    "masked_l1_loss": ".simmim",
+    "normalize_targets": ".simmim",
+    "SwinEncoder": ".swin",
+    "SwinV2Encoder": ".swin",
+    "build_encoder": ".swin",
+    "position_bias_windows": ".swin",
+    "VideoSwinEncoder": ".video_swin",
+    "build_video_encoder": ".video_swin",
+    "describe_encoder": ".summary",
+    "PRESETS": ".registry",
+    "family_of": ".registry",
+}
+__all__ = sorted(_PUBLIC)
+
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

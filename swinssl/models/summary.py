@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-FAMILY_NAMES = {"SwinV2Encoder": "Swin V2", "SwinEncoder": "Swin V1"}
+from swinssl.models.registry import FAMILY_NAMES
 
 
 def describe_encoder(model: nn.Module) -> str:
@@ -14,16 +14,14 @@ def describe_encoder(model: nn.Module) -> str:
     heads = [stage.blocks[0].attn.num_heads for stage in stages]
     embed_dim = model.patch_embed.proj.weight.shape[0]
     if model.patch_embed.proj.weight.ndim == 5:
-        family = f"Video Swin {model.style.upper()}"
         size = f"{model.num_frames} x {model.img_size} px"
         windows = [tuple(window) for window in _video_windows(model)]
     else:
-        family = FAMILY_NAMES.get(type(model).__name__, type(model).__name__)
         height, width = model.patch_embed.img_size
         size = f"{height} px" if height == width else f"{height}x{width} px"
         windows = [stage.blocks[0].window_size[0] for stage in stages]
     parameters = sum(param.numel() for param in model.parameters())
-    return (f"{family}, embed_dim {embed_dim}, depths {depths}, heads {heads}, {size}, windows {windows}, "
+    return (f"{FAMILY_NAMES[model.family]}, embed_dim {embed_dim}, depths {depths}, heads {heads}, {size}, windows {windows}, "
             f"position bias for windows {model.position_bias_windows()}, {parameters / 1e6:.2f}M parameters")
 
 

@@ -31,39 +31,7 @@ from timm.models.swin_transformer_v2 import SwinTransformerV2, SwinTransformerV2
 from torch import nn
 
 from swinssl.models.attention import check_kernel, window_attention
-
-# Widths, depths and heads: T/S/B/L as timm registers them; H/G from the Swin V2 paper (sec. 3.6,
-# head dim 32). The paper gives G four blocks in its last stage (2, 2, 42, 4).
-PRESETS: dict[str, dict[str, Any]] = {
-    "swinv2_tiny": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
-    "swinv2_small": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
-    "swinv2_base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
-    "swinv2_large": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
-    "swinv2_huge": dict(
-        embed_dim=352, depths=(2, 2, 18, 2), num_heads=(11, 22, 44, 88), extra_norm_period=6
-    ),
-    "swinv2_giant": dict(
-        embed_dim=512, depths=(2, 2, 42, 4), num_heads=(16, 32, 64, 128), extra_norm_period=6
-    ),
-}
-# Swin V1 (timm's and the official sizes).
-PRESETS.update(
-    swin_tiny=dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
-    swin_small=dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
-    swin_base=dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
-    swin_large=dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
-)
-FAMILIES = ("swinv2", "swin")
-SIZE_KEYS = ("embed_dim", "depths", "num_heads")  # what a bare family needs to be a model
-
-
-def family_of(arch: str) -> str:
-    """``swinv2_base`` -> ``swinv2``; ``swin_tiny`` or ``swin`` -> ``swin``."""
-    family = arch.split("_", 1)[0]
-    if family not in FAMILIES or (arch not in PRESETS and arch != family):
-        raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join([*PRESETS, *FAMILIES])}")
-    return family
-
+from swinssl.models.registry import check_image_geometry, family_of, resolve_arch
 
 class KernelAttention:
     """Mixin for timm's window attention modules: the part after q, k, v, run by a chosen kernel."""
@@ -211,6 +179,7 @@ class SwinV2Encoder(SwinExtras, SwinTransformerV2):
     attention kernel."""
 
     attention_class = WindowAttentionV2
+    family = "swinv2"
 
     def __init__(self, *, mask_token: bool = False, extra_norm_period: int = 0, attn_kernel: str = "fused",
                  attn_chunk_windows: int | None = None, **kwargs: Any) -> None:
@@ -230,6 +199,7 @@ class SwinEncoder(SwinExtras, SwinTransformer):
     """timm Swin V1 with an optional SimMIM mask token and a choice of attention kernel."""
 
     attention_class = WindowAttentionV1
+    family = "swin"
 
     def __init__(self, *, mask_token: bool = False, attn_kernel: str = "fused",
                  attn_chunk_windows: int | None = None, **kwargs: Any) -> None:
@@ -239,7 +209,7 @@ class SwinEncoder(SwinExtras, SwinTransformer):
         self.set_attention_kernel(attn_kernel, attn_chunk_windows)
 
 
-ENCODERS = {"swinv2": SwinV2Encoder, "swin": SwinEncoder}
+ENCODERS = {encoder.family: encoder for encoder in (SwinV2Encoder, SwinEncoder)}
 
 
 def position_bias_windows(model: nn.Module) -> list:
@@ -254,62 +224,6 @@ def _add_extra_norm(block: SwinTransformerV2Block) -> None:
 
 def _apply_extra_norm(block: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
     return block.norm3(output)
-
-
-def _check_geometry(img_size: tuple[int, int], patch_size: int, window_size: int, depths, embed_dim, num_heads):
-    stages = len(depths)
-    if len(num_heads) != stages:
-        raise ValueError(f"depths {tuple(depths)} and num_heads {tuple(num_heads)} must have one entry per stage")
-    for stage, heads in enumerate(num_heads):
-        width = embed_dim * 2**stage
-        if width % heads:
-            raise ValueError(f"stage {stage + 1} width {width} is not divisible by its {heads} heads")
-    stride = patch_size * 2 ** (stages - 1)
-    if img_size[0] % stride or img_size[1] % stride:
-        raise ValueError(
-            f"img_size {img_size[0]}x{img_size[1]} must be a multiple of {stride} "
-            f"(patch {patch_size} x 2^{stages - 1} merges); e.g. {max(1, img_size[0] // stride) * stride}"
-        )
-    if not _window_tiles(img_size, patch_size, window_size, stages):
-        grid = img_size[0] // patch_size
-        fits = [w for w in range(2, grid + 1) if _window_tiles(img_size, patch_size, w, stages)]
-        raise ValueError(
-            f"window {window_size} does not tile every stage at img_size {img_size[0]}x{img_size[1]} "
-            f"(stage grids {_stage_grids(img_size, patch_size, stages)}); windows that fit: {fits}"
-        )
-
-
-def _stage_grids(img_size, patch_size: int, stages: int) -> list[tuple[int, int]]:
-    return [(img_size[0] // patch_size // 2**s, img_size[1] // patch_size // 2**s) for s in range(stages)]
-
-
-def _window_tiles(img_size, patch_size: int, window: int, stages: int) -> bool:
-    """A window larger than a stage's grid is clipped to it, so only smaller ones must divide it."""
-    return all(side % min(window, side) == 0 for grid in _stage_grids(img_size, patch_size, stages) for side in grid)
-
-
-def resolve_arch(arch: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Preset name or bare family (``swinv2``, ``swin``) -> constructor arguments, explicit overrides winning."""
-    return preset_arguments(PRESETS, arch, family_of(arch), overrides)
-
-
-def preset_arguments(presets: dict[str, dict[str, Any]], arch: str, family: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """A preset's sizes, then the non-None ``overrides``; a bare family has no sizes but the ones given.
-
-    No library default stands in for missing sizes: a model silently built at another size would make
-    every comparison with it wrong.
-    """
-    given = {key: value for key, value in overrides.items() if value is not None}
-    if arch in presets:
-        return {**presets[arch], **given}
-    missing = [key for key in SIZE_KEYS if key not in given]
-    if missing:
-        choices = ", ".join(name for name in presets if name.startswith(f"{family}_"))
-        raise ValueError(
-            f"arch {arch!r} names a family, not a size: give {', '.join(missing)} (on the command line "
-            f"model.encoder.{missing[0]}=...), start from a checkpoint to read them from, or use a preset ({choices})"
-        )
-    return given
 
 
 def build_encoder(
@@ -332,6 +246,8 @@ def build_encoder(
     windows per chunk; :mod:`swinssl.models.attention`); all compute the same function.
     """
     family = family_of(arch)
+    if family not in ENCODERS:
+        raise ValueError(f"{arch!r} is a video arch; build it with build_video_encoder / create_video_encoder")
     kwargs = resolve_arch(arch, overrides)
     if family == "swin" and {"pretrained_window_sizes", "extra_norm_period"} & kwargs.keys():
         raise ValueError("pretrained_window_sizes and extra_norm_period are Swin V2 options; Swin V1 has neither")
@@ -340,7 +256,7 @@ def build_encoder(
     kwargs["num_heads"] = tuple(kwargs["num_heads"])
     if "pretrained_window_sizes" in kwargs:
         kwargs["pretrained_window_sizes"] = tuple(kwargs["pretrained_window_sizes"])
-    _check_geometry(size, patch_size, window_size, kwargs["depths"], kwargs["embed_dim"], kwargs["num_heads"])
+    check_image_geometry(size, patch_size, window_size, kwargs["depths"], kwargs["embed_dim"], kwargs["num_heads"])
     return ENCODERS[family](
         img_size=size,
         patch_size=patch_size,

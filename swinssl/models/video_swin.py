@@ -36,37 +36,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from swinssl.models.attention import check_kernel, window_attention
-from swinssl.models.swin import preset_arguments
+from swinssl.models.registry import (
+    STYLES, Triple, check_video_geometry, family_of, resolve_arch, triple, video_pretrained_windows,
+)
 
-Triple = tuple[int, int, int]
-
-# Sizes of the official Video Swin T/S/B/L (head dim 32), shared by both attention styles.
-_SIZES = {
-    "tiny": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
-    "small": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
-    "base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
-    "large": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
-}
-STYLES = {"video_swinv2": "v2", "video_swin": "v1"}  # family -> attention style
-PRESETS: dict[str, dict[str, Any]] = {f"{family}_{size}": dict(sizes) for family in STYLES for size, sizes in _SIZES.items()}
 ATTENTION_MODES = ("joint", "factorized")
 MASK_VALUE = -100.0  # the official shift-mask value
-
-
-def video_family_of(arch: str) -> str:
-    """``video_swinv2_base`` -> ``video_swinv2``; ``video_swin_tiny`` or ``video_swin`` -> ``video_swin``."""
-    family = arch if arch in STYLES else arch.rpartition("_")[0]
-    if family not in STYLES or (arch not in PRESETS and arch != family):
-        raise ValueError(f"unknown video arch {arch!r}; choose one of: {', '.join([*PRESETS, *STYLES])}")
-    return family
-
-
-def triple(value: int | Sequence[int], name: str) -> Triple:
-    """An int (the same on every axis) or three ints (time, height, width) as a tuple."""
-    values = (value,) * 3 if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(values) != 3 or min(values) < 1:
-        raise ValueError(f"{name} must be a positive int or three positive ints (time, height, width), got {value!r}")
-    return values
 
 
 def clip_window(size: Triple, window: Triple, shift: Triple) -> tuple[Triple, Triple]:
@@ -381,6 +356,10 @@ class VideoSwinEncoder(nn.Module):
         self.set_grad_checkpointing(grad_checkpointing)
         self.set_attention_kernel(attn_kernel, attn_chunk_windows)
 
+    @property
+    def family(self) -> str:
+        return "video_swinv2" if self.style == "v2" else "video_swin"
+
     def set_attention_kernel(self, kernel: str = "fused", chunk_windows: int | None = None) -> None:
         """Run every window attention (joint, spatial and temporal) with ``kernel``; switchable at any time."""
         check_kernel(kernel, chunk_windows)
@@ -436,11 +415,6 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def resolve_video_arch(arch: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Preset or bare family -> sizes, explicit (non-None) overrides winning."""
-    return preset_arguments(PRESETS, arch, video_family_of(arch), overrides)
-
-
 def build_video_encoder(
     arch: str = "video_swinv2_base",
     num_frames: int = 32,
@@ -459,46 +433,19 @@ def build_video_encoder(
     ``pretrained_window_sizes`` (per stage (t, h, w)), ``head_dropout``, ``grad_checkpointing``, ...).
     ``attn_kernel``/``attn_chunk_windows``: the attention kernel, as for :func:`swinssl.models.build_encoder`.
     """
-    family = video_family_of(arch)
-    kwargs = resolve_video_arch(arch, overrides)
+    family = family_of(arch)
+    if not family.startswith("video_"):
+        raise ValueError(f"{arch!r} is an image arch; video encoders are video_swinv2_* or video_swin_*")
+    kwargs = resolve_arch(arch, overrides)
     if attention not in ATTENTION_MODES:
         raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
     window, patch = triple(window_size, "window_size"), triple(patch_size, "patch_size")
     depths, heads = tuple(kwargs.pop("depths")), tuple(kwargs.pop("num_heads"))
     if kwargs.get("pretrained_window_sizes") is not None:
-        kwargs["pretrained_window_sizes"] = _pretrained_windows(kwargs["pretrained_window_sizes"], len(depths))
-    _check_video_geometry(num_frames, img_size, patch, window, depths, kwargs["embed_dim"], heads)
+        kwargs["pretrained_window_sizes"] = video_pretrained_windows(kwargs["pretrained_window_sizes"], len(depths))
+    check_video_geometry(num_frames, img_size, patch, window, depths, kwargs["embed_dim"], heads)
     return VideoSwinEncoder(
         num_frames=num_frames, img_size=img_size, patch_size=patch, window_size=window, depths=depths,
         num_heads=heads, style=STYLES[family], attention=attention, num_classes=num_classes,
         attn_kernel=attn_kernel, attn_chunk_windows=attn_chunk_windows, **kwargs,
     )
-
-
-def _pretrained_windows(windows: Sequence[int | Sequence[int]], stages: int) -> list[Triple]:
-    """Per stage (t, h, w), 0 meaning "the current window"; an int is a spatial window (time: current)."""
-    triples = [(0, w, w) if isinstance(w, int) else tuple(int(v) for v in w) for w in windows]
-    if len(triples) != stages or any(len(w) != 3 or min(w) < 0 for w in triples):
-        raise ValueError(f"pretrained_window_sizes needs one window (an int or (t, h, w)) per stage ({stages}), "
-                         f"got {windows!r}")
-    return triples
-
-
-def _check_video_geometry(num_frames: int, img_size: int, patch: Triple, window: Triple, depths, embed_dim: int,
-                          heads) -> None:
-    if len(heads) != len(depths):
-        raise ValueError(f"depths {depths} and num_heads {heads} must have one entry per stage")
-    for stage, count in enumerate(heads):
-        if (embed_dim * 2**stage) % count:
-            raise ValueError(f"stage {stage + 1} width {embed_dim * 2**stage} is not divisible by its {count} heads")
-    if num_frames < 1 or img_size < patch[1]:
-        raise ValueError(f"a clip needs at least 1 frame and {patch[1]} px, got {num_frames} frames at {img_size} px")
-    frames = math.ceil(num_frames / patch[0])
-    if window[0] > frames:
-        raise ValueError(
-            f"temporal window {window[0]} is larger than the clip: {num_frames} frames with temporal patch {patch[0]} "
-            f"give {frames} time steps; use a window of at most {frames} or more frames"
-        )
-    grid = math.ceil(img_size / patch[1])
-    if max(window[1:]) > grid:
-        raise ValueError(f"spatial window {window[1:]} is larger than the {grid}x{grid} patch grid of {img_size} px clips")

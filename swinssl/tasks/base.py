@@ -37,6 +37,21 @@ def per_device_batch_size(trainer: Trainer) -> int:
     return int(batch_size)
 
 
+def batches_per_epoch(trainer: Trainer) -> int:
+    """Loader batches per epoch on one rank. Our datamodules know it without building the loader, which
+    then is built after a resumed run has restored its step (so its stream continues rather than replays)."""
+    batches = getattr(trainer.datamodule, "batches_per_rank", None)
+    if batches is None:
+        if trainer.train_dataloader is None:
+            trainer.fit_loop.setup_data()
+        batches = trainer.num_training_batches
+        if math.isinf(batches):
+            raise ValueError("the train loader has no length; give it an epoch length (data.epoch_size)")
+        return batches
+    limit = trainer.limit_train_batches
+    return min(batches, limit) if isinstance(limit, int) else max(1, int(batches * limit))
+
+
 class SwinTask(LightningModule):
     """Base of the tasks. Subclasses set ``optim_config`` and implement ``encoder`` and ``optimized_module``.
 
@@ -101,13 +116,9 @@ class SwinTask(LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW + per-step schedule, rates per 512 samples scaled by the real global batch."""
         trainer = self.trainer
-        if trainer.train_dataloader is None:
-            trainer.fit_loop.setup_data()  # the schedule is in epochs: it needs the loader's length
         accumulation = trainer.accumulate_grad_batches
         global_batch = per_device_batch_size(trainer) * trainer.world_size * accumulation
-        if math.isinf(trainer.num_training_batches):
-            raise ValueError("the train loader has no length; give it an epoch length (data.epoch_size)")
-        plan = plan_steps(trainer.num_training_batches, accumulation, trainer.max_epochs, trainer.max_steps)
+        plan = plan_steps(batches_per_epoch(trainer), accumulation, trainer.max_epochs, trainer.max_steps)
         config = self.optim_config
         rates = config.scaled(global_batch)
         log.info("lr %.3g = %.3g per %d samples x global batch %d (%s)",

@@ -1,19 +1,26 @@
-"""Training callbacks: pictures of what SimMIM reconstructs, and the samples the data pipeline skipped."""
+"""Training callbacks: pictures of what SimMIM reconstructs, the samples the data pipeline skipped, and what a
+preemption signal does."""
 
 from __future__ import annotations
 
 import logging
+import os
+import statistics
+import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from swinssl import slurm
 from swinssl.tasks.base import samples_in
 from swinssl.viz import reconstruction_grid
 
-log = logging.getLogger("swinssl.data")
+log = logging.getLogger(__name__)
 
 
 class ReconstructionImages(Callback):
@@ -74,3 +81,94 @@ class SkippedSamples(Callback):
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self.skipped["train"] = state_dict.get("train_skipped", 0)
+
+
+class StopOnPreemption(Callback):
+    """On the preemption signal (:func:`swinssl.slurm.catch_preemption_signal`): save ``checkpoint`` at the next
+    batch end (every rank takes part), requeue the job (rank 0, under SLURM with ``requeue``) and stop. A signal
+    before the first step stops without saving. ``stopped`` tells the caller not to save again."""
+
+    def __init__(self, checkpoint: Path, requeue: bool = True) -> None:
+        self.checkpoint = Path(checkpoint)
+        self.requeue = requeue
+        self.stopped = False
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not slurm.catching_preemption_signal():  # used outside the CLI, which installs it at start
+            slurm.catch_preemption_signal()
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.strategy.reduce_boolean_decision(slurm.preemption_signal_received(), all=False):
+            for callback in trainer.checkpoint_callbacks:  # no step was taken: nothing new to write while preempted
+                callback.save_last = False
+            self._stop(trainer, saved=False)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        if self.stopped or not trainer.strategy.reduce_boolean_decision(slurm.preemption_signal_received(), all=False):
+            return
+        log.info("preemption signal: saving %s", self.checkpoint)
+        trainer.save_checkpoint(self.checkpoint)
+        self._stop(trainer, saved=True)
+
+    def _stop(self, trainer: Trainer, saved: bool) -> None:
+        self.stopped = True
+        trainer.should_stop = True
+        if not trainer.is_global_zero:
+            return
+        where = str(self.checkpoint) if saved else "its last checkpoint (the signal came before the first step)"
+        if self.requeue and "SLURM_JOB_ID" in os.environ:
+            slurm.requeue_job()
+            log.info("requeued: the job resumes from %s", where)
+        else:
+            log.info("stopped by the preemption signal; this is not a SLURM job that requeues, so nothing restarts it: "
+                     "run the same command with resume=auto to continue from %s", where)
+
+
+class ThreadTuning(Callback):
+    """Keeps the faster of the torch thread counts ``candidates`` (:func:`swinssl.runs.thread_candidates`).
+
+    Every ``every_n_steps`` batches (first after ``start`` batches) each count runs ``probe`` batches; the one
+    with the shortest median batch time (the first batch after a switch left out) is kept until the next probe.
+    A shared machine's load changes, so the choice is checked again. One candidate: nothing to measure.
+    """
+
+    def __init__(self, candidates: list[int] | None = None, probe: int = 6, every_n_steps: int = 500,
+                 start: int = 5) -> None:
+        self.candidates = candidates or []
+        self.probe, self.every_n_steps, self.start = probe, every_n_steps, start
+        self.times: dict[int, list[float]] = {}
+        self.probing: list[int] = []  # the counts still to try in the current probe
+        self.chosen: int | None = None
+        self.batches = 0
+        self._started = 0.0
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        if len(self.candidates) < 2:
+            return
+        due = self.batches >= self.start and (self.batches - self.start) % self.every_n_steps == 0
+        if due and not self.probing:
+            self.probing, self.times = list(self.candidates), {count: [] for count in self.candidates}
+            torch.set_num_threads(self.probing[0])
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        if len(self.candidates) < 2:
+            return
+        self.batches += 1
+        if not self.probing:
+            return
+        count = self.probing[0]
+        self.times[count].append(time.perf_counter() - self._started)
+        if len(self.times[count]) < self.probe:
+            return
+        self.probing.pop(0)
+        if self.probing:
+            torch.set_num_threads(self.probing[0])
+            return
+        medians = {count: statistics.median(times[1:]) for count, times in self.times.items()}
+        best = min(medians, key=medians.get)
+        if best != self.chosen:
+            others = ", ".join(f"{count}: {1e3 * median:.0f} ms" for count, median in medians.items())
+            log.info("torch threads: %d (median batch time %s)", best, others)
+        self.chosen = best
+        torch.set_num_threads(best)

@@ -34,7 +34,6 @@ FORMAT_NAMES = {
     "timm": "timm state dict",
     "mmaction": "official Video Swin (mmaction2) checkpoint",
 }
-FAMILY_NAMES = {"swinv2": "Swin V2", "swin": "Swin V1", "video_swinv2": "Video Swin V2", "video_swin": "Video Swin (V1)"}
 ANCHOR = "patch_embed.proj.weight"  # every Swin encoder has it, whatever the prefix
 REBUILT_BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mask")
 

@@ -24,15 +24,9 @@ from typing import Any
 
 import torch
 
-from swinssl.models.video_swin import (
-    STYLES,
-    VideoSwinEncoder,
-    build_video_encoder,
-    resolve_video_arch,
-    triple,
-    video_family_of,
-)
-from swinssl.weights.formats import ANCHOR, FAMILY_NAMES, Checkpoint
+from swinssl.models.registry import FAMILY_NAMES, STYLES, family_of, resolve_arch, triple
+from swinssl.models.video_swin import VideoSwinEncoder, build_video_encoder
+from swinssl.weights.formats import ANCHOR, Checkpoint
 from swinssl.weights.io import CheckpointError
 from swinssl.weights.transfer import check_architecture, load_checkpoint, load_into, resize_bias_table
 
@@ -117,7 +111,9 @@ def create_video_encoder(
     recorded (an image checkpoint's window per stage, with time normalized by the video window).
     ``attn_kernel``/``attn_chunk_windows`` choose the attention kernel (:func:`swinssl.models.build_encoder`).
     """
-    family = video_family_of(arch)
+    family = family_of(arch)
+    if not family.startswith("video_"):
+        raise ValueError(f"{arch!r} is an image arch; video encoders are video_swinv2_* or video_swin_*")
     if patch_init not in PATCH_INITS:
         raise ValueError(f"patch_init must be one of {PATCH_INITS}, got {patch_init!r}")
     source = load_checkpoint(checkpoint, trust_checkpoint) if checkpoint is not None else None
@@ -132,7 +128,7 @@ def create_video_encoder(
             overrides = {**inferred, **{key: value for key, value in overrides.items() if value is not None}}
         spatial = source.arch["patch_size"] if is_image else source.arch["patch_size"][1]
         patch_size = triple(patch_size or ((2, spatial, spatial) if is_image else source.arch["patch_size"]), "patch_size")
-        requested = {**resolve_video_arch(arch, overrides), "patch_size": patch_size[1] if is_image else patch_size}
+        requested = {**resolve_arch(arch, overrides), "patch_size": patch_size[1] if is_image else patch_size}
         check_architecture(source, expected, requested, arch)
         if STYLES[family] == "v2" and overrides.get("pretrained_window_sizes") is None:
             if source.windows:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,12 @@ def checkpoint_file(path: str | Path) -> Path:
     return path
 
 
-def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> Mapping[str, Any]:
+def read_checkpoint(path: str | Path, trust_checkpoint: bool = False, mmap: bool = False) -> Mapping[str, Any]:
     """The object stored in ``path`` (a file, or a run folder: :func:`checkpoint_file`), loaded on the CPU
     without running pickled code.
 
-    ``trust_checkpoint=True`` allows arbitrary pickled objects (only for files you trust).
+    ``trust_checkpoint=True`` allows arbitrary pickled objects (only for files you trust). ``mmap`` maps the
+    tensors of a zip-format file instead of reading them (a quick look at a large file).
     """
     path = checkpoint_file(path)
     if _is_safetensors(path):
@@ -56,17 +58,21 @@ def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> Mapping
             raise CheckpointError(f"{path}: cannot read the safetensors file ({_first_line(error)})") from None
     try:
         with torch.serialization.safe_globals(ALLOWED_METADATA):
-            loaded = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
+            mapped = mmap and zipfile.is_zipfile(path)
+            loaded = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint, mmap=mapped)
     except pickle.UnpicklingError as error:
         found = re.findall(r"GLOBAL ([\w.]+)", str(error)) or re.findall(r"got <class '([\w.]+)'>", str(error))
+        if "Unsupported operand" in str(error) or "invalid load key" in str(error):  # text, or other bytes
+            raise CheckpointError(f"{path}: cannot read the checkpoint; it is not a PyTorch checkpoint file") from None
         if trust_checkpoint or not found and "weights_only" not in str(error).lower():
-            raise CheckpointError(f"{path}: cannot read the checkpoint ({_first_line(error)})") from None
-        what = found[0] if found else "objects other than tensors and plain containers"
+            raise CheckpointError(f"{path}: cannot read the checkpoint; the file is truncated or not a PyTorch "
+                                  f"checkpoint ({_first_line(error)})") from None
+        what = f"a pickled {found[0]}" if found else "pickled objects other than tensors and plain containers"
         raise CheckpointError(
-            f"{path} holds a pickled {what}, which a weights-only load refuses; if you trust the file, "
+            f"{path} holds {what}, which a weights-only load refuses; if you trust the file, "
             "opt in with trust_checkpoint=True (command line: trust_checkpoint=true)"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - torch.load fails on text or cut files in many ways (IndexError, ...)
         raise CheckpointError(
             f"{path}: cannot read the checkpoint; the file is truncated or not a PyTorch checkpoint "
             f"({_first_line(error)})"
@@ -86,3 +92,9 @@ def _is_safetensors(path: Path) -> bool:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
+
+
+def non_finite_tensors(state: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of ``state`` that hold a NaN or an infinity."""
+    return [name for name, value in state.items()
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())]

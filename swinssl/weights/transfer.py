@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from swinssl.models import build_encoder, family_of
-from swinssl.models.swin import resolve_arch
-from swinssl.weights.formats import FAMILY_NAMES, FORMAT_NAMES, Checkpoint, parse_checkpoint
-from swinssl.weights.io import CheckpointError, checkpoint_file, read_checkpoint
+from swinssl.models.registry import FAMILY_NAMES, family_of, resolve_arch
+from swinssl.models.swin import build_encoder
+from swinssl.weights.formats import FORMAT_NAMES, Checkpoint, parse_checkpoint
+from swinssl.weights.io import CheckpointError, checkpoint_file, non_finite_tensors, read_checkpoint
 
 log = logging.getLogger("swinssl.weights")
 ARCH_KEYS = ("embed_dim", "depths", "num_heads", "patch_size", "extra_norm_period")
@@ -59,9 +59,15 @@ def load_checkpoint(checkpoint: str | Path | Mapping[str, Any] | Checkpoint, tru
     if isinstance(checkpoint, Checkpoint):
         return checkpoint
     if isinstance(checkpoint, Mapping):
-        return parse_checkpoint(checkpoint)
-    path = checkpoint_file(checkpoint)
-    return parse_checkpoint(read_checkpoint(path, trust_checkpoint), source=str(path))
+        parsed = parse_checkpoint(checkpoint)
+    else:
+        path = checkpoint_file(checkpoint)
+        parsed = parse_checkpoint(read_checkpoint(path, trust_checkpoint), source=str(path))
+    bad = non_finite_tensors({**parsed.state, **{f"decoder.{k}": v for k, v in (parsed.decoder or {}).items()}})
+    if bad:
+        raise CheckpointError(f"{parsed.source} holds NaN or inf values in {len(bad)} tensors (e.g. {bad[0]}); "
+                              "its weights cannot be used")
+    return parsed
 
 
 def check_family(checkpoint: Checkpoint, family: str, arch: str) -> None:

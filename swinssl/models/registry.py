@@ -1,0 +1,160 @@
+"""The model families, their presets and the geometry a model must have, image and video alike, defined once.
+
+No torch and no timm here: the recipe checks ask these questions before anything heavy is imported.
+
+Families: ``swinv2`` and ``swin`` (image Swin V2 and V1), ``video_swinv2`` and ``video_swin`` (Video Swin in
+V2 or V1 attention style). A preset is ``<family>_<size>``; the bare family takes explicit sizes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+Triple = tuple[int, int, int]
+
+FAMILY_NAMES = {"swinv2": "Swin V2", "swin": "Swin V1", "video_swinv2": "Video Swin V2", "video_swin": "Video Swin (V1)"}
+STYLES = {"swinv2": "v2", "swin": "v1", "video_swinv2": "v2", "video_swin": "v1"}  # attention style per family
+SIZE_KEYS = ("embed_dim", "depths", "num_heads")  # what a bare family needs to be a model
+
+# Widths, depths and heads: T/S/B/L as timm and the official Swin and Video Swin releases have them; H/G
+# from the Swin V2 paper (sec. 3.6, head dim 32, an extra LayerNorm every 6 blocks), which gives G four
+# blocks in its last stage (2, 2, 42, 4).
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
+    "small": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
+    "base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+    "large": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
+    "huge": dict(embed_dim=352, depths=(2, 2, 18, 2), num_heads=(11, 22, 44, 88), extra_norm_period=6),
+    "giant": dict(embed_dim=512, depths=(2, 2, 42, 4), num_heads=(16, 32, 64, 128), extra_norm_period=6),
+}
+FAMILY_SIZES = {"swinv2": tuple(SIZES), "swin": ("tiny", "small", "base", "large"),
+                "video_swinv2": ("tiny", "small", "base", "large"), "video_swin": ("tiny", "small", "base", "large")}
+PRESETS: dict[str, dict[str, Any]] = {
+    f"{family}_{size}": dict(SIZES[size]) for family, sizes in FAMILY_SIZES.items() for size in sizes
+}
+
+
+def is_video(family: str) -> bool:
+    return family.startswith("video_")
+
+
+def family_of(arch: str) -> str:
+    """``swinv2_base`` -> ``swinv2``; ``video_swin_tiny`` or ``video_swin`` -> ``video_swin``."""
+    family = arch if arch in FAMILY_NAMES else arch.rpartition("_")[0]
+    if family not in FAMILY_NAMES or (arch not in PRESETS and arch != family):
+        video = arch.startswith("video_")
+        names = [name for name in [*PRESETS, *FAMILY_NAMES] if is_video(name) == video]
+        raise ValueError(f"unknown {'video ' if video else ''}arch {arch!r}; choose one of: {', '.join(names)}")
+    return family
+
+
+def resolve_arch(arch: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A preset's sizes, then the non-None ``overrides``; a bare family has no sizes but the ones given.
+
+    No library default stands in for missing sizes: a model silently built at another size would make
+    every comparison with it wrong.
+    """
+    family = family_of(arch)
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if arch in PRESETS:
+        return {**PRESETS[arch], **given}
+    missing = [key for key in SIZE_KEYS if key not in given]
+    if missing:
+        choices = ", ".join(name for name in PRESETS if family_of(name) == family)
+        raise ValueError(
+            f"arch {arch!r} names a family, not a size: give {', '.join(missing)} (on the command line "
+            f"model.encoder.{missing[0]}=...), start from a checkpoint to read them from, or use a preset ({choices})"
+        )
+    return given
+
+
+def triple(value: int | Sequence[int], name: str) -> Triple:
+    """An int (the same on every axis) or three ints (time, height, width) as a tuple."""
+    values = (value,) * 3 if isinstance(value, int) else tuple(int(v) for v in value)
+    if len(values) != 3 or min(values) < 1:
+        raise ValueError(f"{name} must be a positive int or three positive ints (time, height, width), got {value!r}")
+    return values
+
+
+def video_pretrained_windows(windows: Sequence[int | Sequence[int]], stages: int) -> list[Triple]:
+    """Per stage (t, h, w), 0 meaning "the current window"; an int is a spatial window (time: current)."""
+    triples = [(0, w, w) if isinstance(w, int) else tuple(int(v) for v in w) for w in windows]
+    if len(triples) != stages or any(len(w) != 3 or min(w) < 0 for w in triples):
+        raise ValueError(f"pretrained_window_sizes needs one window (an int or (t, h, w)) per stage ({stages}), "
+                         f"got {windows!r}")
+    return triples
+
+
+def _check_widths(embed_dim: int, depths: Sequence[int], num_heads: Sequence[int]) -> None:
+    if len(num_heads) != len(depths):
+        raise ValueError(f"depths {tuple(depths)} and num_heads {tuple(num_heads)} must have one entry per stage")
+    for stage, heads in enumerate(num_heads):
+        width = embed_dim * 2**stage
+        if width % heads:
+            raise ValueError(f"stage {stage + 1} width {width} is not divisible by its {heads} heads")
+
+
+def stage_grids(img_size: tuple[int, int], patch_size: int, stages: int) -> list[tuple[int, int]]:
+    return [(img_size[0] // patch_size // 2**s, img_size[1] // patch_size // 2**s) for s in range(stages)]
+
+
+def _window_tiles(img_size: tuple[int, int], patch_size: int, window: int, stages: int) -> bool:
+    """A window larger than a stage's grid is clipped to it, so only smaller ones must divide it."""
+    return all(side % min(window, side) == 0 for grid in stage_grids(img_size, patch_size, stages) for side in grid)
+
+
+def check_image_geometry(img_size: tuple[int, int], patch_size: int, window_size: int, depths: Sequence[int],
+                         embed_dim: int, num_heads: Sequence[int]) -> None:
+    """Widths the heads divide, an image size the patches and merges divide, a window that tiles every stage."""
+    _check_widths(embed_dim, depths, num_heads)
+    stages = len(depths)
+    stride = patch_size * 2 ** (stages - 1)
+    if img_size[0] % stride or img_size[1] % stride:
+        raise ValueError(
+            f"img_size {img_size[0]}x{img_size[1]} must be a multiple of {stride} "
+            f"(patch {patch_size} x 2^{stages - 1} merges); e.g. {max(1, img_size[0] // stride) * stride}"
+        )
+    if not _window_tiles(img_size, patch_size, window_size, stages):
+        grid = img_size[0] // patch_size
+        fits = [w for w in range(2, grid + 1) if _window_tiles(img_size, patch_size, w, stages)]
+        raise ValueError(
+            f"window {window_size} does not tile every stage at img_size {img_size[0]}x{img_size[1]} "
+            f"(stage grids {stage_grids(img_size, patch_size, stages)}); windows that fit: {fits}"
+        )
+
+
+def check_video_geometry(num_frames: int, img_size: int, patch: Triple, window: Triple, depths: Sequence[int],
+                         embed_dim: int, num_heads: Sequence[int]) -> None:
+    """Widths the heads divide, and windows no larger than the clip's first-stage token grid."""
+    _check_widths(embed_dim, depths, num_heads)
+    if num_frames < 1 or img_size < patch[1]:
+        raise ValueError(f"a clip needs at least 1 frame and {patch[1]} px, got {num_frames} frames at {img_size} px")
+    frames = math.ceil(num_frames / patch[0])
+    if window[0] > frames:
+        raise ValueError(
+            f"temporal window {window[0]} is larger than the clip: {num_frames} frames with temporal patch {patch[0]} "
+            f"give {frames} time steps; use a window of at most {frames} or more frames"
+        )
+    grid = math.ceil(img_size / patch[1])
+    if max(window[1:]) > grid:
+        raise ValueError(f"spatial window {window[1:]} is larger than the {grid}x{grid} patch grid of {img_size} px clips")
+
+
+def check_model_geometry(arch: str, img_size: int, window_size: int | Sequence[int], patch_size: Any,
+                         num_frames: int | None, overrides: dict[str, Any]) -> None:
+    """The geometry checks of :func:`check_image_geometry` / :func:`check_video_geometry` for a recipe's model,
+    before it is built. A bare family without sizes is skipped: its checkpoint brings them, checked on load."""
+    family = family_of(arch)
+    if arch == family and any(overrides.get(key) is None for key in SIZE_KEYS):
+        return
+    sizes = resolve_arch(arch, overrides)
+    if is_video(family):
+        check_video_geometry(num_frames or 1, img_size, triple(patch_size or (2, 4, 4), "patch_size"),
+                             triple(window_size, "window_size"), sizes["depths"], sizes["embed_dim"], sizes["num_heads"])
+        return
+    if not isinstance(window_size, int):
+        raise ValueError(f"window_size of an image model is one int, got {window_size!r}")
+    check_image_geometry((img_size, img_size), patch_size or 4, window_size, sizes["depths"], sizes["embed_dim"],
+                         sizes["num_heads"])
