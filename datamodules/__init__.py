@@ -7,15 +7,16 @@ albumentations and PyAV.
 from swinssl.lazy import lazy_exports
 
 _PUBLIC = {
-    "IMAGENET_MEAN": ".images",
-    "IMAGENET_STD": ".images",
+    "IMAGENET_MEAN": "swinssl.normalization",
+    "IMAGENET_STD": "swinssl.normalization",
     "ClassificationShardDataModule": ".classification",
     "ImageShardDataModule": ".images",
     "ShardDataModule": ".streaming",
     "Shards": ".shards",
     "SkipCounter": ".shards",
+    "StreamSpec": ".streaming",
     "VideoShardDataModule": ".video",
-    "denormalize": ".images",
+    "denormalize": "swinssl.normalization",
     "rank_shards": ".shards",
     "resolve_shards": ".shards",
     "shard_sets": ".shards",

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from timm.data import create_transform
 
-from .images import IMAGENET_MEAN, IMAGENET_STD, load_rgb
+from swinssl.normalization import IMAGENET_MEAN, IMAGENET_STD
+
+from .images import load_rgb
 from .shards import SkipCounter, describe_classes
-from .streaming import Decoder, ShardDataModule
+from .streaming import Decoder, ShardDataModule, StreamSpec
 
 EVAL_CROP_MODES = ("center", "squash")
 
@@ -88,19 +91,16 @@ class ClassificationShardDataModule(LabeledShards, ShardDataModule):
     ``auto_augment=None``, as in timm and the official code). Evaluation: ``eval_crop_mode="center"``
     resizes the shorter side to ``int(img_size / eval_crop_pct)`` and takes the central square (official
     ``TEST.CROP=True``); ``"squash"`` resizes to ``img_size`` x ``img_size`` and ignores
-    ``eval_crop_pct`` (official 384 px configs). ``shards=None`` makes an evaluation-only module.
+    ``eval_crop_pct`` (official 384 px configs). ``stream`` is a :class:`~.streaming.StreamSpec`, or the
+    training shards with the other stream settings as keywords; without training shards the module only
+    evaluates.
     """
 
     def __init__(
         self,
-        shards: str | Sequence[str] | None = None,
-        val_shards: str | Sequence[str] | None = None,
-        batch_size: int = 64,
-        num_workers: int = 4,
-        epoch_size: int = 1_281_167,
-        shuffle_buffer: int = 2000,
+        stream: StreamSpec | str | Sequence[str] | None = None,
+        *,
         img_size: int = 224,
-        seed: int = 0,
         num_classes: int | None = None,
         auto_augment: str | None = "rand-m9-mstd0.5-inc1",
         color_jitter: float | None = 0.4,
@@ -113,6 +113,7 @@ class ClassificationShardDataModule(LabeledShards, ShardDataModule):
         interpolation: str = "bicubic",
         eval_crop_pct: float = 0.875,
         eval_crop_mode: str = "center",
+        **stream_fields: Any,
     ) -> None:
         if img_size <= 0:
             raise ValueError(f"img_size must be positive, got {img_size}")
@@ -120,7 +121,7 @@ class ClassificationShardDataModule(LabeledShards, ShardDataModule):
             raise ValueError(f"eval_crop_pct must be in (0, 1], got {eval_crop_pct}")
         if eval_crop_mode not in EVAL_CROP_MODES:
             raise ValueError(f"eval_crop_mode must be one of {EVAL_CROP_MODES}, got {eval_crop_mode!r}")
-        super().__init__(shards, val_shards, batch_size, num_workers, epoch_size, shuffle_buffer, seed)
+        super().__init__(StreamSpec().updated(stream, **stream_fields))
         # timm, not albumentations: albumentations has no RandAugment, and timm's is the official pipeline.
         self.train_transform = create_transform(
             img_size,

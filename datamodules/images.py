@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 import albumentations as A
 import cv2
@@ -20,20 +21,12 @@ from albumentations.pytorch import ToTensorV2
 from PIL import Image
 
 from swinssl.masking import MaskGenerator
+from swinssl.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 from .shards import SkipCounter
-from .streaming import Decoder, ShardDataModule
+from .streaming import Decoder, ShardDataModule, StreamSpec
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-
-
-def denormalize(images: torch.Tensor) -> torch.Tensor:
-    """Undo the ImageNet normalisation of ``(..., 3, H, W)`` images, to [0, 1] for image grids."""
-    mean = images.new_tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = images.new_tensor(IMAGENET_STD).view(3, 1, 1)
-    return (images * std + mean).clamp(0.0, 1.0)
 
 
 def random_resized_crop(img_size: int, scale: Sequence[float], ratio: Sequence[float]) -> A.RandomResizedCrop:
@@ -218,19 +211,17 @@ class CropFirstDecodeStage(DecodeStage):
 
 
 class ImageShardDataModule(ShardDataModule):
-    """SimMIM (and labeled) image batches from WebDataset shards; ``seed`` also fixes the masks.
+    """SimMIM (and labeled) image batches from WebDataset shards; the stream's ``seed`` also fixes the masks.
 
+    ``stream`` is a :class:`~.streaming.StreamSpec`, or the training shards with the other stream settings
+    (``val_shards``, ``batch_size``, ``num_workers``, ``epoch_size``, ``shuffle_buffer``, ``seed``) as keywords.
     ``fast_decode=False`` trains on the plain path (whole image decoded, then :func:`train_transform`).
     """
 
     def __init__(
         self,
-        shards: str | Sequence[str],
-        val_shards: str | Sequence[str] | None = None,
-        batch_size: int = 64,
-        num_workers: int = 4,
-        epoch_size: int = 1_281_167,
-        shuffle_buffer: int = 2000,
+        stream: StreamSpec | str | Sequence[str] | None = None,
+        *,
         img_size: int = 192,
         mask_patch_size: int = 32,
         model_patch_size: int = 4,
@@ -238,10 +229,10 @@ class ImageShardDataModule(ShardDataModule):
         crop_scale: Sequence[float] = (0.67, 1.0),
         crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
         hflip: float = 0.5,
-        seed: int = 0,
         fast_decode: bool = True,
+        **stream_fields: Any,
     ) -> None:
-        super().__init__(shards, val_shards, batch_size, num_workers, epoch_size, shuffle_buffer, seed)
+        super().__init__(StreamSpec().updated(stream, **stream_fields))
         # Built here so that a bad size fails before any model is built.
         self.masks = MaskGenerator(img_size, mask_patch_size, model_patch_size, mask_ratio)
         self.train_transform = train_transform(img_size, crop_scale, crop_ratio, hflip)

@@ -8,10 +8,13 @@ a pass that reads each shard once ends with a batch of no samples when skips are
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -73,36 +76,65 @@ def batches_reporting_skips(samples: Iterable[dict], batch_size: int, counter: S
         yield collate(pending, counter)
 
 
-class ShardDataModule(L.LightningDataModule):
-    """Batches from WebDataset shards; subclasses implement :meth:`decoder`.
+@dataclass(frozen=True)
+class StreamSpec:
+    """Where a datamodule's samples come from and how they stream: a recipe's ``data`` keys and ``seed``.
 
-    ``epoch_size`` counts samples of the whole job per epoch; each rank yields ``batches_per_rank`` full
-    batches of ``batch_size``. ``seed`` fixes shard resampling, shuffling and the workers' RNGs, so a run
-    is reproducible for a given world size and worker count; a run resumed at step N reads a stream seeded
-    with N too. ``shards=None`` makes an evaluation-only module.
+    ``epoch_size`` counts samples of the whole job per epoch (streams are resampled, so an epoch is a
+    count, not a pass); None means one pass' worth: the training set's sample count, which its manifest
+    records. ``shards=None`` makes an evaluation-only module.
     """
 
-    def __init__(
-        self,
-        shards: str | Sequence[str] | None,
-        val_shards: str | Sequence[str] | None,
-        batch_size: int,
-        num_workers: int,
-        epoch_size: int,
-        shuffle_buffer: int,
-        seed: int,
-    ) -> None:
+    shards: str | Sequence[str] | None = None
+    val_shards: str | Sequence[str] | None = None
+    batch_size: int = 64  # per device
+    num_workers: int = 4
+    epoch_size: int | None = None
+    shuffle_buffer: int = 2000  # samples (still encoded) shuffled across shards
+    seed: int = 0
+
+    def updated(self, stream: StreamSpec | str | Sequence[str] | None = None, **fields: Any) -> StreamSpec:
+        """This spec with ``stream`` (a spec, or the training shards) and ``fields`` laid over it."""
+        if isinstance(stream, StreamSpec):
+            fields = {**dataclasses.asdict(stream), **fields}
+        elif stream is not None:
+            fields = {"shards": stream, **fields}
+        return dataclasses.replace(self, **fields)
+
+    @classmethod
+    def from_config(cls, data: Mapping[str, Any], seed: int = 0) -> StreamSpec:
+        """From a recipe's ``data`` group (its streaming keys) and ``seed``."""
+        names = {spec_field.name for spec_field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names}, seed=seed)
+
+
+def epoch_size(stream: StreamSpec, train: Shards | None) -> int | None:
+    """Samples per epoch: the stream's, else one pass over the training set when its manifest counts it."""
+    if stream.epoch_size is not None or train is None:
+        return stream.epoch_size
+    return train.samples
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Batches from WebDataset shards (:class:`StreamSpec`); subclasses implement :meth:`decoder`.
+
+    Each rank yields ``batches_per_rank`` full batches of ``batch_size`` per epoch. ``seed`` fixes shard
+    resampling, shuffling and the workers' RNGs, so a run is reproducible for a given world size and
+    worker count; a run resumed at step N reads a stream seeded with N too.
+    """
+
+    def __init__(self, stream: StreamSpec) -> None:
         super().__init__()
         # Resolved here so that a bad path fails before any model is built.
-        self.train_data: Shards | None = resolve_shards(shards) if shards is not None else None
-        self.val_data: Shards | None = resolve_shards(val_shards) if val_shards is not None else None
+        self.train_data: Shards | None = resolve_shards(stream.shards) if stream.shards is not None else None
+        self.val_data: Shards | None = resolve_shards(stream.val_shards) if stream.val_shards is not None else None
         self.train_urls = self.train_data.urls if self.train_data is not None else None
         self.val_urls = self.val_data.urls if self.val_data is not None else None
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.epoch_size = epoch_size
-        self.shuffle_buffer = shuffle_buffer
-        self.seed = seed
+        self.batch_size = stream.batch_size
+        self.num_workers = stream.num_workers
+        self.epoch_size = epoch_size(stream, self.train_data)
+        self.shuffle_buffer = stream.shuffle_buffer
+        self.seed = stream.seed
         self.rank, self.world_size = 0, 1
 
     def decoder(self, counter: SkipCounter, train: bool) -> Decoder:
@@ -115,6 +147,9 @@ class ShardDataModule(L.LightningDataModule):
 
     @property
     def batches_per_rank(self) -> int:
+        if self.epoch_size is None:
+            raise ValueError(f"{self.train_data.name} does not record how many samples it holds (no manifest, or "
+                             "part of a set): give the epoch size (data.epoch_size)")
         return max(1, self.epoch_size // (self.batch_size * self.world_size))
 
     def train_dataloader(self) -> wds.WebLoader:

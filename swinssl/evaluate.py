@@ -18,7 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from swinssl import cli
+from swinssl.training import cli
 
 # Image preprocessing of evaluation when neither the command line nor the checkpoint says (official TEST.CROP).
 IMAGE_EVALUATION = {"eval_crop_pct": 0.875, "eval_crop_mode": "center", "interpolation": "bicubic"}
@@ -49,14 +49,14 @@ def test_data(cfg: DictConfig, model):
     from swinssl.tasks import ImageClassifier
 
     common = dict(val_shards=cfg.data, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                  img_size=model.hparams.img_size)
+                  img_size=model.encoder_spec.img_size)
     if isinstance(model, ImageClassifier):
         evaluation = image_evaluation(cfg, model)
         data = ClassificationShardDataModule(**common, **evaluation)
         return data, data.val_dataloader(), evaluation
     views = {key: cfg[key] for key in ("test_clips", "test_crops") if cfg[key] is not None}
     sampling = {**(model.hparams.clip_sampling or {}), **views}
-    data = VideoShardDataModule(**common, num_frames=model.hparams.num_frames, **sampling)
+    data = VideoShardDataModule(**common, num_frames=model.encoder_spec.num_frames, **sampling)
     return data, data.test_dataloader(), {"views": f"{data.test_clips} clips x {data.test_crops} crops"}
 
 
@@ -85,14 +85,14 @@ def result_path(cfg: DictConfig, checkpoint: str, data_name: str, img_size: int)
 def evaluate(cfg: DictConfig) -> dict:
     from lightning.pytorch import Trainer
 
-    from swinssl.runs import select_precision
-    from swinssl.tasks.callbacks import SkippedSamples
+    from swinssl.training.callbacks import SkippedSamples
+    from swinssl.training.trainer import select_precision
     from swinssl.weights import load_checkpoint
 
     with cli.user_errors():
         source = load_checkpoint(cfg.checkpoint, cfg.trust_checkpoint)
         model = load_classifier(cfg, source)
-        img_size = model.hparams.img_size
+        img_size = model.encoder_spec.img_size
         data, loader, preprocessing = test_data(cfg, model)
         check_classes(data, model)
         out = result_path(cfg, source.source, data.val_data.name, img_size)
@@ -114,7 +114,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "skipped": skipped,
         **({"samples_in_set": data.val_data.samples} if data.val_data.samples is not None else {}),
         "img_size": img_size,
-        "window_size": model.hparams.window_size,
+        "window_size": model.encoder_spec.window_size,
         **preprocessing,
         **{key.removeprefix("test/"): round(float(value), 6) for key, value in metrics.items()},
     }

@@ -10,71 +10,37 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from swinssl import cli
+from swinssl.training import cli
 
-# What a recipe's data block says about reading data for evaluation, recorded in the model for `evaluate`.
+# What a recipe's data keys say about reading data for evaluation, recorded in the model for `evaluate`.
 CLIP_SAMPLING_KEYS = ("sampling", "frame_interval", "short_side", "eval_short_side", "test_clips", "test_crops")
 EVALUATION_KEYS = ("eval_crop_pct", "eval_crop_mode", "interpolation")
 
-
 def build(cfg: DictConfig, resuming: bool = False):
-    """The model and data a config describes; bad sizes, shards and checkpoints raise here, before any compute."""
-    if cfg.model.arch.startswith("video_"):
-        return build_video(cfg, resuming)
-    from swinssl.datamodules import ClassificationShardDataModule
-    from swinssl.tasks import ImageClassifier
+    """The classifier and data a config describes (Video Swin for a ``video_*`` arch); bad sizes, shards and
+    checkpoints raise here, before any compute. A resumed run restores its own weights."""
+    from swinssl.datamodules import ClassificationShardDataModule, VideoShardDataModule
+    from swinssl.tasks import ImageClassifier, VideoClassifier
 
-    data = cfg.data
-    evaluation = {key: data[key] for key in EVALUATION_KEYS}
-    datamodule = ClassificationShardDataModule(
-        shards=data.shards, val_shards=data.val_shards, batch_size=data.batch_size, num_workers=data.num_workers,
-        epoch_size=data.epoch_size, shuffle_buffer=data.shuffle_buffer, img_size=cfg.model.img_size, seed=cfg.seed,
-        num_classes=cfg.model.num_classes, auto_augment=data.auto_augment, color_jitter=data.color_jitter,
-        crop_scale=tuple(data.crop_scale), crop_ratio=tuple(data.crop_ratio), hflip=data.hflip, re_prob=data.re_prob,
-        **evaluation,
-    )
-    num_classes = _num_classes(datamodule)
+    encoder = cli.encoder_spec(cfg)
+    video = encoder.arch.startswith("video_")
+    data_type = VideoShardDataModule if video else ClassificationShardDataModule
+    data = cli.data_arguments(cfg, data_type)
+    datamodule = data_type(cli.stream_spec(cfg), img_size=encoder.img_size, num_classes=cfg.model.num_classes,
+                           **({"num_frames": encoder.num_frames} if video else {}), **data)
+    common = dict(num_classes=_num_classes(datamodule), checkpoint=None if resuming else cfg.checkpoint,
+                  trust_checkpoint=cfg.trust_checkpoint, optim=OmegaConf.to_container(cfg.optim, resolve=True),
+                  label_smoothing=cfg.finetune.label_smoothing, class_names=datamodule.class_names)
+    if video:  # how clips were sampled is recorded, so evaluate reads them the same way
+        sampling = {key: data[key] for key in CLIP_SAMPLING_KEYS}
+        return VideoClassifier(encoder, head_lr_ratio=cfg.finetune.head_lr_ratio, clip_sampling=sampling,
+                               **common), datamodule
     mixup = OmegaConf.to_container(cfg.finetune.mixup, resolve=True) if cfg.finetune.mixup is not None else None
-    if mixup is not None and data.batch_size % 2:
-        raise ValueError(f"Mixup/CutMix mixes pairs: data.batch_size must be even, got {data.batch_size}")
-    model = ImageClassifier(
-        arch=cfg.model.arch, num_classes=num_classes, img_size=cfg.model.img_size,
-        window_size=cfg.model.window_size, patch_size=cfg.model.patch_size, drop_path_rate=cfg.model.drop_path_rate,
-        encoder=OmegaConf.to_container(cfg.model.encoder, resolve=True),
-        checkpoint=None if resuming else cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint,
-        layer_decay=cfg.finetune.layer_decay, mixup=mixup, label_smoothing=cfg.finetune.label_smoothing,
-        optim=OmegaConf.to_container(cfg.optim, resolve=True), class_names=datamodule.class_names,
-        evaluation=evaluation, **cli.runtime_arguments(cfg),
-    )
-    return model, datamodule
-
-
-def build_video(cfg: DictConfig, resuming: bool = False):
-    from swinssl.datamodules import VideoShardDataModule
-    from swinssl.tasks import VideoClassifier
-
-    data, model = cfg.data, cfg.model
-    clip_sampling = {key: data[key] for key in CLIP_SAMPLING_KEYS}
-    datamodule = VideoShardDataModule(
-        shards=data.shards, val_shards=data.val_shards, batch_size=data.batch_size, num_workers=data.num_workers,
-        epoch_size=data.epoch_size, shuffle_buffer=data.shuffle_buffer, seed=cfg.seed, num_classes=model.num_classes,
-        num_frames=model.num_frames, img_size=model.img_size, crop_scale=tuple(data.crop_scale),
-        crop_ratio=tuple(data.crop_ratio), hflip=data.hflip,
-        rand_augment=OmegaConf.to_container(data.rand_augment) if data.rand_augment is not None else None,
-        re_prob=data.re_prob, **clip_sampling,
-    )
-    classifier = VideoClassifier(
-        arch=model.arch, num_classes=_num_classes(datamodule), num_frames=model.num_frames, img_size=model.img_size,
-        window_size=list(model.window_size), patch_size=list(model.patch_size) if model.patch_size else None,
-        attention=model.attention, patch_init=model.patch_init, drop_path_rate=model.drop_path_rate,
-        head_dropout=model.head_dropout,
-        encoder=OmegaConf.to_container(model.encoder, resolve=True),
-        checkpoint=None if resuming else cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint,
-        head_lr_ratio=cfg.finetune.head_lr_ratio, label_smoothing=cfg.finetune.label_smoothing,
-        clip_sampling=clip_sampling, class_names=datamodule.class_names,
-        optim=OmegaConf.to_container(cfg.optim, resolve=True), **cli.runtime_arguments(cfg),
-    )
-    return classifier, datamodule
+    if mixup is not None and cfg.data.batch_size % 2:
+        raise ValueError(f"Mixup/CutMix mixes pairs: data.batch_size must be even, got {cfg.data.batch_size}")
+    evaluation = {key: data[key] for key in EVALUATION_KEYS}  # recorded, so evaluate reads images the same way
+    return ImageClassifier(encoder, layer_decay=cfg.finetune.layer_decay, mixup=mixup, evaluation=evaluation,
+                           **common), datamodule
 
 
 def _num_classes(datamodule) -> int:
@@ -87,7 +53,7 @@ def _num_classes(datamodule) -> int:
 def finetune(cfg: DictConfig) -> None:
     from lightning.pytorch.callbacks import EMAWeightAveraging
 
-    from swinssl.runs import run_training
+    from swinssl.training.runs import run_training
 
     callbacks = [EMAWeightAveraging(decay=cfg.finetune.ema_decay)] if cfg.finetune.ema_decay else []
     run_training(cfg, "finetune", build, callbacks)

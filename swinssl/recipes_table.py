@@ -23,7 +23,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 
-from swinssl.recipe_checks import RECIPES, available_recipes, recipe_task
+from swinssl.training.recipe_checks import RECIPES, available_recipes, recipe_task
 
 BEGIN, END = "<!-- recipes-table:start -->", "<!-- recipes-table:end -->"
 CONFIG_FILE = re.compile(r"[\w*.-]+\.(?:yaml|py)\b")

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
@@ -25,11 +24,9 @@ from matplotlib.patches import Rectangle
 from torch import nn
 from torchvision.utils import make_grid, save_image
 
-from swinssl.datamodules import denormalize
 from swinssl.models.simmim import MaskedImageModel, pixel_mask
-from swinssl.models.video_swin import attention_mask, clip_window, log_spaced_coordinates, relative_position_index
-from swinssl.models.video_swin import window_partition as window_partition_3d
-from swinssl.weights import resize_bias_table
+from swinssl.models.windows import clip_window, pair, shift_mask, window_partition
+from swinssl.normalization import denormalize
 
 Pair = tuple[int, int]
 
@@ -77,41 +74,18 @@ def reconstruction_grid(model: MaskedImageModel, images: torch.Tensor, mask: tor
 # ----------------------------------------------------------------------------------------- position bias
 
 
-def _pair(window: int | Sequence[int]) -> Pair:
-    return (window, window) if isinstance(window, int) else (int(window[0]), int(window[1]))
-
-
-def log_cpb_table(cpb_mlp: nn.Module, window: Pair, normalizer: Pair) -> torch.Tensor:
-    """Swin V2 bias 16 * sigmoid(cpb_mlp(u)) for every offset of a ``window``: ((2h-1)(2w-1), heads).
-
-    Offsets are log-spaced after dividing by ``normalizer`` - 1 (the pretrained window), the product's
-    rule (a time axis of one frame leaves the 3D coordinates of Video Swin with a zero first column).
-    """
-    weight = cpb_mlp[0].weight
-    coordinates = log_spaced_coordinates((1, *window), (1, *normalizer), weight.device).to(weight.dtype)
-    if weight.shape[1] == 2:  # image models: (dh, dw)
-        coordinates = coordinates[:, 1:]
-    return 16 * torch.sigmoid(cpb_mlp(coordinates))
-
-
 @torch.no_grad()
 def bias_tables(encoder: nn.Module, stage: int, windows: Sequence[int]) -> dict[int, torch.Tensor]:
     """The position bias of ``stage`` (its first block) at each window: {window: (heads, 2w-1, 2w-1)}.
 
     Swin V2: the block's ``cpb_mlp`` evaluated at every offset of the window, coordinates normalized by
     the window the encoder's bias was trained at, i.e. exactly what a copy moved to that window computes.
-    Swin V1: the learned table, bicubic-resized to the window (the transfer rule for tables).
+    Swin V1: the learned table, bicubic-resized to the window (the transfer rule for tables). The attention
+    module computes either (``position_bias_table``).
     """
     attn = encoder.layers[stage].blocks[0].attn
-    tables = {}
-    for window in windows:
-        if hasattr(attn, "cpb_mlp"):
-            normalizer = _pair(encoder.position_bias_windows()[stage])
-            table = log_cpb_table(attn.cpb_mlp, _pair(window), normalizer)
-        else:
-            table = resize_bias_table(attn.relative_position_bias_table, window)
-        tables[window] = table.T.reshape(-1, 2 * window - 1, 2 * window - 1).float().cpu()
-    return tables
+    return {window: attn.position_bias_table(window).T.reshape(-1, 2 * window - 1, 2 * window - 1).float().cpu()
+            for window in windows}
 
 
 def bias_maps(encoder: nn.Module, stage: int, windows: Sequence[int] = (12, 16, 24), max_heads: int = 8) -> Figure:
@@ -121,7 +95,7 @@ def bias_maps(encoder: nn.Module, stage: int, windows: Sequence[int] = (12, 16, 
     the MLP's extrapolation, a Swin V1 bias the bicubic stretch of the table.
     """
     tables = bias_tables(encoder, stage, windows)
-    trained = _pair(encoder.position_bias_windows()[stage])
+    trained = pair(encoder.pretrained_window_sizes()[stage])
     heads = min(next(iter(tables.values())).shape[0], max_heads)
     low = min(float(t[:heads].min()) for t in tables.values())
     high = max(float(t[:heads].max()) for t in tables.values())
@@ -152,46 +126,6 @@ def bias_maps(encoder: nn.Module, stage: int, windows: Sequence[int] = (12, 16, 
 # -------------------------------------------------------------------------------------------- attention
 
 
-def _window_logits_bias(attn: nn.Module, window: Pair) -> torch.Tensor:
-    """(heads, N, N) position bias a timm Swin V1/V2 window attention adds for ``window``."""
-    if hasattr(attn, "cpb_mlp"):
-        pretrained = _pair(attn.pretrained_window_size)
-        normalizer = tuple(p if p > 0 else w for p, w in zip(pretrained, window))
-        table = log_cpb_table(attn.cpb_mlp, window, normalizer)
-    else:
-        table = attn.relative_position_bias_table
-    index = relative_position_index((1, *window), (1, *window), table.device)
-    tokens = window[0] * window[1]
-    return table[index.view(-1)].view(tokens, tokens, -1).permute(2, 0, 1)
-
-
-def window_attention_probabilities(attn: nn.Module, x: torch.Tensor, mask: torch.Tensor | None,
-                                   window: Pair) -> torch.Tensor:
-    """Softmax attention (B * windows, heads, N, N) of a timm Swin V1/V2 ``WindowAttention`` on its input ``x``.
-
-    Recomputed from the module's parameters (cosine attention with the clamped logit scale for V2, scaled
-    dot product for V1), so it does not depend on which kernel the module's forward runs.
-    """
-    b, n, c = x.shape
-    heads = attn.num_heads
-    if getattr(attn, "q_bias", None) is not None:
-        bias = torch.cat((attn.q_bias, torch.zeros_like(attn.q_bias), attn.v_bias))
-        qkv = F.linear(x, attn.qkv.weight, bias)
-    else:
-        qkv = attn.qkv(x)
-    q, k, _ = qkv.reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-    if hasattr(attn, "logit_scale"):
-        logits = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
-        logits = logits * torch.clamp(attn.logit_scale, max=math.log(100.0)).exp()
-    else:
-        logits = (q * attn.scale) @ k.transpose(-2, -1)
-    logits = logits + _window_logits_bias(attn, window).unsqueeze(0)
-    if mask is not None:
-        logits = logits.view(-1, mask.shape[0], heads, n, n) + mask[None, :, None].to(logits.dtype)
-        logits = logits.view(b, heads, n, n)
-    return logits.softmax(dim=-1)
-
-
 @torch.no_grad()
 def attention_probabilities(encoder: nn.Module, images: torch.Tensor, stage: int, block: int
                             ) -> tuple[torch.Tensor, dict]:
@@ -199,8 +133,8 @@ def attention_probabilities(encoder: nn.Module, images: torch.Tensor, stage: int
 
     The layout says where each window's tokens sit: ``positions`` (windows, N, 2) token (row, col) in
     the stage's grid (-1 for padding), after undoing the block's cyclic shift, plus ``grid``, ``window``
-    and ``shift``. The block's attention input is caught with a forward pre-hook, so this works with
-    whatever kernel the attention forward uses.
+    and ``shift``. The block's attention input is caught with a forward pre-hook and handed to the
+    attention module's own ``probabilities``, so this is what the model computes, whatever its kernel.
     """
     module = encoder.layers[stage].blocks[block]
     caught = {}
@@ -219,8 +153,8 @@ def attention_probabilities(encoder: nn.Module, images: torch.Tensor, stage: int
     finally:
         for handle in handles:
             handle.remove()
-    window, shift = _pair(module.window_size), _pair(module.shift_size)
-    probabilities = window_attention_probabilities(module.attn, caught["x"], caught["mask"], window)
+    window, shift = pair(module.window_size), pair(module.shift_size)
+    probabilities = module.attn.probabilities(caught["x"], caught["mask"])
     layout = {"grid": caught["grid"], "window": window, "shift": shift,
               "positions": _window_positions(caught["grid"], window, shift)}
     return probabilities, layout
@@ -296,8 +230,8 @@ def attention_groups(size: Sequence[int], window: Sequence[int], shift: Sequence
     padded = tuple(math.ceil(s / w) * w for s, w in zip(size, window))
     where = torch.arange(math.prod(padded)).view(padded)
     rolled = torch.roll(where, [-s for s in shift], dims=(0, 1, 2))
-    members = window_partition_3d(rolled[None, ..., None], window).squeeze(-1)  # (windows, N) token ids
-    mask = attention_mask(padded, size, window, shift, torch.device("cpu"))
+    members = window_partition(rolled[None, ..., None], window).squeeze(-1)  # (windows, N) token ids
+    mask = shift_mask(padded, size, window, shift, torch.device("cpu"))
     tokens = members.shape[1]
     if mask is None:
         first = torch.zeros_like(members)

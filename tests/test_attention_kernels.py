@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_weights import trained_like
+from conftest import trained_like
 from timm.models.swin_transformer import SwinTransformer
 from timm.models.swin_transformer_v2 import SwinTransformerV2
 from torch.multiprocessing.reductions import StorageWeakRef
@@ -20,7 +20,8 @@ from torch.utils._pytree import tree_leaves
 from swinssl import create_encoder, create_video_encoder
 from swinssl.models import build_encoder, build_video_encoder
 from swinssl.models.attention import window_attention
-from swinssl.models.video_swin import WindowAttention3D, attention_mask
+from swinssl.models.video_swin import WindowAttention3D, window_attention_module
+from swinssl.models.windows import shift_mask
 
 # (rtol, atol as a fraction of the reference's largest magnitude)
 FP32, BF16, FP64 = (1e-5, 1e-6), (1e-2, 1e-2), (1e-9, 1e-12)
@@ -39,8 +40,8 @@ def image_attention(family: str, shifted: bool):
 
 def video_attention(style: str):
     """Windows (2, 4, 4) over a padded (3, 7, 8) -> (4, 8, 8) grid, shifted on every axis: 8 windows a clip."""
-    attn = trained_like(WindowAttention3D(16, 2, (2, 4, 4), style))
-    mask = attention_mask((4, 8, 8), (3, 7, 8), (2, 4, 4), (1, 2, 2), torch.device("cpu"))
+    attn = trained_like(window_attention_module(16, 2, (2, 4, 4), style, (0, 0, 0)))
+    mask = shift_mask((4, 8, 8), (3, 7, 8), (2, 4, 4), (1, 2, 2), torch.device("cpu"))
     return attn, lambda x: attn(x, (2, 4, 4), mask), torch.randn(3 * mask.shape[0], 32, 16)
 
 
@@ -234,3 +235,4 @@ def test_chunked_kernel_bounds_the_memory_of_forward_and_backward():
     assert peaks["plain"] > 2 * scores_bytes  # the tracker sees plain's score matrices
     assert peaks["chunked"] < scores_bytes  # not even one full score matrix is ever alive
     assert peaks["chunked"] < peaks["plain"] / 4
+

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cli_helpers import quick_bench
+from conftest import quick_bench
 
 pytest.importorskip("skimage")
 
@@ -64,7 +64,6 @@ def test_v1_tables_reach_the_larger_window_by_plain_bicubic_interpolation():
 
 def test_v2_transfer_keeps_the_trained_windows_and_is_exact_at_the_training_size():
     from swinssl.bench.transfer import build, transfer
-    from swinssl.models import position_bias_windows
 
     cfg = _tiny()
     torch.manual_seed(0)
@@ -79,7 +78,7 @@ def test_v2_transfer_keeps_the_trained_windows_and_is_exact_at_the_training_size
         torch.testing.assert_close(same(images), small(images))
         reinit = transfer("swinv2", "v2_cpb_reinit", cfg, state, small, 1.0, seed=0)
         assert not torch.allclose(reinit(images), small(images))
-    trained = position_bias_windows(small)
-    assert position_bias_windows(transfer("swinv2", "v2_logcpb", cfg, state, small, 2.0, seed=0)) == trained
+    trained = small.pretrained_window_sizes()
+    assert transfer("swinv2", "v2_logcpb", cfg, state, small, 2.0, seed=0).pretrained_window_sizes() == trained
     new_window = transfer("swinv2", "v2_logcpb_new_window", cfg, state, small, 2.0, seed=0)
-    assert position_bias_windows(new_window) == [2 * w for w in trained]
+    assert new_window.pretrained_window_sizes() == [2 * w for w in trained]

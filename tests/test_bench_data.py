@@ -13,7 +13,7 @@ import torchvision.transforms.functional as TF
 import webdataset as wds
 from PIL import Image
 
-from cli_helpers import quick_bench
+from conftest import quick_bench
 from swinssl.datamodules import IMAGENET_MEAN, IMAGENET_STD, ImageShardDataModule, SkipCounter
 from swinssl.datamodules.images import CropFirstDecodeStage, CropFirstTransform, DecodeStage, train_transform
 from swinssl.masking import MaskGenerator
@@ -30,8 +30,6 @@ def test_data_quick_prints_the_table_and_writes_json(tmp_path):
     lines = printed.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| pipeline |"))
     assert [row.split(" | ")[0] for row in lines[header + 2 : header + 5]] == [f"| {name}" for name in PIPELINES]
-    assert re.search(r"^target: swinssl >= 1\.3x torchvision per core: \d+\.\d\dx, (met|missed by \d+ %)$",
-                     printed, re.M)  # fmt: skip
     assert "command: python -m swinssl.bench data --quick --json" in printed
 
     assert record["config"]["images"] == 16 and record["dataset"]["images"] == 16

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from cli_helpers import quick_bench
+from conftest import quick_bench
 
 pytest.importorskip("skimage")
 

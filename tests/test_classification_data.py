@@ -69,7 +69,7 @@ def data(tmp_path_factory):
 
 
 def test_batches_have_documented_format_and_labels_follow_class_folders(data):
-    dm = ClassificationShardDataModule(data.train, data.val, batch_size=5, num_workers=0, epoch_size=12, **SMALL)
+    dm = ClassificationShardDataModule(data.train, val_shards=data.val, batch_size=5, num_workers=0, epoch_size=12, **SMALL)
     dm.setup("fit")
     train = list(dm.train_dataloader())
     assert len(train) == 2
@@ -109,7 +109,7 @@ def test_num_classes_and_class_names_from_the_set_manifests(data, tmp_path):
     legacy.mkdir()
     shard = write_tar(legacy / "x.tar", [{"__key__": "k", "png": encode(coloured(np.random.default_rng(1), 0))}])
     (legacy / "classes.json").write_text(json.dumps(["blue", "green", "red"]))
-    assert ClassificationShardDataModule(shard, data.val, **SMALL).class_names == ["blue", "green", "red"]
+    assert ClassificationShardDataModule(shard, val_shards=data.val, **SMALL).class_names == ["blue", "green", "red"]
     (legacy / "classes.json").unlink()
     bare = ClassificationShardDataModule(shard, **SMALL)
     assert bare.num_classes is None and bare.class_names is None
@@ -124,7 +124,7 @@ def test_train_and_val_sets_with_other_classes_are_refused(data, tmp_path):
         Image.fromarray(coloured(rng, 0)).save(tmp_path / "src" / name / "0.png")
     write_folder_shards(tmp_path / "src", tmp_path / "other", prefix="val")
     with pytest.raises(ValueError, match=r"different classes \(blue, green, red vs green, red, zebra\)"):
-        ClassificationShardDataModule(data.train, str(tmp_path / "other"), **SMALL)
+        ClassificationShardDataModule(data.train, val_shards=str(tmp_path / "other"), **SMALL)
 
 
 def test_a_set_without_labels_is_refused_for_classification(tmp_path):
@@ -162,7 +162,7 @@ def test_unlabeled_and_corrupt_samples_are_skipped_and_counted(tmp_path):
     samples[3] = {"__key__": "s3", "jpg": b"\xff\xd8 truncated jpeg", "cls": 1}
     samples[4] = {"__key__": "s4", "txt": b"no image here", "cls": 1}
     shard = write_tar(tmp_path / "mixed.tar", samples)
-    dm = ClassificationShardDataModule(shard, shard, batch_size=2, num_workers=0, epoch_size=20, **SMALL)
+    dm = ClassificationShardDataModule(shard, val_shards=shard, batch_size=2, num_workers=0, epoch_size=20, **SMALL)
     val = list(dm.val_dataloader())  # read once: the count is exact
     assert [len(b["label"]) for b in val] == [2, 2, 1]
     assert sum(b["skipped"].item() for b in val) == 3

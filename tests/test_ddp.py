@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cli_helpers import run_cli
+from conftest import run_cli
 
 LEVELS = [40, 90, 140, 190]  # grey level of the images of shard 0, 1, 2, 3
 
@@ -88,7 +88,7 @@ def test_two_nodes_on_one_machine_share_one_run_and_resume_after_both_are_killed
 
     import torch
 
-    from cli_helpers import TINY, random_image_shards
+    from conftest import TINY, random_image_shards
 
     shards = random_image_shards(tmp_path, images=16, maxcount=4)  # 4 shards
     port = free_port()

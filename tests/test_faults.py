@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli_helpers import TINY, fake_command, random_image_shards, run_cli, slurm_task_env
+from conftest import TINY, fake_command, random_image_shards, run_cli, slurm_task_env
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_a_checkpoint_write_cut_short_leaves_the_previous_one(tmp_path, monkeypa
 
     from omegaconf import OmegaConf
 
-    from swinssl.runs import build_trainer
+    from swinssl.training.trainer import build_trainer
 
     trainer = build_trainer(OmegaConf.create({"max_steps": 1, "accelerator": "cpu", "enable_progress_bar": False}),
                             tmp_path, OmegaConf.create({"every_n_epochs": 1, "last_every_n_steps": 1}), callbacks=[])
@@ -262,7 +262,7 @@ def test_a_resumed_run_continues_the_data_stream_and_the_skip_count(tmp_path):
 
     from swinssl import SimMIM
     from swinssl.datamodules import ImageShardDataModule
-    from swinssl.tasks.callbacks import SkippedSamples
+    from swinssl.training.callbacks import SkippedSamples
 
     shard_dir = random_image_shards(tmp_path, images=16, maxcount=4)
 
@@ -356,7 +356,7 @@ def test_a_signal_outside_slurm_saves_and_ends_cleanly(shards, tmp_path):
 
 
 def test_thread_candidates_leave_a_core_to_each_loader_worker_or_take_them_all(monkeypatch):
-    from swinssl.runs import thread_candidates
+    from swinssl.training.trainer import thread_candidates
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
     assert thread_candidates(None, num_workers=2, processes=1) == [6, 8]
@@ -372,7 +372,7 @@ def test_thread_tuning_keeps_the_faster_count_and_checks_again(monkeypatch, fast
     busy job (bench threads): the default measures instead of guessing."""
     from types import SimpleNamespace
 
-    from swinssl.tasks import callbacks
+    from swinssl.training import callbacks
 
     clock = {"now": 0.0}
     threads = {"count": 1}

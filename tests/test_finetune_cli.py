@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from swinssl import ImageClassifier
-from cli_helpers import TINY, run_cli
+from conftest import TINY, run_cli
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -61,7 +61,7 @@ def test_chain_make_shards_pretrain_finetune_evaluate_export(photo_shards, pretr
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     assert checkpoint.is_file()
     saved = torch.load(checkpoint, map_location="cpu")  # weights-only by default: plain hyper-parameters
-    assert saved["hyper_parameters"]["num_classes"] == 2 and saved["swinssl"]["position_bias_windows"] == [2] * 4
+    assert saved["hyper_parameters"]["num_classes"] == 2 and saved["swinssl"]["pretrained_window_sizes"] == [2] * 4
     assert saved["hyper_parameters"]["class_names"] == ["color", "gray"]
     assert "current_model_state" in saved  # EMA: state_dict holds the averaged weights, which load by default
 

@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 from collections import Counter
 
 import numpy as np
 import pytest
-import webdataset as wds
 from PIL import Image
 
+from conftest import make_shards_cli, read_back
 from swinssl import __version__, demo_data
 from swinssl.datamodules import resolve_shards, shard_sets
 from swinssl.make_shards import main, write_folder_shards
-
-
-def run_cli(*args) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "swinssl.make_shards", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-
-
-def read_back(pattern: str) -> list[dict]:
-    return list(wds.WebDataset(resolve_shards(pattern).urls, shardshuffle=False, empty_check=False))
 
 
 @pytest.fixture
@@ -46,7 +35,7 @@ def image_folder(tmp_path):
 
 def test_cli_writes_labeled_shards_with_every_image_once(image_folder, tmp_path):
     out = tmp_path / "shards"
-    result = run_cli(image_folder, out, "--maxcount", 5)
+    result = make_shards_cli(image_folder, out, "--maxcount", 5)
     assert result.returncode == 0, result.stderr
     assert "wrote 12 samples in 3 shards; skipped 1 unreadable" in result.stdout
     assert "dog/broken.jpg" in result.stdout
@@ -90,7 +79,7 @@ def test_images_without_class_folders_are_unlabeled(tmp_path):
 
 
 def test_cli_missing_source_exits_2_with_one_line(tmp_path):
-    result = run_cli(tmp_path / "nowhere", tmp_path / "out")
+    result = make_shards_cli(tmp_path / "nowhere", tmp_path / "out")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and str(tmp_path / "nowhere") in result.stderr
 
@@ -140,7 +129,7 @@ def test_a_second_set_with_other_classes_is_refused_and_classes_are_never_overwr
     for name in ("science", "zebra"):
         (other / name).mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(other / name / "0.png")
-    result = run_cli(other, out, "--prefix", "val")
+    result = make_shards_cli(other, out, "--prefix", "val")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "the set 'train' already in" in result.stderr and "(cat, dog) than this one (science, zebra)" in result.stderr
     assert list(shard_sets(out)) == ["train"] and not list(out.glob("val-*"))
@@ -159,7 +148,7 @@ def test_a_folder_of_several_sets_needs_the_set_named(tmp_path, image_folder):
     """Today's main read train-*.tar and val-*.tar together: validation leaked into training."""
     out = tmp_path / "out"
     write_folder_shards(image_folder, out, maxcount=5)
-    result = run_cli(image_folder, out, "--prefix", "val")
+    result = make_shards_cli(image_folder, out, "--prefix", "val")
     assert result.returncode == 0, result.stderr
     assert f"train with: data.shards={out}:val" in result.stdout
     with pytest.raises(ValueError, match=rf"{out} holds 2 shard sets \(train, val\); name the one to read: "

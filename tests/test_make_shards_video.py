@@ -9,8 +9,8 @@ from collections import Counter
 import av
 import numpy as np
 import pytest
-from test_make_shards import read_back, run_cli
-from test_video_data import audio_only_mp4, decode_all
+from conftest import make_shards_cli, read_back
+from conftest import audio_only_mp4, decode_all
 
 from swinssl import demo_data, demo_videos
 from swinssl.datamodules import shard_sets
@@ -40,7 +40,7 @@ def video_folder(tmp_path):
 
 def test_cli_writes_labeled_video_shards_stored_as_is(video_folder, tmp_path):
     out = tmp_path / "shards"
-    result = run_cli(video_folder, out, "--maxcount", 3)
+    result = make_shards_cli(video_folder, out, "--maxcount", 3)
     assert result.returncode == 0, result.stderr
     assert "wrote 8 samples in 3 shards; skipped 3 unreadable" in result.stdout
     for name in ("walk/garbage.mp4", "walk/empty.webm", "jump/sound.mp4"):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from lightning.pytorch import Callback, LightningDataModule, Trainer
 
-from cli_helpers import TINY, random_image_shards, run_cli
+from conftest import TINY, random_image_shards, run_cli
 from swinssl import SimMIM
-from swinssl.tasks.nonfinite import NonFiniteGuard, NonFiniteLossError
+from swinssl.training.nonfinite import NonFiniteGuard, NonFiniteLossError
 
 
 class PoisonBatches(Callback):

@@ -11,19 +11,13 @@ import re
 from pathlib import Path
 
 import nbformat
-import numpy as np
 import pytest
 from nbclient import NotebookClient
-from PIL import Image
+
+from conftest import FIGURES, check_figure
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 CELL_TIMEOUT = 900  # seconds; a hung cell fails the test instead of blocking the suite
-FIGURES = {
-    "01_quickstart": ["masks", "reconstruction_before", "reconstruction_after", "loss_curves", "attention"],
-    "02_resolution_transfer": ["bias_maps", "transfer"],
-    "03_video_inflation": ["windows_stage1", "windows_stage2", "loss_curves"],
-    "04_from_official_weights": ["loss_curves"],
-}
 NUMBER = r"([-+]?\d*\.?\d+(?:e[-+]?\d+)?)"
 
 
@@ -50,15 +44,6 @@ def numbers(pattern: str, text: str) -> tuple[float, ...]:
     match = re.search(pattern.replace("{n}", NUMBER), text)
     assert match, f"the notebook did not print {pattern!r}"
     return tuple(float(group) for group in match.groups())
-
-
-def check_figure(path: Path) -> None:
-    """A real picture: it decodes, is not tiny, and is not one flat colour."""
-    assert path.is_file(), f"missing figure {path.name}"
-    with Image.open(path) as image:
-        pixels = np.asarray(image.convert("L"), dtype=float)
-    assert min(pixels.shape) >= 100, f"{path.name} is only {pixels.shape}"
-    assert pixels.std() > 10, f"{path.name} is nearly blank (pixel std {pixels.std():.1f})"
 
 
 @pytest.mark.parametrize("name", sorted(FIGURES))

@@ -191,7 +191,7 @@ def test_a_short_trainer_run_ends_at_the_minimum_rate(tmp_path):
 def test_the_progress_bar_counts_what_really_runs():
     from types import SimpleNamespace
 
-    from swinssl.runs import RunProgressBar
+    from swinssl.training.trainer import RunProgressBar
 
     bar = RunProgressBar()
     trainer = SimpleNamespace(num_training_batches=100, max_steps=50, global_step=0, accumulate_grad_batches=1,

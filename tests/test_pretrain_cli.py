@@ -16,7 +16,7 @@ import webdataset as wds
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cli_helpers import TINY, run_cli
+from conftest import TINY, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,10 @@ def test_pretrain_writes_config_events_images_and_checkpoints(shard_dir, tmp_pat
     assert checkpoints == ["epoch0000-step00000004.ckpt", "epoch0001-step00000008.ckpt", "last.ckpt"]
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)  # plain hparams: no pickles
     assert last["global_step"] == 8
-    encoder = {key: value for key, value in last["hyper_parameters"]["encoder"].items() if value is not None}
-    assert encoder == {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 2, 4]}
+    encoder = last["hyper_parameters"]["encoder"]  # the whole EncoderSpec, as plain containers
+    assert {key: encoder[key] for key in ("arch", "img_size", "window_size", "embed_dim", "depths", "num_heads")} == {
+        "arch": "swinv2", "img_size": 64, "window_size": 2, "embed_dim": 16, "depths": [1, 1, 1, 1],
+        "num_heads": [1, 2, 2, 4]}
     events = scalars(run_dir)
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "train/grad_norm", "train/lr", "train/device/samples_per_sec", "data/skipped"} <= tags
@@ -111,12 +113,14 @@ def test_killed_run_resumes_at_the_saved_step(shard_dir, tmp_path):
         time.sleep(0.5)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    saved = torch.load(last, weights_only=True)["global_step"]
+    # the newest checkpoint: last.ckpt, or an epoch-end one written after it
+    newest = max((run_dir / "checkpoints").glob("*.ckpt"), key=lambda path: path.stat().st_mtime)
+    saved = torch.load(newest, weights_only=True)["global_step"]
     assert 6 <= saved < 400
 
     done = run_cli("swinssl.pretrain", *args, f"trainer.max_steps={saved + 3}")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"resuming {last}" in done.stdout + done.stderr
+    assert f"resuming {newest}" in done.stdout + done.stderr
     assert torch.load(last, weights_only=True)["global_step"] == saved + 3
     newest_events = max(run_dir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
     steps = [e.step for e in EventAccumulator(str(newest_events)).Reload().Scalars("train/loss")]
@@ -141,7 +145,8 @@ def test_swinv2_base_recipe_runs_real_steps_on_the_cpu(shard_dir, tmp_path):
     assert "lr 3.91e-07 = 0.0001 per 512 samples x global batch 2" in done.stdout + done.stderr
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)
     assert last["global_step"] == 2
-    assert {k: last["hyper_parameters"][k] for k in ("arch", "img_size", "window_size", "norm_target_window")} == {
+    settings = {**last["hyper_parameters"]["encoder"], **last["hyper_parameters"]}
+    assert {k: settings[k] for k in ("arch", "img_size", "window_size", "norm_target_window")} == {
         "arch": "swinv2_base", "img_size": 192, "window_size": 12, "norm_target_window": 47}
     weights = last["state_dict"]
     assert weights["model.encoder.mask_token"].shape == (1, 1, 128)

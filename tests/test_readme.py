@@ -34,8 +34,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli_helpers import fake_command
-from test_notebooks import FIGURES, check_figure
+from conftest import fake_command
+from conftest import FIGURES, check_figure
 from swinssl import make_shards
 from swinssl.demo_videos import write_demo_videos
 

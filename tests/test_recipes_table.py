@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from swinssl import recipes_table
-from swinssl.recipe_checks import available_recipes
+from swinssl.training.recipe_checks import available_recipes
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

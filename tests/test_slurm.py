@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from cli_helpers import TINY, fake_command, random_image_shards, run_cli, slurm_task_env
+from conftest import TINY, fake_command, random_image_shards, run_cli, slurm_task_env
 
 SLURM = ["recipe=simmim_v2_b", "cluster=slurm", "cluster.partition=gpu", "cluster.time=2-00:00:00", "data.shards=/data"]
 

@@ -10,7 +10,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoi
 
 from swinssl import SimMIM, VideoClassifier
 from swinssl.models.video_swin import VideoSwinBlock
-from swinssl.runs import resolve_strategy
+from swinssl.training.trainer import resolve_strategy
 from swinssl.tasks.optim import OptimConfig, backbone_and_head_groups, build_optimizer
 
 TINY = dict(arch="swinv2", img_size=32, window_size=2, patch_size=4, norm_target_window=None,

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli_helpers import run_cli
+from conftest import run_cli
 from swinssl import VideoClassifier
 from swinssl.demo_videos import write_demo_videos
 from swinssl.models import build_encoder

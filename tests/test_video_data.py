@@ -10,8 +10,11 @@ import pytest
 import torch
 import webdataset as wds
 
+from conftest import audio_only_mp4, decode_all
+
 from swinssl.datamodules import IMAGENET_MEAN, IMAGENET_STD, SkipCounter, VideoShardDataModule
-from swinssl.datamodules.video import ClipSampler, crop_views, read_frames
+from swinssl.datamodules.clip_augment import crop_views
+from swinssl.datamodules.clips import ClipSampler, read_frames
 from swinssl.demo_videos import encode_video
 
 S = 32  # output size
@@ -33,24 +36,6 @@ def flat_frames(count: int, height: int = 48, width: int = 64) -> np.ndarray:
     """Frame ``t`` is uniformly grey ``8 t``: its brightness names it after decoding."""
     levels = 8 * np.arange(count, dtype=np.uint8)
     return np.broadcast_to(levels[:, None, None, None], (count, height, width, 3)).copy()
-
-
-def audio_only_mp4() -> bytes:
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format="mp4") as output:
-        stream = output.add_stream("aac", rate=16000)
-        for i in range(8):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 16000, i * 1024
-            output.mux(stream.encode(frame))
-        output.mux(stream.encode())
-    return buffer.getvalue()
-
-
-def decode_all(data: bytes) -> np.ndarray:
-    """The reference: every frame, in order, without seeking."""
-    with av.open(io.BytesIO(data)) as container:
-        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
 
 
 def grey_level(views: torch.Tensor) -> torch.Tensor:
@@ -196,7 +181,7 @@ def flat_shard(tmp_path_factory):
 
 def test_batches_for_train_val_and_test(flat_shard):
     dm = VideoShardDataModule(
-        flat_shard, flat_shard, batch_size=4, epoch_size=8, frame_interval=2, test_clips=2, test_crops=3, **SMALL
+        flat_shard, val_shards=flat_shard, batch_size=4, epoch_size=8, frame_interval=2, test_clips=2, test_crops=3, **SMALL
     )
     train = list(dm.train_dataloader())
     assert len(train) == 2
@@ -224,7 +209,7 @@ def test_bad_samples_are_skipped_and_counted(tmp_path):
     samples[4] = {"__key__": "s4", "mp4": audio_only_mp4(), "cls": 1}
     samples[6] = {"__key__": "s6", "mp4": good}  # no label
     shard = write_tar(tmp_path / "mixed.tar", samples)
-    dm = VideoShardDataModule(shard, shard, batch_size=2, epoch_size=6, **SMALL)
+    dm = VideoShardDataModule(shard, val_shards=shard, batch_size=2, epoch_size=6, **SMALL)
     val = list(dm.val_dataloader())  # read once: the count is exact
     assert [len(b.get("label", ())) for b in val] == [2, 2, 0][: len(val)]
     assert sum(b["skipped"].item() for b in val) == 4

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from official_video_swin import OfficialI3DHead, OfficialSwinTransformer3D, official_checkpoint, official_inflate
-from test_weights import official_layout, trained_like
+from conftest import official_layout, trained_like
 
 from swinssl import create_video_encoder
 from swinssl.models import build_encoder, build_video_encoder
-from swinssl.models.video_swin import attention_mask, relative_position_index
+from swinssl.models.windows import relative_position_index, shift_mask
 from swinssl.weights import CheckpointError, load_checkpoint, resize_bias_table
 
 TINY = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4))
@@ -61,10 +61,10 @@ def test_v2_inflation_keeps_the_windows_the_image_bias_was_trained_at():
     image_model = trained_like(build_encoder("swinv2", img_size=64, window_size=4, pretrained_window_sizes=(8, 8, 8, 4),
                                              **TINY)).eval()
     source = load_checkpoint(image_model.state_dict())
-    source.windows = [8, 8, 8, 4]  # what a swinssl or official checkpoint records
+    source.pretrained_window_sizes = [8, 8, 8, 4]  # what a swinssl or official checkpoint records
     video_model = create_video_encoder("video_swinv2", num_frames=4, img_size=64, window_size=(2, 4, 4),
                                        checkpoint=source).eval()
-    assert video_model.position_bias_windows() == [[2, 8, 8], [2, 8, 8], [2, 8, 8], [2, 4, 4]]
+    assert video_model.pretrained_window_sizes() == [[2, 8, 8], [2, 8, 8], [2, 8, 8], [2, 4, 4]]
     images = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(video_model.forward_features(static_clip(images, 4))[:, 1],
@@ -158,10 +158,10 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 def test_padding_tokens_are_hidden_from_real_tokens():
-    mask = attention_mask((4, 4, 4), (3, 4, 4), (4, 4, 4), (0, 0, 0), torch.device("cpu"))
+    mask = shift_mask((4, 4, 4), (3, 4, 4), (4, 4, 4), (0, 0, 0), torch.device("cpu"))
     real, padded = slice(0, 48), slice(48, 64)  # time-major: the last time step is padding
     assert (mask[0][real, padded] == -100).all() and (mask[0][real, real] == 0).all()
-    assert attention_mask((4, 4, 4), (4, 4, 4), (4, 4, 4), (0, 0, 0), torch.device("cpu")) is None
+    assert shift_mask((4, 4, 4), (4, 4, 4), (4, 4, 4), (0, 0, 0), torch.device("cpu")) is None
 
 
 def test_a_clipped_window_reads_the_bias_of_its_own_offsets():

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from PIL import Image
-from test_weights import trained_like
+from conftest import trained_like
 from torch.utils.tensorboard import SummaryWriter
 
 from swinssl import MaskGenerator, create_encoder, viz
@@ -54,7 +54,7 @@ def test_v2_bias_tables_are_what_the_model_moved_to_each_window_computes():
     torch.testing.assert_close(tables[4], timm_v2_bias(source.layers[1].blocks[0].attn))
     for window, img_size in ((6, 96), (8, 128)):
         moved = create_encoder("swinv2", img_size=img_size, window_size=window, checkpoint=source.state_dict(),
-                               pretrained_window_sizes=source.position_bias_windows(), **TINY)
+                               pretrained_window_sizes=source.pretrained_window_sizes(), **TINY)
         torch.testing.assert_close(tables[window], timm_v2_bias(moved.layers[1].blocks[0].attn))
     # the trained offsets keep their bias at every window: log-CPB's point
     torch.testing.assert_close(tables[8][:, 4:-4, 4:-4], tables[4])

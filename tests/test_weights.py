@@ -20,34 +20,14 @@ from timm.models.swin_transformer import SwinTransformer
 from timm.models.swin_transformer_v2 import SwinTransformerV2
 from timm.models.swin_transformer_v2 import checkpoint_filter_fn as timm_v2_filter
 
+from conftest import official_layout, trained_like
+
 from swinssl import create_encoder
 from swinssl.models import build_encoder
 from swinssl.weights import CheckpointError, load_checkpoint, parse_checkpoint, resize_bias_table, to_timm
 
 TINY = dict(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4))
 BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mask")
-
-
-def trained_like(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Perturb every parameter: fresh Swin V2 blocks are identities, which would hide transfer errors."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(0.2 * torch.randn(param.shape, generator=generator))
-    return model.eval()
-
-
-def official_layout(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A model's weights as Microsoft's code saves them: merges at the end of a stage, ``head.``, buffers kept."""
-    state = {}
-    for key, value in {**model.state_dict(), **dict(model.named_buffers())}.items():
-        if key.endswith("k_bias"):
-            continue  # timm-only zero buffer
-        if match := re.match(r"layers\.(\d+)\.downsample\.(.*)", key):
-            key = f"layers.{int(match[1]) - 1}.downsample.{match[2]}"
-        key = key.replace("head.fc.", "head.")
-        state[key] = value.clone()
-    return state
 
 
 def official_simmim_layout(model: torch.nn.Module, decoder: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -167,7 +147,7 @@ def test_bias_table_resize_keeps_the_table_at_the_same_window():
 ])
 def test_windows_are_read_from_official_coordinate_tables(img_size, window, pretrained, expected):
     model = build_encoder("swinv2", img_size=img_size, window_size=window, pretrained_window_sizes=pretrained, **TINY)
-    assert parse_checkpoint({"model": official_layout(model)}).windows == expected
+    assert parse_checkpoint({"model": official_layout(model)}).pretrained_window_sizes == expected
 
 
 def test_our_lightning_checkpoint_records_windows_and_continues_the_transfer(tmp_path):
@@ -182,10 +162,15 @@ def test_our_lightning_checkpoint_records_windows_and_continues_the_transfer(tmp
     path = tmp_path / "run.ckpt"
     trainer.save_checkpoint(path)
     source = load_checkpoint(path)
-    assert (source.format, source.windows, source.hparams["img_size"]) == ("swinssl", [12, 12, 12, 6], 192)
+    assert (source.format, source.pretrained_window_sizes, source.encoder_settings["img_size"]) == ("swinssl", [12, 12, 12, 6], 192)
     assert set(source.decoder) == {"0.weight", "0.bias"}
     at_256 = create_encoder("swinv2", img_size=256, window_size=16, checkpoint=path)
     assert [stage.blocks[0].attn.pretrained_window_size[0] for stage in at_256.layers] == [12, 12, 12, 6]
+
+    older = torch.load(path, weights_only=True)  # written before the key was renamed
+    older["swinssl"] = {"position_bias_windows": older["swinssl"].pop("pretrained_window_sizes")}
+    torch.save(older, tmp_path / "older.ckpt")
+    assert load_checkpoint(tmp_path / "older.ckpt").pretrained_window_sizes == [12, 12, 12, 6]
 
 
 def test_timm_state_dict_loads_as_is_and_export_round_trips(tmp_path, images, caplog):

@@ -75,6 +75,7 @@ class TrainBenchConfig:
     steps: int = 3  # per contender per round
     repeats: int = 5  # rounds
     drop_path_rate: float = 0.1
+    patch_size: int = 4
     mask_patch_size: int = 32
     mask_ratio: float = 0.6
     sizes: dict[str, Any] = field(default_factory=dict)  # embed_dim / depths / num_heads over the preset's
@@ -87,11 +88,6 @@ class TrainBenchConfig:
 # A 2-stage, 50k-parameter model at 64 px (mask units 32 px: 2 x 2, 3 masked): plumbing only.
 QUICK = dict(arch="swinv2", img_size=64, window_size=4, batch_size=2, warmup=1, steps=1, repeats=2,
              sizes=dict(embed_dim=16, depths=(2, 2), num_heads=(1, 2)))
-# The issue's targets for swinssl: (peer, minimum throughput ratio) per device type; MFU; memory per sample vs HF.
-TARGETS = {"cpu": [(HF, 3.0)], "cuda": [(HF, 1.5), (TIMM, 1.3)]}
-TARGET_SETTINGS = {"cpu": "SwinV2-T 192/w12, fp32, this CPU", "cuda": "SwinV2-B 192/w12, bf16, H100"}
-GPU_MFU_TARGET, GPU_MEMORY_TARGET = 0.40, 0.7
-
 
 @dataclass
 class Contender:
@@ -128,8 +124,8 @@ class Contender:
 
 def swinssl_model(cfg: TrainBenchConfig, kernel: str) -> MaskedImageModel:
     """The product's SimMIM model, raw-pixel targets (see the module docstring)."""
-    encoder = create_encoder(cfg.arch, img_size=cfg.img_size, window_size=cfg.window_size, mask_token=True,
-                             attn_kernel=kernel, drop_path_rate=cfg.drop_path_rate, **cfg.sizes)
+    encoder = create_encoder(cfg.arch, img_size=cfg.img_size, window_size=cfg.window_size, patch_size=cfg.patch_size,
+                             mask_token=True, attn_kernel=kernel, drop_path_rate=cfg.drop_path_rate, **cfg.sizes)
     return MaskedImageModel(encoder, norm_target_window=None)
 
 
@@ -157,7 +153,7 @@ class TimmEagerSimMIM(nn.Module):
 
 def timm_eager_model(cfg: TrainBenchConfig) -> TimmEagerSimMIM:
     sizes = cfg.model_sizes
-    encoder = SwinTransformerV2(img_size=cfg.img_size, window_size=cfg.window_size, num_classes=0,
+    encoder = SwinTransformerV2(img_size=cfg.img_size, patch_size=cfg.patch_size, window_size=cfg.window_size, num_classes=0,
                                 drop_path_rate=cfg.drop_path_rate, embed_dim=sizes["embed_dim"],
                                 depths=tuple(sizes["depths"]), num_heads=tuple(sizes["num_heads"]))
     return TimmEagerSimMIM(encoder)
@@ -169,10 +165,10 @@ def hf_model(cfg: TrainBenchConfig) -> nn.Module:
 
     sizes = cfg.model_sizes
     stages = len(sizes["depths"])
-    config = Swinv2Config(image_size=cfg.img_size, patch_size=4, embed_dim=sizes["embed_dim"],
+    config = Swinv2Config(image_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=sizes["embed_dim"],
                           depths=list(sizes["depths"]), num_heads=list(sizes["num_heads"]),
                           window_size=cfg.window_size, pretrained_window_sizes=[0] * stages,
-                          drop_path_rate=cfg.drop_path_rate, encoder_stride=4 * 2 ** (stages - 1))
+                          drop_path_rate=cfg.drop_path_rate, encoder_stride=cfg.patch_size * 2 ** (stages - 1))
     return Swinv2ForMaskedImageModeling(config)
 
 
@@ -206,11 +202,12 @@ def build_contenders(cfg: TrainBenchConfig, device: torch.device) -> tuple[list[
 
 
 def random_batch(batch_size: int, img_size: int, device: torch.device | str = "cpu", seed: int = 0,
-                 mask_patch_size: int = 32, mask_ratio: float = 0.6) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalized-image-like noise and one SimMIM mask per image, token resolution (B, H/4, W/4)."""
+                 mask_patch_size: int = 32, mask_ratio: float = 0.6, patch_size: int = 4
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalized-image-like noise and one SimMIM mask per image, token resolution (B, H/patch, W/patch)."""
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(batch_size, 3, img_size, img_size, generator=generator)
-    masks = MaskGenerator(img_size, mask_patch_size, 4, mask_ratio)
+    masks = MaskGenerator(img_size, mask_patch_size, patch_size, mask_ratio)
     mask = torch.stack([masks(generator) for _ in range(batch_size)])
     return images.to(device), mask.to(device)
 
@@ -266,7 +263,8 @@ def run_train(cfg: TrainBenchConfig, device: torch.device, progress: Progress | 
     """Build, warm up, measure memory, time round robin; returns the contenders and what was measured."""
     torch.manual_seed(0)
     contenders, notes = build_contenders(cfg, device)
-    images, mask = random_batch(cfg.batch_size, cfg.img_size, device, 0, cfg.mask_patch_size, cfg.mask_ratio)
+    images, mask = random_batch(cfg.batch_size, cfg.img_size, device, 0, cfg.mask_patch_size, cfg.mask_ratio,
+                                cfg.patch_size)
     total = len(contenders) * (cfg.warmup + 1 + cfg.repeats * cfg.steps)
     task = progress.add_task("train", total=total) if progress else None
 
@@ -343,27 +341,6 @@ def markdown_table(rows: list[dict[str, Any]], gpu: bool) -> str:
     return "\n".join(lines)
 
 
-def target_lines(rows: list[dict[str, Any]], gpu: bool) -> list[str]:
-    """The issue's targets against the best swinssl row, each met or missed by how much."""
-    ours = max((row for row in rows if row["contender"].startswith("swinssl")), key=lambda row: row["images_per_s"])
-    by_name = {row["contender"]: row for row in rows}
-    checks = [(f"images/s vs {peer}", ours[f"vs {peer}"], minimum, "at least")
-              for peer, minimum in TARGETS["cuda" if gpu else "cpu"] if peer in by_name]
-    if gpu:
-        checks.append(("MFU", ours.get("mfu"), GPU_MFU_TARGET, "at least"))
-        if HF in by_name:
-            ratio = ours["peak_mib_per_sample"] / by_name[HF]["peak_mib_per_sample"]
-            checks.append(("peak memory per sample vs HF", round(ratio, 2), GPU_MEMORY_TARGET, "at most"))
-    lines = [f"targets (the issue sets them for {TARGET_SETTINGS['cuda' if gpu else 'cpu']}):"]
-    for what, value, bound, sense in checks:
-        if value is None:
-            continue
-        met = value >= bound if sense == "at least" else value <= bound
-        lines.append(f"- {ours['contender']}: {what} {sense} {bound:g}: {value:g} "
-                     f"{'met' if met else f'missed by {abs(value - bound) / bound:.0%}'}")
-    return lines
-
-
 def run(args: argparse.Namespace, command: str) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -393,15 +370,12 @@ def run(args: argparse.Namespace, command: str) -> None:
               f"measured bf16 matmul rate: {measured['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s")
     else:
         print("CPU memory column: bytes autograd saves for backward (activations), not an allocator peak.")
-    for line in target_lines(rows, gpu):
-        print(line)
     print(f"command: {command}\nwall time: {wall:.0f} s")
     if args.json:
         write_json(args.json, {
             "command": command, "wall_s": round(wall, 1), "device": device_name(device), "config": cfg.__dict__,
             "notes": measured["notes"], "flops_per_step": measured["flops_per_step"],
             "matmul_flops_per_s": measured["matmul_flops_per_s"], "rows": rows,
-            "targets": target_lines(rows, gpu),
         })
 
 

@@ -221,9 +221,7 @@ def transfer(arch: str, variant: str, cfg: TransferConfig, state: dict, source: 
     overrides = {}
     if arch == "swinv2":
         # A plain state dict does not record the windows the coordinates were normalized by.
-        from swinssl.models import position_bias_windows
-
-        trained = position_bias_windows(source)
+        trained = source.pretrained_window_sizes()
         overrides["pretrained_window_sizes"] = [0] * len(trained) if variant == "v2_logcpb_new_window" else trained
     model = build(arch, cfg, scale, checkpoint=state, **overrides).eval()
     if variant == "v2_cpb_reinit":

@@ -66,7 +66,8 @@ def run_video(cfg: VideoBenchConfig, workdir: Path, progress: Progress | None = 
     import webdataset as wds
 
     from swinssl.datamodules import SkipCounter
-    from swinssl.datamodules.video import VideoShardDataModule, read_frames, video_bytes
+    from swinssl.datamodules.clips import read_frames, video_bytes
+    from swinssl.datamodules.video import VideoShardDataModule
     from swinssl.demo_videos import encode_video, photo_rgb
 
     torch.set_num_threads(1)

@@ -14,7 +14,6 @@ _PUBLIC = {
     "SwinEncoder": ".swin",
     "SwinV2Encoder": ".swin",
     "build_encoder": ".swin",
-    "position_bias_windows": ".swin",
     "VideoSwinEncoder": ".video_swin",
     "build_video_encoder": ".video_swin",
     "describe_encoder": ".summary",

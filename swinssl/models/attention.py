@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-KERNELS = ("plain", "fused", "chunked")
+from swinssl.models.registry import ATTENTION_KERNELS as KERNELS
 # Default chunk: as many windows as keep one chunk's scores (windows x heads x N x N) within 2**24 elements,
 # 64 MiB in fp32: e.g. 269 windows of 12x12 tokens with 3 heads, 4 windows of 32x32 tokens with 4 heads.
 CHUNK_SCORES = 2**24
@@ -69,7 +69,10 @@ def window_attention(
     return _chunked(q, k, v, bias, mask, scale, dropout_p, chunk_windows)
 
 
-def _plain(q, k, v, bias, mask, scale, dropout_p):
+def attention_probabilities(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None = None,
+                            scale: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(scale * q k^T + bias + mask): (B * nW, heads, N, N), in timm's order of operations (the ``plain``
+    kernel's first half, and what pictures of attention show)."""
     attn = q @ k.transpose(-2, -1)
     if scale is not None:
         attn = attn * scale
@@ -78,7 +81,11 @@ def _plain(q, k, v, bias, mask, scale, dropout_p):
         heads, tokens = q.shape[1], q.shape[2]
         attn = attn.view(-1, mask.shape[0], heads, tokens, tokens) + mask.unsqueeze(1).unsqueeze(0).to(attn.dtype)
         attn = attn.view(-1, heads, tokens, tokens)
-    attn = attn.softmax(dim=-1)
+    return attn.softmax(dim=-1)
+
+
+def _plain(q, k, v, bias, mask, scale, dropout_p):
+    attn = attention_probabilities(q, k, bias, mask, scale)
     if dropout_p:
         attn = F.dropout(attn, dropout_p)
     return attn @ v
@@ -122,3 +129,31 @@ def _chunked(q, k, v, bias, mask, scale, dropout_p, chunk_windows):
 def _fused_rows(q, k, v, bias, mask, rows, scale, dropout_p):
     """:func:`_fused` on windows that use the given ``mask`` rows."""
     return _fused(q, k, v, bias, None if mask is None else mask[rows], scale, dropout_p)
+
+
+class KernelAttention:
+    """Mixin for window attention modules (image and video, V1 and V2): subclasses say how they make q, k, v,
+    the position bias and the scale (:meth:`attention_inputs`); the kernel, the output projection and the
+    attention pictures are shared here.
+
+    Subclasses have ``proj``, ``proj_drop`` and ``attn_drop`` modules and ``kernel``/``chunk_windows`` attributes.
+    """
+
+    kernel: str = "fused"
+    chunk_windows: int | None = None
+
+    def attention_inputs(self, x: torch.Tensor, *args):
+        """(B * nW, N, C) tokens -> q, k, v (B * nW, heads, N, d), bias (heads, N, N), scale or None."""
+        raise NotImplementedError
+
+    def attend(self, q, k, v, bias: torch.Tensor, mask: torch.Tensor | None, scale=None) -> torch.Tensor:
+        """(B * nW, heads, N, d) q, k, v -> projected (B * nW, N, C) output."""
+        out = window_attention(q, k, v, bias, mask, scale, self.kernel, self.chunk_windows,
+                               self.attn_drop.p if self.training else 0.0)
+        batch_windows, heads, tokens, dim = out.shape
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch_windows, tokens, heads * dim)))
+
+    def probabilities(self, x: torch.Tensor, mask: torch.Tensor | None, *args) -> torch.Tensor:
+        """The softmax attention (B * nW, heads, N, N) this module computes on ``x``, whatever its kernel."""
+        q, k, _, bias, scale = self.attention_inputs(x, *args)
+        return attention_probabilities(q, k, bias, mask, scale)

@@ -8,8 +8,10 @@ V2 or V1 attention style). A preset is ``<family>_<size>``; the bare family take
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 Triple = tuple[int, int, int]
@@ -17,6 +19,8 @@ Triple = tuple[int, int, int]
 FAMILY_NAMES = {"swinv2": "Swin V2", "swin": "Swin V1", "video_swinv2": "Video Swin V2", "video_swin": "Video Swin (V1)"}
 STYLES = {"swinv2": "v2", "swin": "v1", "video_swinv2": "v2", "video_swin": "v1"}  # attention style per family
 SIZE_KEYS = ("embed_dim", "depths", "num_heads")  # what a bare family needs to be a model
+# How window attention runs (swinssl.models.attention); every kernel computes the same function.
+ATTENTION_KERNELS = ("plain", "fused", "chunked")
 
 # Widths, depths and heads: T/S/B/L as timm and the official Swin and Video Swin releases have them; H/G
 # from the Swin V2 paper (sec. 3.6, head dim 32, an extra LayerNorm every 6 blocks), which gives G four
@@ -158,3 +162,78 @@ def check_model_geometry(arch: str, img_size: int, window_size: int | Sequence[i
         raise ValueError(f"window_size of an image model is one int, got {window_size!r}")
     check_image_geometry((img_size, img_size), patch_size or 4, window_size, sizes["depths"], sizes["embed_dim"],
                          sizes["num_heads"])
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """The encoder a task builds, as it crosses the layers (recipe -> task -> factory) and as a checkpoint's
+    hyper-parameters keep it: architecture and sizes (a bare family needs them, unless a checkpoint brings
+    them), input and windows, the windows the position bias was trained at (``pretrained_window_sizes``; by
+    default those the checkpoint records), the video options, and how the model runs (attention kernel,
+    activation checkpointing, compilation), which changes nothing it computes.
+    """
+
+    arch: str = "swinv2_base"
+    img_size: int = 192
+    window_size: int | tuple[int, ...] = 12
+    patch_size: int | tuple[int, ...] | None = None  # None: the checkpoint's (4, or 2x4x4 for video, without one)
+    drop_path_rate: float = 0.1
+    embed_dim: int | None = None
+    depths: tuple[int, ...] | None = None
+    num_heads: tuple[int, ...] | None = None
+    extra_norm_period: int | None = None
+    pretrained_window_sizes: tuple | None = None
+    num_frames: int = 32  # video: frames per clip
+    attention: str = "joint"  # video: joint | factorized
+    patch_init: str = "inflate"  # video from an image checkpoint: inflate | center
+    head_dropout: float = 0.5  # video: dropout before the head
+    attn_kernel: str = "fused"
+    attn_chunk_windows: int | None = None
+    grad_checkpointing: bool = False
+    compile: bool = False
+
+    @classmethod
+    def names(cls) -> set[str]:
+        return {spec_field.name for spec_field in dataclasses.fields(cls)}
+
+    def updated(self, *parts: Mapping[str, Any] | EncoderSpec | None, **fields: Any) -> EncoderSpec:
+        """This spec with the values of ``parts`` (specs, or mappings such as a recipe's ``model`` group or a
+        checkpoint's hyper-parameters) and ``fields`` laid over it in order; unknown names are an error."""
+        values: dict[str, Any] = {}
+        for part in (*parts, fields):
+            if isinstance(part, EncoderSpec):
+                part = dataclasses.asdict(part)
+            values.update(part or {})
+        unknown = sorted(set(values) - self.names())
+        if unknown:
+            raise ValueError(f"unknown encoder setting(s) {', '.join(unknown)}; the settings are: "
+                             f"{', '.join(sorted(self.names()))}")
+        return dataclasses.replace(self, **{key: _frozen(value) for key, value in values.items()})
+
+    @classmethod
+    def from_config(cls, model: Mapping[str, Any], base: EncoderSpec | None = None) -> EncoderSpec:
+        """From a recipe's ``model`` group: its encoder keys, with the ``model.encoder`` sizes among them."""
+        model = dict(model)
+        sizes = model.pop("encoder", None) or {}
+        return (base or cls()).updated({key: value for key, value in model.items() if key in cls.names()}, sizes)
+
+    @property
+    def family(self) -> str:
+        return family_of(self.arch)
+
+    def sizes(self) -> dict[str, Any]:
+        """The size settings given (a preset's are left to the preset), for the model factories."""
+        keys = (*SIZE_KEYS, "extra_norm_period", "pretrained_window_sizes")
+        return {key: getattr(self, key) for key in keys if getattr(self, key) is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain containers, as checkpoints keep hyper-parameters (weights-only loadable)."""
+        return {key: _plain(value) for key, value in dataclasses.asdict(self).items()}
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(_frozen(item) for item in value) if isinstance(value, (list, tuple)) else value
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(item) for item in value] if isinstance(value, (list, tuple)) else value

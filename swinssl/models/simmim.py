@@ -14,6 +14,8 @@ from torch import nn
 
 from swinssl.models.swin import SwinV2Encoder
 
+NORM_TARGET_WINDOW = 47  # the official SimMIM V2 recipe's local target-normalization window (MODEL.SIMMIM.NORM_TARGET)
+
 
 class SimMIMDecoder(nn.Sequential):
     """Keys ``0.weight``/``0.bias`` as in the official ``decoder.0.*``."""
@@ -22,7 +24,7 @@ class SimMIMDecoder(nn.Sequential):
         super().__init__(nn.Conv2d(in_features, stride**2 * out_chans, kernel_size=1), nn.PixelShuffle(stride))
 
 
-def local_mean_var(images: torch.Tensor, window: int = 47) -> tuple[torch.Tensor, torch.Tensor]:
+def local_mean_var(images: torch.Tensor, window: int = NORM_TARGET_WINDOW) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pixel, per-channel mean and unbiased variance over a ``window`` x ``window`` neighbourhood.
 
     Pixels outside the image do not count; the variance is clamped at 0 against rounding.
@@ -39,12 +41,12 @@ def local_mean_var(images: torch.Tensor, window: int = 47) -> tuple[torch.Tensor
     return mean, var
 
 
-def normalize_targets(images: torch.Tensor, window: int = 47, eps: float = 1e-6) -> torch.Tensor:
+def normalize_targets(images: torch.Tensor, window: int = NORM_TARGET_WINDOW, eps: float = 1e-6) -> torch.Tensor:
     mean, var = local_mean_var(images, window)
     return (images.float() - mean) / torch.sqrt(var + eps)
 
 
-def denormalize_targets(predicted: torch.Tensor, images: torch.Tensor, window: int = 47, eps: float = 1e-6):
+def denormalize_targets(predicted: torch.Tensor, images: torch.Tensor, window: int = NORM_TARGET_WINDOW, eps: float = 1e-6):
     """Map predictions made in normalized-target space back to pixel space, using the input's local stats."""
     mean, var = local_mean_var(images, window)
     return predicted.float() * torch.sqrt(var + eps) + mean
@@ -70,7 +72,7 @@ class MaskedImageModel(nn.Module):
     ``norm_target_window=None`` regresses raw (ImageNet-normalized) pixels.
     """
 
-    def __init__(self, encoder: SwinV2Encoder, norm_target_window: int | None = 47) -> None:
+    def __init__(self, encoder: SwinV2Encoder, norm_target_window: int | None = NORM_TARGET_WINDOW) -> None:
         super().__init__()
         if encoder.mask_token is None:
             raise ValueError("SimMIM needs an encoder built with mask_token=True")

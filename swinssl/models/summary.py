@@ -22,10 +22,10 @@ def describe_encoder(model: nn.Module) -> str:
         windows = [stage.blocks[0].window_size[0] for stage in stages]
     parameters = sum(param.numel() for param in model.parameters())
     return (f"{FAMILY_NAMES[model.family]}, embed_dim {embed_dim}, depths {depths}, heads {heads}, {size}, windows {windows}, "
-            f"position bias for windows {model.position_bias_windows()}, {parameters / 1e6:.2f}M parameters")
+            f"position bias for windows {model.pretrained_window_sizes()}, {parameters / 1e6:.2f}M parameters")
 
 
 def _video_windows(model: nn.Module) -> list:
-    from swinssl.models.video_swin import clip_window
+    from swinssl.models.windows import clip_window
 
     return [clip_window(size, model.window_size, (0, 0, 0))[0] for size in model.stage_sizes()]

@@ -17,7 +17,6 @@ This module builds modules only; :func:`swinssl.create_encoder` (in ``swinssl.we
 
 from __future__ import annotations
 
-import math
 import re
 from functools import partial
 from typing import Any
@@ -30,55 +29,65 @@ from timm.models.swin_transformer import SwinTransformer
 from timm.models.swin_transformer_v2 import SwinTransformerV2, SwinTransformerV2Block
 from torch import nn
 
-from swinssl.models.attention import check_kernel, window_attention
+from swinssl.models.attention import KernelAttention, check_kernel
 from swinssl.models.registry import check_image_geometry, family_of, resolve_arch
-
-class KernelAttention:
-    """Mixin for timm's window attention modules: the part after q, k, v, run by a chosen kernel."""
-
-    kernel: str = "fused"
-    chunk_windows: int | None = None
-
-    def attend(self, q, k, v, bias: torch.Tensor, mask: torch.Tensor | None, scale=None) -> torch.Tensor:
-        """(B * nW, heads, N, d) q, k, v -> projected (B * nW, N, C) output, as timm's forward ends."""
-        out = window_attention(q, k, v, bias, mask, scale, self.kernel, self.chunk_windows,
-                               self.attn_drop.p if self.training else 0.0)
-        batch_windows, heads, tokens, dim = out.shape
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch_windows, tokens, heads * dim)))
+from swinssl.models.windows import (
+    cosine_query_key,
+    log_cpb_bias,
+    log_cpb_table,
+    log_spaced_coordinates,
+    resize_bias_table,
+)
 
 
 class WindowAttentionV2(KernelAttention, swin_transformer_v2.WindowAttention):
-    """timm's Swin V2 window attention; q, k, v, cosine normalization, logit scale and log-CPB bias as in
-    timm's forward (the block never sets ``qkv_bias_separate``), the rest by :func:`window_attention`."""
+    """timm's Swin V2 window attention: q, k, v as timm makes them (the block never sets ``qkv_bias_separate``),
+    scaled cosine attention and log-CPB bias from :mod:`swinssl.models.windows`, run by the chosen kernel."""
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def attention_inputs(self, x: torch.Tensor):
         batch_windows, tokens, _ = x.shape
         if self.q_bias is None:
             qkv = self.qkv(x)
         else:
             qkv = F.linear(x, weight=self.qkv.weight, bias=torch.cat((self.q_bias, self.k_bias, self.v_bias)))
         q, k, v = qkv.reshape(batch_windows, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        logit_scale = torch.clamp(self.logit_scale, max=math.log(1.0 / 0.01)).exp()
-        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        return self.attend(q, k, v, self.position_bias(), mask, logit_scale)
+        q, k, scale = cosine_query_key(q, k, self.logit_scale)
+        return q, k, v, self.position_bias(), scale
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v, bias, scale = self.attention_inputs(x)
+        return self.attend(q, k, v, bias, mask, scale)
 
     def position_bias(self) -> torch.Tensor:
-        """(heads, N, N) = 16 * sigmoid(cpb_mlp(log-spaced offsets)), gathered per token pair."""
-        table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
-        tokens = self.window_size[0] * self.window_size[1]
-        bias = table[self.relative_position_index.view(-1)].view(tokens, tokens, -1).permute(2, 0, 1).contiguous()
-        return 16 * torch.sigmoid(bias)
+        """(heads, N, N) log-CPB bias of this window, from the offset tables timm keeps for its size."""
+        return log_cpb_bias(self.cpb_mlp, self.relative_coords_table, self.relative_position_index, self.num_heads)
+
+    def position_bias_table(self, window: int) -> torch.Tensor:
+        """((2w-1)^2, heads) bias at every offset of a square ``window``, offsets normalized by the window this
+        module's bias is trained for (its pretrained window, else its own): what a copy moved there computes."""
+        pretrained = tuple(p if p > 0 else w for p, w in zip(self.pretrained_window_size, self.window_size))
+        weight = self.cpb_mlp[0].weight
+        coordinates = log_spaced_coordinates((window, window), pretrained, weight.device).to(weight.dtype)
+        return log_cpb_table(self.cpb_mlp, coordinates, self.num_heads)
 
 
 class WindowAttentionV1(KernelAttention, swin_transformer.WindowAttention):
-    """timm's Swin V1 window attention (q scaled, then the bias table), the rest by :func:`window_attention`;
-    timm's own ``fused_attn`` flag is not consulted."""
+    """timm's Swin V1 window attention (q scaled, then the bias table), run by the chosen kernel; timm's own
+    ``fused_attn`` flag is not consulted."""
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def attention_inputs(self, x: torch.Tensor):
         batch_windows, tokens, _ = x.shape
         qkv = self.qkv(x).reshape(batch_windows, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        return self.attend(q * self.scale, k, v, self._get_rel_pos_bias()[0], mask)
+        return q * self.scale, k, v, self._get_rel_pos_bias()[0], None
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v, bias, scale = self.attention_inputs(x)
+        return self.attend(q, k, v, bias, mask, scale)
+
+    def position_bias_table(self, window: int) -> torch.Tensor:
+        """((2w-1)^2, heads) table at a square ``window``: the learned table, bicubic-resized (the transfer rule)."""
+        return resize_bias_table(self.relative_position_bias_table, window)
 
 
 class SwinExtras:
@@ -134,7 +143,7 @@ class SwinExtras:
         """(B, 3, H, W) -> final-normed (B, H/32, W/32, C_out) features, timm's NHWC layout."""
         return self.norm(self.layers(self.embed(images, mask)))
 
-    def position_bias_windows(self) -> list[int]:
+    def pretrained_window_sizes(self) -> list[int]:
         """Per stage, the window a Swin V2 position-bias MLP normalizes its coordinates by (V1: the table's).
 
         That is the pretrained window when one was set, else the stage's (clipped) window; a model moved
@@ -210,11 +219,6 @@ class SwinEncoder(SwinExtras, SwinTransformer):
 
 
 ENCODERS = {encoder.family: encoder for encoder in (SwinV2Encoder, SwinEncoder)}
-
-
-def position_bias_windows(model: nn.Module) -> list:
-    """Per stage, the window a model's position bias is laid out for (see the models' own method)."""
-    return model.position_bias_windows()
 
 
 def _add_extra_norm(block: SwinTransformerV2Block) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Any
 
 import torch
@@ -35,144 +34,106 @@ from timm.models import swin_transformer, swin_transformer_v2
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from swinssl.models.attention import check_kernel, window_attention
+from swinssl.models.attention import KernelAttention, check_kernel
 from swinssl.models.registry import (
-    STYLES, Triple, check_video_geometry, family_of, resolve_arch, triple, video_pretrained_windows,
+    STYLES,
+    Triple,
+    check_video_geometry,
+    family_of,
+    resolve_arch,
+    triple,
+    video_pretrained_windows,
+)
+from swinssl.models.windows import (
+    clip_window,
+    cosine_query_key,
+    gather_bias,
+    relative_position_index,
+    shift_mask,
+    window_log_cpb_bias,
+    window_partition,
+    window_reverse,
 )
 
 ATTENTION_MODES = ("joint", "factorized")
-MASK_VALUE = -100.0  # the official shift-mask value
 
 
-def clip_window(size: Triple, window: Triple, shift: Triple) -> tuple[Triple, Triple]:
-    """On an axis whose feature size is at most the window, the window becomes the size and the shift 0."""
-    clipped = tuple(s if s <= w else w for s, w in zip(size, window))
-    shifts = tuple(0 if s <= w else h for s, w, h in zip(size, window, shift))
-    return clipped, shifts
+class WindowAttention3D(KernelAttention, nn.Module):
+    """Multi-head self-attention inside 3D windows with a relative position bias; the V2 and V1 styles below
+    say how q, k, v and the bias are made, and the chosen kernel (:mod:`swinssl.models.attention`) runs it.
 
-
-def window_partition(x: torch.Tensor, window: Triple) -> torch.Tensor:
-    """(B, D, H, W, C) -> (B * windows, P * M * M, C); windows and tokens in time-major order."""
-    b, d, h, w, c = x.shape
-    p, m1, m2 = window
-    x = x.view(b, d // p, p, h // m1, m1, w // m2, m2, c).permute(0, 1, 3, 5, 2, 4, 6, 7)
-    return x.reshape(-1, p * m1 * m2, c)
-
-
-def window_reverse(windows: torch.Tensor, window: Triple, batch: int, size: Triple) -> torch.Tensor:
-    """Inverse of :func:`window_partition`."""
-    (d, h, w), (p, m1, m2) = size, window
-    x = windows.view(batch, d // p, h // m1, w // m2, p, m1, m2, -1).permute(0, 1, 4, 2, 5, 3, 6, 7)
-    return x.reshape(batch, d, h, w, -1)
-
-
-@lru_cache(maxsize=64)
-def relative_position_index(window: Triple, table_window: Triple, device: torch.device) -> torch.Tensor:
-    """(N, N) rows of a (2P-1)(2M-1)(2M-1) bias table laid out for ``table_window``, for the pairs of ``window``.
-
-    Time is the most significant digit, as in the official table.
-    """
-    coords = torch.stack(torch.meshgrid(*(torch.arange(n) for n in window), indexing="ij")).flatten(1)
-    offsets = coords[:, :, None] - coords[:, None, :]  # (3, N, N)
-    spans = [2 * n - 1 for n in table_window]
-    index = (offsets[0] + table_window[0] - 1) * spans[1] * spans[2]
-    index += (offsets[1] + table_window[1] - 1) * spans[2] + offsets[2] + table_window[2] - 1
-    return index.to(device)
-
-
-@lru_cache(maxsize=64)
-def log_spaced_coordinates(window: Triple, normalizer: Triple, device: torch.device) -> torch.Tensor:
-    """((2P-1)(2M-1)(2M-1), 3) Swin V2 log-CPB inputs: u = 8 d / (n - 1), then sign(u) log2(1 + |u|) / log2(8)."""
-    axes = [torch.arange(-(n - 1), n, dtype=torch.float32) / max(norm - 1, 1) for n, norm in zip(window, normalizer)]
-    table = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3) * 8
-    return (torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)).to(device)
-
-
-@lru_cache(maxsize=32)
-def attention_mask(padded: Triple, valid: Triple, window: Triple, shift: Triple, device: torch.device) -> torch.Tensor | None:
-    """(windows, N, N) additive mask: tokens that the cyclic shift brought together from different regions, and
-    padding tokens, are hidden from each other. None when there is neither a shift nor padding."""
-    if not any(shift) and padded == valid:
-        return None
-    labels = torch.zeros(padded, dtype=torch.long)
-    region = 0
-    for t in _shift_regions(window[0], shift[0]):
-        for h in _shift_regions(window[1], shift[1]):
-            for w in _shift_regions(window[2], shift[2]):
-                labels[t, h, w] = region
-                region += 1
-    padding = torch.zeros(padded, dtype=torch.bool)
-    padding[valid[0]:], padding[:, valid[1]:], padding[:, :, valid[2]:] = True, True, True
-    labels += region * torch.roll(padding, [-s for s in shift], dims=(0, 1, 2)).long()
-    windows = window_partition(labels[None, ..., None], window).squeeze(-1)
-    mask = (windows[:, :, None] != windows[:, None, :]).float() * MASK_VALUE
-    return mask.to(device)
-
-
-def _shift_regions(window: int, shift: int) -> list[slice]:
-    if not shift:
-        return [slice(None)]
-    return [slice(0, -window), slice(-window, -shift), slice(-shift, None)]
-
-
-class WindowAttention3D(nn.Module):
-    """Multi-head self-attention inside 3D windows with a relative position bias.
-
-    ``style="v2"``: cosine attention with a learned, clamped logit scale, q/v biases, and a log-spaced
-    continuous position bias from ``cpb_mlp`` over (dt, dh, dw), each axis normalized by its
-    ``pretrained_window_size`` entry (or the current window where that is 0). ``style="v1"``: scaled dot
-    product and a learned table of (2P-1)(2M-1)(2M-1) rows for the window it was built with.
-    ``kernel`` and ``chunk_windows`` choose the :func:`window_attention` kernel.
+    ``window_size`` is the window the module is built for; ``forward`` takes the (possibly clipped) window of
+    the current input.
     """
 
-    def __init__(self, dim: int, num_heads: int, window_size: Triple, style: str,
-                 pretrained_window_size: Triple = (0, 0, 0), kernel: str = "fused",
-                 chunk_windows: int | None = None) -> None:
+    def __init__(self, num_heads: int, window_size: Triple) -> None:
         super().__init__()
-        self.num_heads, self.window_size, self.style = num_heads, window_size, style
-        self.kernel, self.chunk_windows = kernel, chunk_windows
-        self.pretrained_window_size = pretrained_window_size
-        if style == "v2":
-            self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
-            self.cpb_mlp = nn.Sequential(nn.Linear(3, 512), nn.ReLU(inplace=True), nn.Linear(512, num_heads, bias=False))
-            self.qkv = nn.Linear(dim, dim * 3, bias=False)
-            self.q_bias = nn.Parameter(torch.zeros(dim))
-            self.v_bias = nn.Parameter(torch.zeros(dim))
-        else:
-            self.qkv = nn.Linear(dim, dim * 3)
-            rows = math.prod(2 * n - 1 for n in window_size)
-            self.relative_position_bias_table = nn.Parameter(trunc_normal_(torch.zeros(rows, num_heads), std=0.02))
-            self.scale = (dim // num_heads) ** -0.5
-        self.proj = nn.Linear(dim, dim)
-
-    def position_bias(self, window: Triple) -> torch.Tensor:
-        """(heads, N, N) bias for a (possibly clipped) ``window``."""
-        device = self.proj.weight.device
-        if self.style == "v2":
-            normalizer = tuple(p if p > 0 else n for p, n in zip(self.pretrained_window_size, window))
-            coordinates = log_spaced_coordinates(window, normalizer, device).to(self.proj.weight.dtype)
-            table = 16 * torch.sigmoid(self.cpb_mlp(coordinates))
-            index = relative_position_index(window, window, device)
-        else:
-            table, index = self.relative_position_bias_table, relative_position_index(window, self.window_size, device)
-        tokens = math.prod(window)
-        return table[index.view(-1)].view(tokens, tokens, -1).permute(2, 0, 1)
+        self.num_heads, self.window_size = num_heads, window_size
+        self.attn_drop, self.proj_drop = nn.Dropout(0.0), nn.Dropout(0.0)  # no parameters: names stay official
 
     def forward(self, x: torch.Tensor, window: Triple, mask: torch.Tensor | None) -> torch.Tensor:
         """(B * windows, N, C) -> same; ``mask`` (windows, N, N) is added before the softmax."""
-        b, n, c = x.shape
-        if self.style == "v2":
-            qkv = F.linear(x, self.qkv.weight, torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias)))
-        else:
-            qkv = self.qkv(x)
-        q, k, v = qkv.reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        if self.style == "v2":
-            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-            scale = torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
-        else:
-            q, scale = q * self.scale, None
-        x = window_attention(q, k, v, self.position_bias(window), mask, scale, self.kernel, self.chunk_windows)
-        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+        q, k, v, bias, scale = self.attention_inputs(x, window)
+        return self.attend(q, k, v, bias, mask, scale)
+
+    def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch_windows, tokens, _ = qkv.shape
+        return qkv.reshape(batch_windows, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+class WindowAttention3DV2(WindowAttention3D):
+    """Swin V2 style: scaled cosine attention with a learned, clamped logit scale, q/v biases, and a log-spaced
+    continuous position bias from ``cpb_mlp`` over (dt, dh, dw), each axis normalized by its
+    ``pretrained_window_size`` entry (or the current window where that is 0)."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: Triple, pretrained_window_size: Triple = (0, 0, 0)) -> None:
+        super().__init__(num_heads, window_size)
+        self.pretrained_window_size = pretrained_window_size
+        self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
+        self.cpb_mlp = nn.Sequential(nn.Linear(3, 512), nn.ReLU(inplace=True), nn.Linear(512, num_heads, bias=False))
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(dim))
+        self.v_bias = nn.Parameter(torch.zeros(dim))
+        self.proj = nn.Linear(dim, dim)
+
+    def attention_inputs(self, x: torch.Tensor, window: Triple):
+        qkv = F.linear(x, self.qkv.weight, torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias)))
+        q, k, v = self.split_heads(qkv)
+        q, k, scale = cosine_query_key(q, k, self.logit_scale)
+        return q, k, v, self.position_bias(window), scale
+
+    def position_bias(self, window: Triple) -> torch.Tensor:
+        """(heads, N, N) bias for a (possibly clipped) ``window``."""
+        pretrained = tuple(p if p > 0 else n for p, n in zip(self.pretrained_window_size, window))
+        return window_log_cpb_bias(self.cpb_mlp, self.num_heads, window, pretrained)
+
+
+class WindowAttention3DV1(WindowAttention3D):
+    """Swin V1 style (official Video Swin): scaled dot product and a learned table of (2P-1)(2M-1)(2M-1) rows for
+    the window the module was built with; a clipped window reads the rows of its own offsets."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: Triple) -> None:
+        super().__init__(num_heads, window_size)
+        self.qkv = nn.Linear(dim, dim * 3)
+        rows = math.prod(2 * n - 1 for n in window_size)
+        self.relative_position_bias_table = nn.Parameter(trunc_normal_(torch.zeros(rows, num_heads), std=0.02))
+        self.scale = (dim // num_heads) ** -0.5
+        self.proj = nn.Linear(dim, dim)
+
+    def attention_inputs(self, x: torch.Tensor, window: Triple):
+        q, k, v = self.split_heads(self.qkv(x))
+        return q * self.scale, k, v, self.position_bias(window), None
+
+    def position_bias(self, window: Triple) -> torch.Tensor:
+        index = relative_position_index(window, self.window_size, self.proj.weight.device)
+        return gather_bias(self.relative_position_bias_table, index)
+
+
+def window_attention_module(dim: int, num_heads: int, window_size: Triple, style: str,
+                            pretrained_window_size: Triple) -> WindowAttention3D:
+    if style == "v2":
+        return WindowAttention3DV2(dim, num_heads, window_size, pretrained_window_size)
+    return WindowAttention3DV1(dim, num_heads, window_size)
 
 
 def windowed_attention(attn: WindowAttention3D, x: torch.Tensor, window: Triple, shift: Triple) -> torch.Tensor:
@@ -184,7 +145,7 @@ def windowed_attention(attn: WindowAttention3D, x: torch.Tensor, window: Triple,
     padded = tuple(x.shape[1:4])
     if any(shift):
         x = torch.roll(x, [-s for s in shift], dims=(1, 2, 3))
-    mask = attention_mask(padded, (d, h, w), window, shift, x.device)
+    mask = shift_mask(padded, (d, h, w), window, shift, x.device)
     x = window_reverse(attn(window_partition(x, window), window, mask), window, b, padded)
     if any(shift):
         x = torch.roll(x, list(shift), dims=(1, 2, 3))
@@ -205,12 +166,12 @@ class VideoSwinBlock(nn.Module):
             self.window, self.shift = (1, *window_size[1:]), (0, *half[1:])
             self.temporal_window, self.temporal_shift = (window_size[0], 1, 1), (half[0], 0, 0)
             self.temporal_norm = nn.LayerNorm(dim)
-            self.temporal_attn = WindowAttention3D(
+            self.temporal_attn = window_attention_module(
                 dim, num_heads, self.temporal_window, style, (pretrained_window_size[0], 1, 1)
             )
         self.norm1 = nn.LayerNorm(dim)
         pretrained = pretrained_window_size if attention == "joint" else (1, *pretrained_window_size[1:])
-        self.attn = WindowAttention3D(dim, num_heads, self.window, style, pretrained)
+        self.attn = window_attention_module(dim, num_heads, self.window, style, pretrained)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -329,7 +290,7 @@ class VideoSwinEncoder(nn.Module):
         self.num_frames, self.img_size, self.style, self.attention = num_frames, img_size, style, attention
         self.window_size, self.num_classes = window_size, num_classes
         stages = len(depths)
-        self.pretrained_window_sizes = pretrained = tuple(pretrained_window_sizes or [(0, 0, 0)] * stages)
+        self._requested_pretrained_windows = pretrained = tuple(pretrained_window_sizes or [(0, 0, 0)] * stages)
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.patch_embed = PatchEmbed3D(patch_size, embed_dim)
         self.layers = nn.Sequential(*(
@@ -375,13 +336,13 @@ class VideoSwinEncoder(nn.Module):
         return [(math.ceil(frames / t), math.ceil(size / p / 2**s), math.ceil(size / p / 2**s))
                 for s in range(len(self.layers))]
 
-    def position_bias_windows(self) -> list[list[int]]:
+    def pretrained_window_sizes(self) -> list[list[int]]:
         """Per stage, the (t, h, w) window the position bias is laid out for. V2: what its coordinates are
         normalized by (the pretrained window, else the window clipped at the built size); V1: the table's."""
         if self.style == "v1":
             return [list(self.window_size) for _ in self.layers]
         windows = []
-        for pretrained, size in zip(self.pretrained_window_sizes, self.stage_sizes()):
+        for pretrained, size in zip(self._requested_pretrained_windows, self.stage_sizes()):
             clipped, _ = clip_window(size, self.window_size, (0, 0, 0))
             windows.append([p if p > 0 else n for p, n in zip(pretrained, clipped)])
         return windows

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 
+from swinssl.models.registry import EncoderSpec
 from swinssl.tasks.optim import OptimConfig, build_optimizer, build_scheduler, plan_steps
 from swinssl.weights import Checkpoint, load_checkpoint, swinssl_metadata
 
@@ -53,35 +55,56 @@ def batches_per_epoch(trainer: Trainer) -> int:
 
 
 class SwinTask(LightningModule):
-    """Base of the tasks. Subclasses set ``optim_config`` and implement ``encoder`` and ``optimized_module``.
+    """Base of the tasks. Subclasses set ``default_encoder``, ``optim_config`` and ``model``, and implement
+    ``encoder`` and ``optimized_module``.
 
-    Every task also takes arguments that change how the model runs, not what it computes: ``attn_kernel``
-    (``fused`` SDPA, ``plain`` reference, ``chunked`` for bounded memory; :mod:`swinssl.models.attention`),
-    ``grad_checkpointing`` (recompute each block in backward) and ``compile`` (``torch.compile`` of the
-    optimized module when training starts; parameter names are unchanged).
+    Every task takes its encoder as an :class:`~swinssl.models.registry.EncoderSpec`, a mapping of its
+    settings (``encoder=``), or its settings as keywords (``arch=``, ``img_size=``, ``attn_kernel=``, ...), laid
+    over the task's ``default_encoder``. The runtime settings change how the model runs, not what it
+    computes: ``attn_kernel`` (``fused`` SDPA, ``plain`` reference, ``chunked`` for bounded memory;
+    :mod:`swinssl.models.attention`), ``grad_checkpointing`` (recompute each block in backward) and ``compile``
+    (``torch.compile`` of the optimized module when training starts; parameter names are unchanged).
     """
 
+    default_encoder: EncoderSpec = EncoderSpec()
     optim_config: OptimConfig
+    encoder_spec: EncoderSpec
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path | Checkpoint, trust_checkpoint: bool = False, **overrides: Any) -> SwinTask:
-        """This task from any supported checkpoint; explicit ``overrides`` win.
+        """This task from any supported checkpoint (a file, or a run folder); explicit ``overrides`` win.
 
         A swinssl checkpoint brings back its own arguments (a fine-tuned model evaluates as it was
         trained unless, e.g., ``img_size``/``window_size`` say otherwise); other formats give the family
         and sizes read off the weights (:meth:`arguments_from_weights`).
         """
         source = load_checkpoint(checkpoint, trust_checkpoint)
-        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "checkpoint", "trust_checkpoint"}
-        saved = {key: value for key, value in (source.hparams or {}).items() if key in accepted}
-        return cls(checkpoint=source, **{**cls.arguments_from_weights(source), **saved, **overrides})
+        saved, inferred = dict(source.hparams or {}), cls.arguments_from_weights(source)
+        names = EncoderSpec.names()
 
-    def save_arguments(self, checkpoint: str | Path | Checkpoint | None, trust_checkpoint: bool) -> Checkpoint | None:
-        """``save_hyperparameters`` of the caller, recording ``checkpoint`` as a path (never the weights);
-        returns the checkpoint loaded."""
+        def settings(values: Mapping[str, Any]) -> dict[str, Any]:
+            return {key: value for key, value in values.items() if key in names}
+
+        # saved["encoder"]: the whole spec (this version), or the size overrides (flat hyper-parameters before it)
+        encoder = cls.default_encoder.updated(settings(inferred), saved.get("encoder"), settings(saved),
+                                              settings(overrides))
+        accepted = {name for name, parameter in inspect.signature(cls.__init__).parameters.items()
+                    if parameter.kind is parameter.POSITIONAL_OR_KEYWORD or parameter.kind is parameter.KEYWORD_ONLY
+                    } - {"self", "encoder", "checkpoint", "trust_checkpoint"}
+        arguments = {key: value for values in (inferred, saved, overrides) for key, value in values.items()
+                     if key in accepted and key not in names}
+        return cls(encoder=encoder, checkpoint=source, **arguments)
+
+    def setup_encoder_and_arguments(self, encoder: EncoderSpec | Mapping[str, Any] | None, settings: dict[str, Any],
+                                    checkpoint: str | Path | Checkpoint | None, trust_checkpoint: bool,
+                                    **arguments: Any) -> Checkpoint | None:
+        """Resolve the encoder spec, and record it and the task's ``arguments`` as hyper-parameters (plain
+        containers; ``checkpoint`` as the path it was read from, never the weights). Returns the checkpoint."""
+        self.encoder_spec = self.default_encoder.updated(encoder, settings)
         source = load_checkpoint(checkpoint, trust_checkpoint) if checkpoint is not None else None
-        self.save_hyperparameters(ignore=["checkpoint"], frame=inspect.currentframe().f_back)
-        self.hparams["checkpoint"] = source.source if source is not None else None
+        self.save_hyperparameters({"encoder": self.encoder_spec.to_dict(), **arguments,
+                                   "checkpoint": source.source if source is not None else None,
+                                   "trust_checkpoint": trust_checkpoint})
         return source
 
     @classmethod
@@ -97,7 +120,7 @@ class SwinTask(LightningModule):
         raise NotImplementedError
 
     def configure_model(self) -> None:
-        if self.hparams.get("compile"):
+        if self.encoder_spec.compile:
             self.optimized_module().compile()  # in place: state-dict keys stay as they are
 
     def optimizer_parameters(self) -> nn.Module | list[dict[str, Any]]:
@@ -109,7 +132,7 @@ class SwinTask(LightningModule):
         return {}
 
     def log_training(self, loss: torch.Tensor) -> None:
-        """Loss and peak learning rate (skipped samples: :class:`swinssl.tasks.callbacks.SkippedSamples`)."""
+        """Loss and peak learning rate (skipped samples: :class:`swinssl.training.callbacks.SkippedSamples`)."""
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", max(group["lr"] for group in self.optimizers().param_groups))
 

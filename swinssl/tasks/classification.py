@@ -7,6 +7,7 @@ supported checkpoint at any image size and window (see :mod:`swinssl.weights`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -16,9 +17,17 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from swinssl.tasks.base import SwinTask, samples_in
 from swinssl.tasks.optim import OptimConfig
-from swinssl.weights import Checkpoint, create_encoder
+from swinssl.models.registry import EncoderSpec
+from swinssl.weights import Checkpoint, encoder_from_spec
 
 MIXUP_DEFAULTS = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode="batch")
+
+
+def check_classes(num_classes: int, class_names: list[str] | None) -> None:
+    if num_classes < 2:
+        raise ValueError(f"a classifier needs num_classes >= 2, got {num_classes}")
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
 
 
 class AccuracyMetrics:
@@ -51,22 +60,21 @@ class AccuracyMetrics:
 class ImageClassifier(AccuracyMetrics, SwinTask):
     """A Swin encoder with a linear head; batches are dicts with ``image`` (B, 3, H, W) and ``label`` (B,).
 
-    ``checkpoint`` is any supported checkpoint (path); ``mixup`` holds timm ``Mixup`` arguments
+    The encoder is an :class:`~swinssl.models.registry.EncoderSpec` (``encoder=``) or its settings as keywords
+    (SwinV2-B at 224 px / window 14 by default). ``checkpoint`` is any supported checkpoint (path or run
+    folder); ``mixup`` holds timm ``Mixup`` arguments
     (``{}`` for the official 0.8 / 1.0 defaults, None to switch mixing off); ``label_smoothing`` applies
     in both cases. ``layer_decay`` None trains every layer at the full rate. ``class_names`` (the
     training shards') and ``evaluation`` (``eval_crop_pct``, ``eval_crop_mode``, ``interpolation`` of the
     data) are recorded, so ``evaluate`` checks the classes and reads images as fine-tuning validated them.
     """
 
+    default_encoder = EncoderSpec(arch="swinv2_base", img_size=224, window_size=14)
+
     def __init__(
         self,
-        arch: str = "swinv2_base",
+        encoder: EncoderSpec | Mapping[str, Any] | None = None,
         num_classes: int = 1000,
-        img_size: int = 224,
-        window_size: int = 14,
-        patch_size: int | None = None,
-        drop_path_rate: float = 0.1,
-        encoder: dict[str, Any] | None = None,
         checkpoint: str | Checkpoint | None = None,
         trust_checkpoint: bool = False,
         layer_decay: float | None = 0.75,
@@ -75,24 +83,15 @@ class ImageClassifier(AccuracyMetrics, SwinTask):
         optim: dict[str, Any] | None = None,
         class_names: list[str] | None = None,
         evaluation: dict[str, Any] | None = None,
-        attn_kernel: str = "fused",
-        attn_chunk_windows: int | None = None,
-        grad_checkpointing: bool = False,
-        compile: bool = False,
+        **settings: Any,
     ) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"an image classifier needs num_classes >= 1, got {num_classes}")
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
-        source = self.save_arguments(checkpoint, trust_checkpoint)
+        check_classes(num_classes, class_names)
+        source = self.setup_encoder_and_arguments(
+            encoder, settings, checkpoint, trust_checkpoint, num_classes=num_classes, layer_decay=layer_decay,
+            mixup=mixup, label_smoothing=label_smoothing, optim=optim, class_names=class_names, evaluation=evaluation)
         self.optim_config = OptimConfig(**{"schedule": "cosine", **(optim or {})})
-        self.model = create_encoder(
-            arch, img_size=img_size, window_size=window_size, patch_size=patch_size, num_classes=num_classes,
-            drop_path_rate=drop_path_rate, checkpoint=source, attn_kernel=attn_kernel,
-            attn_chunk_windows=attn_chunk_windows, **(encoder or {}),
-        )
-        self.model.set_grad_checkpointing(grad_checkpointing)
+        self.model = encoder_from_spec(self.encoder_spec, num_classes=num_classes, checkpoint=source)
         self.mixup = None
         if mixup is not None:
             self.mixup = Mixup(**{**MIXUP_DEFAULTS, **mixup}, label_smoothing=label_smoothing, num_classes=num_classes)

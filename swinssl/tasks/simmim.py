@@ -2,60 +2,46 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from swinssl.models import MaskedImageModel
+from swinssl.models.registry import EncoderSpec
+from swinssl.models.simmim import NORM_TARGET_WINDOW, MaskedImageModel
 from swinssl.tasks.base import SwinTask, samples_in
 from swinssl.tasks.optim import OptimConfig
-from swinssl.weights import Checkpoint, CheckpointError, create_encoder
+from swinssl.weights import Checkpoint, CheckpointError, encoder_from_spec
 
 
 class SimMIM(SwinTask):
     """SimMIM pretraining of a Swin V2 encoder.
 
     ``forward(images, mask) -> (loss, reconstruction)``; batches are dicts with ``image`` (B, 3, H, W)
-    and the token ``mask`` (B, H / patch, W / patch) made by :class:`swinssl.MaskGenerator`.
-    ``encoder`` holds the preset or family name and any size overrides for :func:`swinssl.create_encoder`.
+    and the token ``mask`` (B, H / patch, W / patch) made by :class:`swinssl.MaskGenerator`. The encoder is
+    an :class:`~swinssl.models.registry.EncoderSpec` (``encoder=``) or its settings as keywords
+    (``arch="swinv2_base", img_size=192, window_size=12``), SwinV2-B at 192 px / window 12 by default.
     ``checkpoint`` starts from any supported checkpoint (e.g. an official SimMIM ``.pth``): the encoder
-    with its mask token, and the decoder when the checkpoint has one. ``attn_kernel``, ``grad_checkpointing``
-    and ``compile`` change how the model runs, not what it computes (:class:`swinssl.tasks.base.SwinTask`).
+    with its mask token, and the decoder when the checkpoint has one. ``norm_target_window`` is the local
+    target normalization window (None: raw pixels).
     """
+
+    default_encoder = EncoderSpec(arch="swinv2_base", img_size=192, window_size=12, patch_size=4)
 
     def __init__(
         self,
-        arch: str = "swinv2_base",
-        img_size: int = 192,
-        window_size: int = 12,
-        patch_size: int = 4,
-        drop_path_rate: float = 0.1,
-        encoder: dict[str, Any] | None = None,
-        norm_target_window: int | None = 47,
+        encoder: EncoderSpec | Mapping[str, Any] | None = None,
+        norm_target_window: int | None = NORM_TARGET_WINDOW,
         optim: dict[str, Any] | None = None,
         checkpoint: str | Checkpoint | None = None,
         trust_checkpoint: bool = False,
-        attn_kernel: str = "fused",
-        attn_chunk_windows: int | None = None,
-        grad_checkpointing: bool = False,
-        compile: bool = False,
+        **settings: Any,
     ) -> None:
         super().__init__()
-        source = self.save_arguments(checkpoint, trust_checkpoint)
+        source = self.setup_encoder_and_arguments(encoder, settings, checkpoint, trust_checkpoint,
+                                                  norm_target_window=norm_target_window, optim=optim)
         self.optim_config = OptimConfig(**(optim or {}))
-        backbone = create_encoder(
-            arch,
-            img_size=img_size,
-            window_size=window_size,
-            patch_size=patch_size,
-            drop_path_rate=drop_path_rate,
-            mask_token=True,
-            checkpoint=source,
-            attn_kernel=attn_kernel,
-            attn_chunk_windows=attn_chunk_windows,
-            **(encoder or {}),
-        )
-        backbone.set_grad_checkpointing(grad_checkpointing)
+        backbone = encoder_from_spec(self.encoder_spec, mask_token=True, checkpoint=source)
         self.model = MaskedImageModel(backbone, norm_target_window=norm_target_window)
         if source is not None and source.decoder:
             try:

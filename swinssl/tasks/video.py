@@ -8,39 +8,36 @@ and cosine; evaluation on several views of a clip averages their softmax scores 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from swinssl.tasks.base import SwinTask
-from swinssl.tasks.classification import AccuracyMetrics
+from swinssl.tasks.classification import AccuracyMetrics, check_classes
 from swinssl.tasks.optim import OptimConfig, backbone_and_head_groups
-from swinssl.weights import Checkpoint, create_video_encoder
+from swinssl.models.registry import EncoderSpec
+from swinssl.weights import Checkpoint, encoder_from_spec
 
 
 class VideoClassifier(AccuracyMetrics, SwinTask):
     """Video Swin + average pooling, dropout and a linear head; batches hold ``video`` and ``label``.
 
     ``video`` is (B, 3, T, H, W) in training and validation, or (B, V, 3, T, H, W) for V views of each
-    clip in testing. ``clip_sampling`` records how the training data sampled clips (``sampling``,
+    clip in testing. The encoder is an :class:`~swinssl.models.registry.EncoderSpec` (``encoder=``) or its
+    settings as keywords (Video Swin V2-B, 32 frames of 224 px, window 8x7x7 by default); ``head_dropout``,
+    ``attention`` and ``patch_init`` are among them. ``clip_sampling`` records how the training data sampled clips (``sampling``,
     ``frame_interval``, ``test_clips``, ...), so evaluation reads clips the same way.
     """
 
+    default_encoder = EncoderSpec(arch="video_swinv2_base", num_frames=32, img_size=224, window_size=(8, 7, 7),
+                                  drop_path_rate=0.2)
+
     def __init__(
         self,
-        arch: str = "video_swinv2_base",
+        encoder: EncoderSpec | Mapping[str, Any] | None = None,
         num_classes: int = 400,
-        num_frames: int = 32,
-        img_size: int = 224,
-        window_size: tuple[int, int, int] | list[int] = (8, 7, 7),
-        patch_size: tuple[int, int, int] | list[int] | None = None,
-        attention: str = "joint",
-        patch_init: str = "inflate",
-        drop_path_rate: float = 0.2,
-        head_dropout: float = 0.5,
-        grad_checkpointing: bool = False,
-        encoder: dict[str, Any] | None = None,
         checkpoint: str | Checkpoint | None = None,
         trust_checkpoint: bool = False,
         head_lr_ratio: float = 10.0,
@@ -48,26 +45,17 @@ class VideoClassifier(AccuracyMetrics, SwinTask):
         clip_sampling: dict[str, Any] | None = None,
         class_names: list[str] | None = None,
         optim: dict[str, Any] | None = None,
-        attn_kernel: str = "fused",
-        attn_chunk_windows: int | None = None,
-        compile: bool = False,
+        **settings: Any,
     ) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"a video classifier needs num_classes >= 1, got {num_classes}")
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+        check_classes(num_classes, class_names)
         if head_lr_ratio <= 0:
             raise ValueError(f"head_lr_ratio must be positive (head lr / backbone lr), got {head_lr_ratio}")
-        source = self.save_arguments(checkpoint, trust_checkpoint)
+        source = self.setup_encoder_and_arguments(
+            encoder, settings, checkpoint, trust_checkpoint, num_classes=num_classes, head_lr_ratio=head_lr_ratio,
+            label_smoothing=label_smoothing, clip_sampling=clip_sampling, class_names=class_names, optim=optim)
         self.optim_config = OptimConfig(**{"schedule": "cosine", **(optim or {})})
-        self.model = create_video_encoder(
-            arch, num_frames=num_frames, img_size=img_size, window_size=tuple(window_size),
-            patch_size=tuple(patch_size) if patch_size is not None else None, num_classes=num_classes,
-            attention=attention, patch_init=patch_init, checkpoint=source, drop_path_rate=drop_path_rate,
-            head_dropout=head_dropout, grad_checkpointing=grad_checkpointing, attn_kernel=attn_kernel,
-            attn_chunk_windows=attn_chunk_windows, **(encoder or {}),
-        )
+        self.model = encoder_from_spec(self.encoder_spec, num_classes=num_classes, checkpoint=source)
         self.init_accuracy(num_classes)
 
     @classmethod

@@ -1,9 +1,11 @@
 """Checkpoints in and out: format detection, loading at any size and window, 2D->3D inflation, export to timm."""
 
 from swinssl.weights.formats import Checkpoint, parse_checkpoint, swinssl_metadata, to_timm
-from swinssl.weights.inflate import create_video_encoder, inflate_checkpoint
+from swinssl.weights.factories import create_encoder, create_video_encoder, encoder_from_spec
+from swinssl.weights.inflate import inflate_checkpoint
 from swinssl.weights.io import CheckpointError, checkpoint_file, read_checkpoint
-from swinssl.weights.transfer import LoadReport, create_encoder, load_checkpoint, load_into, resize_bias_table
+from swinssl.models.windows import resize_bias_table
+from swinssl.weights.transfer import LoadReport, load_checkpoint, load_into
 
 __all__ = [
     "Checkpoint",
@@ -12,6 +14,7 @@ __all__ = [
     "checkpoint_file",
     "create_encoder",
     "create_video_encoder",
+    "encoder_from_spec",
     "inflate_checkpoint",
     "load_checkpoint",
     "load_into",

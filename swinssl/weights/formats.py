@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from swinssl.models.registry import EncoderSpec
 from swinssl.weights.io import CheckpointError
 
 FORMAT_NAMES = {
@@ -42,8 +43,8 @@ REBUILT_BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mas
 class Checkpoint:
     """An encoder's weights in timm's layout, with the facts a transfer needs.
 
-    ``windows`` holds, per stage, the window the Swin V2 position-bias coordinates were normalized by
-    (the source's ``pretrained_window_sizes``), or the V1 bias-table window; None when the source does
+    ``pretrained_window_sizes`` holds, per stage, the window the Swin V2 position-bias coordinates were normalized by
+    (what a model moved from this one passes as ``pretrained_window_sizes``), or the V1 bias-table window; None when the source does
     not record it (plain timm state dicts). Video checkpoints give a (t, h, w) window per stage.
     """
 
@@ -51,11 +52,22 @@ class Checkpoint:
     family: str
     state: dict[str, torch.Tensor]
     arch: dict[str, Any]
-    windows: list[int] | list[list[int]] | None = None
+    pretrained_window_sizes: list[int] | list[list[int]] | None = None
     decoder: dict[str, torch.Tensor] | None = None
     hparams: dict[str, Any] | None = None
     conversions: list[str] = field(default_factory=list)
     source: str = "<state dict>"
+
+    @property
+    def encoder_settings(self) -> dict[str, Any]:
+        """The encoder settings a swinssl checkpoint recorded: the ``encoder`` hyper-parameter of this version
+        (an :class:`~swinssl.models.registry.EncoderSpec`), or the flat ones of earlier versions; else none."""
+        hparams = dict(self.hparams or {})
+        nested = hparams.get("encoder")
+        if isinstance(nested, Mapping) and "arch" in nested:
+            return dict(nested)
+        flat = {key: value for key, value in hparams.items() if key in EncoderSpec.names()}
+        return {**flat, **(nested or {})}
 
     @property
     def num_classes(self) -> int:
@@ -87,11 +99,11 @@ def parse_checkpoint(raw: Mapping[str, Any], source: str = "<state dict>") -> Ch
             f"official Swin/SimMIM .pth or a timm state dict (keys like '{ANCHOR}' or 'encoder.{ANCHOR}'), "
             f"found keys: {sample}"
         )
-    state, more_notes, windows = _canonical_keys(state, official_layout=fmt != "timm")
+    state, more_notes, pretrained_window_sizes = _canonical_keys(state, official_layout=fmt != "timm")
     family = _family(state, source)
     return Checkpoint(
         format=fmt, family=family, state=state, arch=infer_architecture(state, family),
-        windows=windows, decoder=decoder or None, conversions=notes + more_notes, source=source,
+        pretrained_window_sizes=pretrained_window_sizes, decoder=decoder or None, conversions=notes + more_notes, source=source,
     )
 
 
@@ -109,7 +121,9 @@ def _from_lightning(raw: Mapping[str, Any], source: str) -> Checkpoint:
     meta = raw.get("swinssl") or {}
     return Checkpoint(
         format="swinssl", family=family, state=state, arch=infer_architecture(state, family),
-        windows=meta.get("position_bias_windows"), decoder=decoder, hparams=dict(raw.get("hyper_parameters") or {}),
+        # checkpoints written before the rename recorded them as "position_bias_windows"
+        pretrained_window_sizes=meta.get("pretrained_window_sizes", meta.get("position_bias_windows")),
+        decoder=decoder, hparams=dict(raw.get("hyper_parameters") or {}),
         conversions=[f"took the encoder under '{prefix}'"] + notes, source=source,
     )
 
@@ -254,15 +268,15 @@ def to_timm(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, 
     state = {key: value for key, value in checkpoint.state.items() if key != "mask_token"}
     kwargs: dict[str, Any] = {key: checkpoint.arch[key] for key in ("embed_dim", "depths", "num_heads", "patch_size")}
     kwargs["num_classes"] = checkpoint.num_classes
-    hparams = checkpoint.hparams or {}
+    settings = checkpoint.encoder_settings
     for key in ("img_size", "window_size"):
-        if key in hparams:
-            kwargs[key] = hparams[key]
-    if checkpoint.family == "swinv2" and checkpoint.windows:
-        kwargs["pretrained_window_sizes"] = tuple(checkpoint.windows)
+        if key in settings:
+            kwargs[key] = settings[key]
+    if checkpoint.family == "swinv2" and checkpoint.pretrained_window_sizes:
+        kwargs["pretrained_window_sizes"] = tuple(checkpoint.pretrained_window_sizes)
     return state, kwargs
 
 
 def swinssl_metadata(encoder: torch.nn.Module) -> dict[str, Any]:
     """What our Lightning checkpoints record next to the weights (key ``swinssl``) for later transfers."""
-    return {"position_bias_windows": encoder.position_bias_windows()}
+    return {"pretrained_window_sizes": encoder.pretrained_window_sizes()}

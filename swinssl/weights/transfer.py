@@ -16,12 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
-from swinssl.models.registry import FAMILY_NAMES, family_of, resolve_arch
-from swinssl.models.swin import build_encoder
+from swinssl.models.registry import FAMILY_NAMES
+from swinssl.models.windows import resize_bias_table
 from swinssl.weights.formats import FORMAT_NAMES, Checkpoint, parse_checkpoint
 from swinssl.weights.io import CheckpointError, checkpoint_file, non_finite_tensors, read_checkpoint
 
@@ -40,7 +38,7 @@ class LoadReport:
     resized: list[str] = field(default_factory=list)
     reinitialized: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
-    windows: str = ""
+    position_bias: str = ""
 
     def __str__(self) -> str:
         lines = [f"loaded {self.loaded} tensors from {self.source} ({FORMAT_NAMES[self.format]})"]
@@ -48,8 +46,8 @@ class LoadReport:
         lines += [f"  resized: {note}" for note in self.resized]
         lines += [f"  re-initialized: {note}" for note in self.reinitialized]
         lines += [f"  not used: {note}" for note in self.dropped]
-        if self.windows:
-            lines.append(f"  position bias: {self.windows}")
+        if self.position_bias:
+            lines.append(f"  position bias: {self.position_bias}")
         return "\n".join(lines)
 
 
@@ -70,17 +68,15 @@ def load_checkpoint(checkpoint: str | Path | Mapping[str, Any] | Checkpoint, tru
     return parsed
 
 
-def check_family(checkpoint: Checkpoint, family: str, arch: str) -> None:
+def check_family(checkpoint: Checkpoint, family: str, arch: str, inflating: bool = False) -> None:
+    """The checkpoint is of ``family``: what ``arch`` builds, or with ``inflating``, what it inflates from."""
     if checkpoint.family != family:
-        raise CheckpointError(
-            f"{checkpoint.source} is a {FAMILY_NAMES[checkpoint.family]} checkpoint; arch {arch!r} is "
-            f"{FAMILY_NAMES[family]}"
-        )
+        wanted = f"{arch!r} takes {FAMILY_NAMES[family]} weights" if inflating else f"arch {arch!r} is {FAMILY_NAMES[family]}"
+        raise CheckpointError(f"{checkpoint.source} is a {FAMILY_NAMES[checkpoint.family]} checkpoint; {wanted}")
 
 
-def check_architecture(checkpoint: Checkpoint, family: str, requested: Mapping[str, Any], arch: str) -> None:
+def check_architecture(checkpoint: Checkpoint, requested: Mapping[str, Any], arch: str) -> None:
     """One error naming every size on which the checkpoint and the requested model disagree."""
-    check_family(checkpoint, family, arch)
     differ = [key for key in ARCH_KEYS if _size(checkpoint.arch.get(key)) != _size(requested.get(key))]
     if differ:
         found = ", ".join(f"{key} {_size(checkpoint.arch.get(key))}" for key in differ)
@@ -91,15 +87,6 @@ def check_architecture(checkpoint: Checkpoint, family: str, requested: Mapping[s
 
 def _size(value: Any) -> Any:
     return tuple(value) if isinstance(value, (list, tuple)) else (value or 0)
-
-
-def resize_bias_table(table: torch.Tensor, window: int) -> torch.Tensor:
-    """A Swin V1 ((2W-1)^2, heads) bias table resampled bicubically to another window (official rule)."""
-    size = round(table.shape[0] ** 0.5)
-    target = 2 * window - 1
-    grid = table.T.reshape(1, table.shape[1], size, size).float()
-    resized = F.interpolate(grid, size=(target, target), mode="bicubic")
-    return resized.reshape(table.shape[1], target * target).T.to(table.dtype).contiguous()
 
 
 def load_into(model: nn.Module, checkpoint: Checkpoint) -> LoadReport:
@@ -128,9 +115,9 @@ def load_into(model: nn.Module, checkpoint: Checkpoint) -> LoadReport:
     model.load_state_dict(state, strict=False)
     report.loaded = len(state)
     if checkpoint.family.endswith("swinv2"):
-        source = checkpoint.windows or "not recorded in the checkpoint"
+        source = checkpoint.pretrained_window_sizes or "not recorded in the checkpoint"
         built = [s.blocks[0].window_size[0] for s in model.layers] if image_model else list(model.window_size)
-        report.windows = (f"coordinates normalized by windows {model.position_bias_windows()} "
+        report.position_bias = (f"coordinates normalized by windows {model.pretrained_window_sizes()} "
                           f"(source: {source}); model window {built}")
     return report
 
@@ -158,53 +145,3 @@ def _fit_head(state: dict, target: Mapping, report: LoadReport) -> None:
         report.reinitialized.append(message)
     else:
         state.update(head)
-
-
-def create_encoder(
-    arch: str = "swinv2_base",
-    img_size: int | tuple[int, int] = 192,
-    window_size: int = 12,
-    patch_size: int | None = None,
-    num_classes: int = 0,
-    mask_token: bool = False,
-    checkpoint: str | Path | Mapping[str, Any] | Checkpoint | None = None,
-    trust_checkpoint: bool = False,
-    attn_kernel: str = "fused",
-    attn_chunk_windows: int | None = None,
-    **overrides: Any,
-) -> nn.Module:
-    """A Swin V1/V2 encoder at ``img_size``/``window_size``, loaded from any supported checkpoint.
-
-    ``arch`` is a preset (``swinv2_base``, ``swin_tiny``, ...) whose sizes the checkpoint must match, or a
-    family (``swinv2``, ``swin``) whose sizes are read off the checkpoint; explicit ``overrides`` win.
-    ``pretrained_window_sizes`` defaults to the windows the checkpoint's position bias was trained at.
-    The load report is logged and kept as ``model.load_report``. ``attn_kernel``/``attn_chunk_windows``
-    choose the attention kernel (:func:`swinssl.models.build_encoder`).
-    """
-    family = family_of(arch)
-    source = None
-    if checkpoint is not None:
-        source = load_checkpoint(checkpoint, trust_checkpoint)
-        check_family(source, family, arch)
-        if arch == family:
-            inferred = {key: value for key, value in source.arch.items() if key != "patch_size"}
-            overrides = {**inferred, **{k: v for k, v in overrides.items() if v is not None}}
-            patch_size = patch_size or source.arch["patch_size"]
-        requested = {**resolve_arch(arch, overrides), "patch_size": patch_size or 4}
-        check_architecture(source, family, requested, arch)
-        if family == "swinv2" and overrides.get("pretrained_window_sizes") is None:
-            if source.windows:
-                overrides["pretrained_window_sizes"] = tuple(source.windows)
-            else:
-                log.warning(
-                    "%s does not record the windows its position bias was trained at; coordinates are normalized "
-                    "by the new windows. Pass pretrained_window_sizes (e.g. 12,12,12,6 after 192 px / window 12).",
-                    source.source,
-                )
-    model = build_encoder(arch, img_size=img_size, window_size=window_size, patch_size=patch_size or 4,
-                          num_classes=num_classes, mask_token=mask_token, attn_kernel=attn_kernel,
-                          attn_chunk_windows=attn_chunk_windows, **overrides)
-    if source is not None:
-        model.load_report = load_into(model, source)
-        log.info("%s", model.load_report)
-    return model

@@ -1,22 +1,23 @@
 """The skeleton every ``python -m swinssl.<task>`` Hydra entry point shares.
 
 Before anything heavy is imported: the command line is checked (recipe, override keys), Hydra composes the
-recipe, and every value is checked (:mod:`swinssl.recipe_checks`). Only then does the task run, importing
+recipe, and every value is checked (:mod:`swinssl.training.recipe_checks`). Only then does the task run, importing
 Lightning, timm and PyAV as it needs them, so ``--help``, ``--cfg job`` and every config error answer at
 once. A bad input ends the program with one ``error:`` line and exit code 2.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from swinssl.recipe_checks import RECIPES, check_arguments, check_config
+from swinssl.training.recipe_checks import RECIPES, check_arguments, check_config
 
-RUNTIME_KEYS = ("attn_kernel", "attn_chunk_windows", "grad_checkpointing", "compile")
 
 
 def main(task: str, run: Callable[[DictConfig], None]) -> None:
@@ -24,7 +25,7 @@ def main(task: str, run: Callable[[DictConfig], None]) -> None:
     import hydra
 
     if task in ("pretrain", "finetune"):
-        from swinssl.slurm import catch_preemption_signal
+        from swinssl.training.slurm import catch_preemption_signal
 
         catch_preemption_signal()  # from process start: a signal before training is not lost
     register_resolvers()
@@ -75,6 +76,24 @@ def recipe_name() -> str:
     return HydraConfig.get().runtime.choices["recipe"]
 
 
-def runtime_arguments(cfg: DictConfig) -> dict:
-    """The ``model.*`` keys that change how the model runs, not what it computes (``recipes/run.yaml``)."""
-    return {key: cfg.model[key] for key in RUNTIME_KEYS}
+def encoder_spec(cfg: DictConfig):
+    """The recipe's ``model`` group as the :class:`~swinssl.models.registry.EncoderSpec` the tasks take."""
+    from swinssl.models.registry import EncoderSpec
+
+    return EncoderSpec.from_config(OmegaConf.to_container(cfg.model, resolve=True))
+
+
+def stream_spec(cfg: DictConfig):
+    """The recipe's streaming ``data`` keys and ``seed`` as a :class:`~swinssl.datamodules.StreamSpec`."""
+    from swinssl.datamodules import StreamSpec
+
+    return StreamSpec.from_config(OmegaConf.to_container(cfg.data, resolve=True), seed=cfg.seed)
+
+
+def data_arguments(cfg: DictConfig, datamodule: type) -> dict[str, Any]:
+    """The recipe's other ``data`` keys that ``datamodule`` takes (augmentation, clip sampling, evaluation)."""
+    from swinssl.datamodules import StreamSpec
+
+    accepted = set(inspect.signature(datamodule.__init__).parameters) - set(StreamSpec.__dataclass_fields__)
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    return {key: value for key, value in data.items() if key in accepted}

@@ -26,7 +26,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from swinssl import slurm
+from swinssl.models.registry import ATTENTION_KERNELS
+from swinssl.training import slurm
 
 RECIPES = "swinssl.recipes"
 GROUPS = ("recipe", "cluster")  # config groups: their overrides choose a file, not a value
@@ -276,7 +277,7 @@ RULES: dict[str, Rule] = {
     "model.head_dropout": number(0, 1, open_high=True),
     "model.attention": choice("joint", "factorized"),
     "model.patch_init": choice("inflate", "center"),
-    "model.attn_kernel": choice("plain", "fused", "chunked"),
+    "model.attn_kernel": choice(*ATTENTION_KERNELS),
     "model.attn_chunk_windows": integer(1, nullable=True),
     "model.grad_checkpointing": boolean(),
     "model.compile": boolean(),
@@ -410,9 +411,13 @@ def _check_shards(cfg: DictConfig) -> None:
     specs = [OmegaConf.select(cfg, key) for key in ("data.shards", "data.val_shards") if _exists(cfg, key)]
     if "data" in cfg and not isinstance(cfg.data, DictConfig):  # evaluate: data= is the spec itself
         specs.append(cfg.data)
-    for spec in specs:
-        if spec is not None:
-            resolve_shards(OmegaConf.to_container(spec) if isinstance(spec, ListConfig) else spec)
+    resolved = [resolve_shards(OmegaConf.to_container(spec) if isinstance(spec, ListConfig) else spec)
+                for spec in specs if spec is not None]
+    if _exists(cfg, "data.epoch_size") and cfg.data.epoch_size is None and cfg.data.get("shards") is not None:
+        if resolved[0].samples is None:  # data.shards comes first
+            raise ValueError(f"data.epoch_size=null means one pass over the training set, but {resolved[0].name} does "
+                             "not record how many samples it holds (no manifest, or part of a set): give "
+                             "data.epoch_size")
 
 
 def _device_count(devices: Any) -> int | None:

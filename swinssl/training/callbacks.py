@@ -16,8 +16,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from swinssl import slurm
 from swinssl.tasks.base import samples_in
+from swinssl.training import slurm
 from swinssl.viz import reconstruction_grid
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class StopOnPreemption(Callback):
 
 
 class ThreadTuning(Callback):
-    """Keeps the faster of the torch thread counts ``candidates`` (:func:`swinssl.runs.thread_candidates`).
+    """Keeps the faster of the torch thread counts ``candidates`` (:func:`swinssl.training.runs.thread_candidates`).
 
     Every ``every_n_steps`` batches (first after ``start`` batches) each count runs ``probe`` batches; the one
     with the shortest median batch time (the first batch after a switch left out) is kept until the next probe.

@@ -1,0 +1,178 @@
+"""Runs: their directories and ids, what they resume from, and the training loop around ``Trainer.fit``.
+
+A run lives in ``runs/<recipe>/<run id>/`` (or ``out_dir=``): ``config.yaml`` (the composed, resolved
+recipe), TensorBoard events, ``checkpoints/last.ckpt`` and periodic checkpoints. The run id is the
+same for every rank and survives a requeue: the SLURM job id under SLURM, torchrun's rendezvous id under
+``torchrun --standalone`` (or ``--rdzv-id``), otherwise a time stamp fixed once by the launching process and
+handed to the ranks it starts through ``SWINSSL_RUN_ID``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningDataModule, LightningModule
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from swinssl.models import describe_encoder
+from swinssl.training import slurm
+from swinssl.training.callbacks import SkippedSamples, StopOnPreemption, ThreadTuning
+from swinssl.training.cli import recipe_name, user_errors
+from swinssl.training.nonfinite import NonFiniteGuard, NonFiniteLossError
+from swinssl.training.trainer import CheckpointWriteError, build_trainer, remove_partial_writes, thread_candidates
+
+log = logging.getLogger(__name__)
+RUN_ID_ENV = "SWINSSL_RUN_ID"
+
+
+def run_id() -> str:
+    """SLURM job (array task) id, else torchrun's rendezvous id, else the id the launching process fixed,
+    else a new time stamp."""
+    if "SLURM_ARRAY_JOB_ID" in os.environ:
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
+    if "SLURM_JOB_ID" in os.environ:
+        return os.environ["SLURM_JOB_ID"]
+    if os.environ.get("TORCHELASTIC_RUN_ID", "none") != "none":  # torchrun --standalone or --rdzv-id: shared by ranks
+        return os.environ["TORCHELASTIC_RUN_ID"]
+    os.environ.setdefault(RUN_ID_ENV, time.strftime("%Y%m%d-%H%M%S"))
+    return os.environ[RUN_ID_ENV]
+
+
+def checkpoints_newest_first(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda path: path.stat().st_mtime, reverse=True)
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """The most recently written checkpoint of the run that can be resumed from; an unreadable one (a write
+    cut short by a crash on a filesystem without atomic renames, a damaged copy) is skipped with a warning."""
+    for path in checkpoints_newest_first(run_dir):
+        problem = resume_problem(path)
+        if problem is None:
+            return path
+        log.warning("skipping %s: %s", path, problem)
+    return None
+
+
+def resume_problem(path: Path) -> str | None:
+    """Why a run cannot resume from ``path`` (unreadable, not a training checkpoint, NaN/inf weights), or None."""
+    from swinssl.weights.io import CheckpointError, non_finite_tensors, read_checkpoint
+
+    try:
+        saved = read_checkpoint(path, mmap=True)
+    except CheckpointError as error:
+        return str(error)
+    if "state_dict" not in saved or "loops" not in saved:
+        return (f"{path} is not a Lightning training checkpoint (no training state); start from its weights with "
+                f"checkpoint={path} instead")
+    bad = non_finite_tensors(saved["state_dict"])
+    if bad:
+        return f"{path} holds NaN or inf values in {len(bad)} tensors (e.g. {bad[0]})"
+    return None
+
+
+@dataclass
+class Run:
+    dir: Path
+    resume_from: Path | None
+
+
+def prepare_run(recipe: str, out_dir: str | None, resume: str | None, runs_root: str = "runs") -> Run:
+    """Pick the run directory and the checkpoint to resume from.
+
+    ``resume=auto`` continues the newest checkpoint of this run; when the run id is a fresh local time
+    stamp (no ``out_dir``, no SLURM, no inherited id), "this run" is the latest run of the recipe that
+    has a checkpoint, so a plain rerun with ``resume=auto`` picks up where the last one stopped.
+    """
+    fresh_local_id = out_dir is None and RUN_ID_ENV not in os.environ and "SLURM_JOB_ID" not in os.environ
+    run_dir = Path(out_dir) if out_dir else Path(runs_root) / recipe / run_id()
+    if resume is None:
+        return Run(run_dir, None)
+    if resume != "auto":
+        path = Path(resume)
+        if not path.is_file():
+            raise FileNotFoundError(f"resume checkpoint {path} does not exist; pass resume=auto or an existing .ckpt")
+        if (problem := resume_problem(path)) is not None:
+            raise ValueError(f"cannot resume: {problem}")
+        return Run(run_dir, path)
+    if fresh_local_id:
+        earlier = [d for d in (Path(runs_root) / recipe).glob("*") if checkpoints_newest_first(d)]
+        if earlier:
+            run_dir = max(earlier, key=lambda d: checkpoints_newest_first(d)[0].stat().st_mtime)
+            os.environ[RUN_ID_ENV] = run_dir.name
+    checkpoint = newest_checkpoint(run_dir)
+    if checkpoint is None:
+        log.info("resume=auto: no checkpoint in %s yet, starting fresh", run_dir)
+    return Run(run_dir, checkpoint)
+
+
+@rank_zero_only
+def save_config(cfg: DictConfig, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def train(cfg: DictConfig, run: Run, model: LightningModule, datamodule: LightningDataModule,
+          callbacks: list[Callback] = ()) -> None:
+    """Fit in the run directory, resuming when the run has a checkpoint; save a final last.ckpt.
+
+    A preemption signal saves and stops (under SLURM it also requeues the job; :mod:`swinssl.training.slurm`). Too many
+    NaN/inf steps in a row end the program with an ``error:`` line and leave the last good checkpoint in place.
+    """
+    log.info("run directory: %s%s", run.dir, f" (resuming {run.resume_from})" if run.resume_from else "")
+    log.info("model: %s %s", cfg.model.arch, describe_encoder(model.encoder))
+    save_config(cfg, run.dir)
+    remove_partial_writes(run.dir)
+    last = run.dir / "checkpoints" / "last.ckpt"
+    preemption = StopOnPreemption(last, requeue=slurm.is_slurm_task() and cfg.cluster.requeue)
+    tuning = ThreadTuning()
+    callbacks = [NonFiniteGuard(cfg.max_nonfinite_steps), SkippedSamples(), preemption, tuning, *callbacks]
+    environment = slurm.environment() if slurm.is_slurm_task() else None
+    trainer = build_trainer(cfg.trainer, run.dir, cfg.checkpointing, callbacks=callbacks, environment=environment)
+    candidates = thread_candidates(cfg.threads, cfg.data.num_workers, trainer.num_devices)
+    tuning.candidates = candidates
+    torch.set_num_threads(candidates[0])
+    log.info("%s torch thread(s) per training process, %d loader worker(s) per process",
+             " or ".join(map(str, candidates)) + (" (the faster, measured)" if len(candidates) > 1 else ""),
+             cfg.data.num_workers)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=run.resume_from)
+    except (NonFiniteLossError, CheckpointWriteError) as error:
+        kept = newest_checkpoint(run.dir)
+        print(f"error: {error}. Last good checkpoint: {kept or 'none saved yet'}"
+              + (" (resume=auto continues from it)" if kept else ""), file=sys.stderr)
+        raise SystemExit(2) from None
+    if preemption.stopped:
+        return
+    try:
+        trainer.save_checkpoint(last, weights_only=False)  # resumable
+    except CheckpointWriteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    log.info("done: %s", run.dir)
+
+
+def run_training(cfg: DictConfig, task: str, build: Callable[[DictConfig, bool], tuple[LightningModule, Any]],
+                 callbacks: list[Callback] = ()) -> None:
+    """What ``pretrain`` and ``finetune`` do with a checked recipe: under ``cluster=slurm`` on a login node,
+    submit the job; otherwise seed, pick the run directory, ``build(cfg, resuming)`` the model and data (bad
+    data, sizes or checkpoints fail here, before the run directory exists), and :func:`train`."""
+    from hydra.core.hydra_config import HydraConfig
+    from lightning.pytorch import seed_everything
+
+    recipe = recipe_name()
+    with user_errors():
+        if slurm.submitted_to_slurm(cfg, task, recipe, list(HydraConfig.get().overrides.task)):
+            return
+        seed_everything(cfg.seed, workers=True)
+        run = prepare_run(recipe, cfg.out_dir, cfg.resume)
+        model, datamodule = build(cfg, run.resume_from is not None)
+    train(cfg, run, model, datamodule, callbacks=callbacks)

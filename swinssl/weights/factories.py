@@ -1,0 +1,148 @@
+"""``create_encoder`` and ``create_video_encoder``: an encoder of any size and window from any checkpoint.
+
+Both take one path: read the checkpoint, infer the sizes a bare family leaves open, check them against the
+requested model, take the windows its position bias was trained at, build, (inflate an image checkpoint to
+video,) and load strictly with a report (:func:`swinssl.weights.load_into`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from swinssl.models.registry import SIZE_KEYS, STYLES, EncoderSpec, family_of, is_video, resolve_arch, triple
+from swinssl.models.swin import build_encoder
+from swinssl.models.video_swin import VideoSwinEncoder, build_video_encoder
+from swinssl.weights.formats import Checkpoint
+from swinssl.weights.inflate import PATCH_INITS, inflate_checkpoint
+from swinssl.weights.transfer import check_architecture, check_family, load_checkpoint, load_into
+
+log = logging.getLogger("swinssl.weights")
+CheckpointLike = str | Path | Mapping[str, Any] | Checkpoint
+
+
+def checkpoint_arguments(arch: str, source: Checkpoint, overrides: dict[str, Any], patch_size: Any) -> dict[str, Any]:
+    """The model arguments ``source`` implies for ``arch``: a bare family takes the checkpoint's sizes (explicit
+    ``overrides`` win), every size is checked against it, and a Swin V2 model gets ``pretrained_window_sizes``
+    = the windows the checkpoint's position bias was trained at (time normalized by the video window when an
+    image checkpoint is inflated)."""
+    family = family_of(arch)
+    inflating = is_video(family) and not is_video(source.family)
+    check_family(source, family.removeprefix("video_") if inflating else family, arch, inflating)
+    if arch == family:
+        inferred = [*SIZE_KEYS, *([] if is_video(family) else ["extra_norm_period"])]
+        given = {key: value for key, value in overrides.items() if value is not None}
+        overrides = {**{key: source.arch[key] for key in inferred if key in source.arch}, **given}
+    requested = {**resolve_arch(arch, overrides), "patch_size": patch_size[1] if inflating else patch_size}
+    check_architecture(source, requested, arch)
+    if STYLES[family] == "v2" and overrides.get("pretrained_window_sizes") is None:
+        if source.pretrained_window_sizes:
+            overrides["pretrained_window_sizes"] = [(0, w, w) for w in source.pretrained_window_sizes] if inflating else source.pretrained_window_sizes
+        else:
+            log.warning("%s does not record the windows its position bias was trained at; coordinates are normalized "
+                        "by the new windows. Pass pretrained_window_sizes (e.g. 12,12,12,6 after 192 px / window 12).",
+                        source.source)
+    return overrides
+
+
+def create_encoder(
+    arch: str = "swinv2_base",
+    img_size: int | tuple[int, int] = 192,
+    window_size: int = 12,
+    patch_size: int | None = None,
+    num_classes: int = 0,
+    mask_token: bool = False,
+    checkpoint: CheckpointLike | None = None,
+    trust_checkpoint: bool = False,
+    attn_kernel: str = "fused",
+    attn_chunk_windows: int | None = None,
+    **overrides: Any,
+) -> nn.Module:
+    """A Swin V1/V2 encoder at ``img_size``/``window_size``, loaded from any supported checkpoint.
+
+    ``arch`` is a preset (``swinv2_base``, ``swin_tiny``, ...) whose sizes the checkpoint must match, or a
+    family (``swinv2``, ``swin``) whose sizes (and patch size) are read off the checkpoint; explicit
+    ``overrides`` win. ``pretrained_window_sizes`` defaults to the windows the checkpoint's position bias was
+    trained at. The load report is logged and kept as ``model.load_report``. ``attn_kernel``/``attn_chunk_windows``
+    choose the attention kernel (:func:`swinssl.models.build_encoder`).
+    """
+    source = load_checkpoint(checkpoint, trust_checkpoint) if checkpoint is not None else None
+    if source is not None:
+        patch_size = patch_size or (source.arch["patch_size"] if arch == family_of(arch) else None)
+        overrides = checkpoint_arguments(arch, source, overrides, patch_size or 4)
+    model = build_encoder(arch, img_size=img_size, window_size=window_size, patch_size=patch_size or 4,
+                          num_classes=num_classes, mask_token=mask_token, attn_kernel=attn_kernel,
+                          attn_chunk_windows=attn_chunk_windows, **overrides)
+    return _loaded(model, source)
+
+
+def create_video_encoder(
+    arch: str = "video_swinv2_base",
+    num_frames: int = 32,
+    img_size: int = 224,
+    window_size: int | Sequence[int] = (8, 7, 7),
+    patch_size: int | Sequence[int] | None = None,
+    num_classes: int = 0,
+    attention: str = "joint",
+    checkpoint: CheckpointLike | None = None,
+    trust_checkpoint: bool = False,
+    patch_init: str = "inflate",
+    attn_kernel: str = "fused",
+    attn_chunk_windows: int | None = None,
+    **overrides: Any,
+) -> VideoSwinEncoder:
+    """A Video Swin encoder, from an image checkpoint (inflated) or a video one (ours or official Video Swin).
+
+    ``arch`` is a preset (``video_swinv2_base``, ``video_swin_tiny``, ...) whose sizes the checkpoint must
+    match, or a family (``video_swinv2``, ``video_swin``) whose sizes are read off it. V2 image sources
+    inflate to ``video_swinv2``, V1 ones to ``video_swin``. ``patch_size`` defaults to 2 frames x the
+    source's spatial patch. For V2, ``pretrained_window_sizes`` defaults to the windows the source
+    recorded (an image checkpoint's window per stage, with time normalized by the video window).
+    ``attn_kernel``/``attn_chunk_windows`` choose the attention kernel (:func:`swinssl.models.build_encoder`).
+    """
+    if not is_video(family_of(arch)):
+        raise ValueError(f"{arch!r} is an image arch; video encoders are video_swinv2_* or video_swin_*")
+    if patch_init not in PATCH_INITS:
+        raise ValueError(f"patch_init must be one of {PATCH_INITS}, got {patch_init!r}")
+    source = load_checkpoint(checkpoint, trust_checkpoint) if checkpoint is not None else None
+    if source is not None:
+        source_patch = source.arch["patch_size"]
+        patch_size = triple(patch_size or (source_patch if is_video(source.family) else (2, source_patch, source_patch)),
+                            "patch_size")
+        overrides = checkpoint_arguments(arch, source, overrides, patch_size)
+    model = build_video_encoder(arch, num_frames=num_frames, img_size=img_size, window_size=window_size,
+                                patch_size=patch_size or (2, 4, 4), num_classes=num_classes, attention=attention,
+                                attn_kernel=attn_kernel, attn_chunk_windows=attn_chunk_windows, **overrides)
+    if source is not None and not is_video(source.family):
+        source = inflate_checkpoint(source, model, patch_init)
+    return _loaded(model, source)
+
+
+def encoder_from_spec(spec: EncoderSpec, num_classes: int = 0, mask_token: bool = False,
+                      checkpoint: CheckpointLike | None = None, trust_checkpoint: bool = False) -> nn.Module:
+    """The image or video encoder ``spec`` describes (its arch says which), from ``checkpoint`` when given."""
+    common = dict(img_size=spec.img_size, window_size=spec.window_size, patch_size=spec.patch_size,
+                  num_classes=num_classes, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint,
+                  drop_path_rate=spec.drop_path_rate, attn_kernel=spec.attn_kernel,
+                  attn_chunk_windows=spec.attn_chunk_windows, **spec.sizes())
+    if is_video(spec.family):
+        if mask_token:
+            raise ValueError("video encoders have no mask token")
+        model = create_video_encoder(spec.arch, num_frames=spec.num_frames, attention=spec.attention,
+                                     patch_init=spec.patch_init, head_dropout=spec.head_dropout, **common)
+    else:
+        model = create_encoder(spec.arch, mask_token=mask_token, **common)
+    model.set_grad_checkpointing(spec.grad_checkpointing)
+    return model
+
+
+def _loaded(model: nn.Module, source: Checkpoint | None) -> nn.Module:
+    """``model`` with ``source`` loaded into it and the report logged and kept as ``model.load_report``."""
+    if source is not None:
+        model.load_report = load_into(model, source)
+        log.info("%s", model.load_report)
+    return model

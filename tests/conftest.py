@@ -1,0 +1,130 @@
+"""What several test modules share: running the real ``python -m swinssl.*`` CLIs, a tiny model's overrides,
+shards and videos made on the spot, models perturbed away from their identity initialization, and figure checks."""
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from swinssl.datamodules import resolve_shards
+
+# A 0.3M-parameter Swin V2 at 64 px: 16 px mask units, windows 2/2/2/2 (clipped at the last stage).
+TINY = [
+    "recipe=demo", "model.img_size=64", "model.window_size=2", "simmim.mask_patch_size=16",
+    "model.encoder.embed_dim=16", "model.encoder.depths=[1,1,1,1]", "model.encoder.num_heads=[1,2,2,4]",
+    "data.batch_size=4", "data.num_workers=0", "data.epoch_size=16", "data.shuffle_buffer=8",
+    "trainer.log_every_n_steps=1", "trainer.enable_model_summary=false",
+]
+
+
+def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    env.pop("SWINSSL_RUN_ID", None)
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def random_image_shards(folder: Path, images: int = 8, maxcount: int = 4) -> str:
+    """``images`` random 72 px PNGs written into shards by the real make_shards CLI; returns the shard folder."""
+    root = folder / "images" / "a"
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index in range(images):
+        Image.fromarray(rng.integers(0, 255, (72, 72, 3), dtype=np.uint8)).save(root / f"{index}.png")
+    done = run_cli("swinssl.make_shards", str(root.parent), str(folder / "shards"), "--maxcount", str(maxcount))
+    assert done.returncode == 0, done.stderr
+    return str(folder / "shards")
+
+
+def fake_command(folder: Path, name: str, output: str) -> Path:
+    """An executable ``name`` on a PATH folder that appends its arguments to ``name``.log and prints ``output``."""
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    path.write_text(f'#!/bin/sh\necho "$@" >> "{folder / name}.log"\necho "{output}"\n')
+    path.chmod(0o755)
+    return folder
+
+
+def slurm_task_env(job_id: str, bin_dir: Path) -> dict[str, str]:
+    """The environment of srun task 0 of a one-task SLURM job, with stand-in commands from ``bin_dir`` first on PATH."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "SLURM_JOB_ID": job_id, "SLURM_JOB_NAME": "swinssl-demo", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+           "SLURM_NODEID": "0", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NODELIST": "localhost"}
+    env.pop("SWINSSL_RUN_ID", None)
+    return env
+
+
+def quick_bench(name: str, folder: Path, *args: str) -> tuple[str, object]:
+    """Run ``python -m swinssl.bench <name> --quick [args] --json`` (it must succeed); what it printed, and its JSON."""
+    out = folder / f"{name}.json"
+    done = run_cli("swinssl.bench", name, "--quick", *args, "--json", str(out), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout, json.loads(out.read_text())
+
+
+def make_shards_cli(*args) -> subprocess.CompletedProcess:
+    """``python -m swinssl.make_shards ARGS`` in a subprocess."""
+    cmd = [sys.executable, "-m", "swinssl.make_shards", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+def read_back(pattern: str) -> list[dict]:
+    return list(wds.WebDataset(resolve_shards(pattern).urls, shardshuffle=False, empty_check=False))
+
+def audio_only_mp4() -> bytes:
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as output:
+        stream = output.add_stream("aac", rate=16000)
+        for i in range(8):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            output.mux(stream.encode(frame))
+        output.mux(stream.encode())
+    return buffer.getvalue()
+
+def decode_all(data: bytes) -> np.ndarray:
+    """The reference: every frame, in order, without seeking."""
+    with av.open(io.BytesIO(data)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+def trained_like(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Perturb every parameter: fresh Swin V2 blocks are identities, which would hide transfer errors."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.2 * torch.randn(param.shape, generator=generator))
+    return model.eval()
+
+def official_layout(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A model's weights as Microsoft's code saves them: merges at the end of a stage, ``head.``, buffers kept."""
+    state = {}
+    for key, value in {**model.state_dict(), **dict(model.named_buffers())}.items():
+        if key.endswith("k_bias"):
+            continue  # timm-only zero buffer
+        if match := re.match(r"layers\.(\d+)\.downsample\.(.*)", key):
+            key = f"layers.{int(match[1]) - 1}.downsample.{match[2]}"
+        key = key.replace("head.fc.", "head.")
+        state[key] = value.clone()
+    return state
+
+FIGURES = {
+    "01_quickstart": ["masks", "reconstruction_before", "reconstruction_after", "loss_curves", "attention"],
+    "02_resolution_transfer": ["bias_maps", "transfer"],
+    "03_video_inflation": ["windows_stage1", "windows_stage2", "loss_curves"],
+    "04_from_official_weights": ["loss_curves"],
+}
+
+def check_figure(path: Path) -> None:
+    """A real picture: it decodes, is not tiny, and is not one flat colour."""
+    assert path.is_file(), f"missing figure {path.name}"
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("L"), dtype=float)
+    assert min(pixels.shape) >= 100, f"{path.name} is only {pixels.shape}"
+    assert pixels.std() > 10, f"{path.name} is nearly blank (pixel std {pixels.std():.1f})"
