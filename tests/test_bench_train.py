@@ -28,7 +28,7 @@ def table_rows(stdout: str, header_start: str) -> list[list[str]]:
 
 
 def test_train_quick_times_every_contender_and_writes_json(tmp_path):
-    printed, record = quick_bench("train", tmp_path, "--kernels", "plain", "fused", "chunked")
+    printed, record = quick_bench("train", tmp_path, "--kernels", "plain", "fused", "chunked", "triton")
     expected = ["swinssl plain", "swinssl fused", "swinssl chunked", "timm eager"] + (["HF"] if HAS_TRANSFORMERS else [])
     rows = table_rows(printed, "| contender | images/s (median) |")
     assert [row[0] for row in rows] == expected
@@ -41,7 +41,8 @@ def test_train_quick_times_every_contender_and_writes_json(tmp_path):
     else:
         assert "HF skipped: transformers is not importable" in printed
     assert re.search(r"^device: .*torch", printed, re.M)
-    assert "command: python -m swinssl.bench train --quick --kernels plain fused chunked --json" in printed
+    assert "command: python -m swinssl.bench train --quick --kernels plain fused chunked triton --json" in printed
+    assert "swinssl triton skipped: the Triton kernel runs on CUDA; on cpu" in printed  # no row for a fallback
     assert "wall time:" in printed
 
     assert [row["contender"] for row in record["rows"]] == expected
@@ -60,9 +61,10 @@ def test_memory_quick_estimates_every_workload_and_kernel(tmp_path):
     printed, record = quick_bench("memory", tmp_path)
     rows = table_rows(printed, "| workload | kernel |")
     workloads = ["SimMIM swinv2 64/w4", "fine-tune (10 classes) swinv2 128/w8"]
-    assert [(row[0], row[1]) for row in rows] == [(w, k) for w in workloads for k in ("plain", "fused", "chunked")]
+    kernels = ("plain", "fused", "chunked", "triton")  # triton: its shape-only version on the meta device
+    assert [(row[0], row[1]) for row in rows] == [(w, k) for w in workloads for k in kernels]
     assert "every batch above is an estimate from saved activations" in printed
-    assert sum("(estimate from saved activations)" in line for line in printed.splitlines()) == 3
+    assert sum("(estimate from saved activations)" in line for line in printed.splitlines()) == len(kernels)
 
     for row in record["rows"]:
         assert row["state_bytes"] >= 16 * row["params"] > 0

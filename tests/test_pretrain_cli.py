@@ -194,3 +194,13 @@ def test_a_bad_sample_is_named_by_its_file_once_and_the_schedule_fits_a_short_ru
     rates = [event.value for event in events.Scalars("train/lr")]
     # demo recipe: warmup 1 of 6 epochs -> 2 of 10 steps, then cosine to min_lr (1e-5 per 512 at batch 4)
     assert rates[2] == pytest.approx(max(rates)) and rates[-1] < rates[2] / 5
+
+
+def test_the_triton_kernel_on_a_cpu_trains_with_fused_and_says_so_once(shard_dir, tmp_path):
+    done = run_cli("swinssl.pretrain", *TINY, f"data.shards={shard_dir}", "trainer.max_steps=2",
+                   f"out_dir={tmp_path / 'run'}", "model.attn_kernel=triton", env={"TRITON_INTERPRET": "0"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout + done.stderr
+    assert printed.count("attn_kernel=triton: Triton kernels run on CUDA (or on the CPU with TRITON_INTERPRET=1), "
+                         "not on cpu; running the fused kernel instead (same function).") == 1
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2

@@ -9,6 +9,7 @@ which keep the suite fast and offline:
 - training keeps its recipe, but on a ~30k-parameter model of the recipe's family at a small size,
   for two steps (``caps``); benchmarks add ``--quick``; ``trainer.devices=8`` becomes 2 CPU processes;
 - ``sbatch`` is a stand-in on PATH, and ``tensorboard`` adds ``--inspect`` instead of serving;
+- ``python -m pytest -m gpu ...`` needs CUDA: its tests are collected (the marker and paths are right), not run;
 - a command followed by a ``# error: ...`` line must fail with exactly that line, its numbers masked
   (the checkpoints here are tiny, so sizes in messages differ from the README's);
 - a ``$ command`` of a ```console transcript must print the lines shown under it.
@@ -219,6 +220,9 @@ def plan(argv: list[str], workspace: Workspace, capped: bool = True) -> list[lis
             return [[executable(tool), "--logdir", *rest, "--inspect"]]
         case [python, "-m", "swinssl.bench", *rest]:
             return [[executable(python), "-m", "swinssl.bench", *rest, "--quick"]]
+        case [python, "-m", "pytest", "-m", "gpu", *paths]:  # needs CUDA: here its tests are collected, not run
+            return [[executable(python), "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m", "gpu",
+                     *(str(ROOT / path) for path in paths)]]
         case [python, "-m", ("swinssl.pretrain" | "swinssl.finetune" | "swinssl.evaluate") as module, *rest]:
             return [[executable(python), "-m", module, *overrides(rest, caps(module, rest) if capped else {})]]
         case [python, "-m", ("swinssl.make_shards" | "swinssl.export" | "swinssl.recipes_table") as module, *rest]:

@@ -1,5 +1,5 @@
 """``python -m swinssl.bench memory``: the largest batch per GPU for a SimMIM training step, per preset
-(SwinV2-T/B/L/H/G at 192 px / window 12) and attention kernel (plain, fused, chunked), and whether
+(SwinV2-T/B/L/H/G at 192 px / window 12) and attention kernel (plain, fused, chunked, triton), and whether
 SwinV2-L fine-tuning at 384 px / window 24 (1000-class head, cross-entropy) fits in an 80 GB GPU.
 
 Every step is the product's: swinssl's model (SimMIM with its 47 x 47 target normalization, drop path
@@ -19,7 +19,8 @@ does not run on ``meta``, so each row gives two bounds: all activations fp32 (wh
 an upper bound for bf16 autocast) and the whole model cast to bf16 (a lower bound: autocast keeps
 LayerNorm and softmax outputs in fp32). The meta device runs SDPA through its math path, as a CPU does
 when the attention mask needs a gradient, so the fused row's estimate is the math kernel's memory;
-CUDA's efficient-attention kernel saves less. No allowance is made for the CUDA context, cuBLAS
+CUDA's efficient-attention kernel saves less. The triton row runs the kernel's shape-only (fake) version
+on ``meta``, so its estimate is what the Triton kernel saves. No allowance is made for the CUDA context, cuBLAS
 workspaces, the backward pass's transient gradients or allocator fragmentation.
 """
 
@@ -267,7 +268,8 @@ def run(args: argparse.Namespace, command: str) -> None:
     print(f"device: {device_name(device)}")
     print(markdown_table(rows, gpu))
     print(f"\nBudget {cfg.memory_gb:g} GiB per GPU. Estimates: 16 B/parameter of training state + saved activations "
-          f"measured on the meta device (math attention), fp32 and all-bf16 bounds; no CUDA context or workspace.")
+          "measured on the meta device (SDPA as its math path; triton as itself), fp32 and all-bf16 bounds; "
+          "no CUDA context or workspace.")
     if not gpu:
         print("No GPU: every batch above is an estimate from saved activations, none was run.")
     for line in finetune_lines(rows, gpu, cfg.memory_gb):

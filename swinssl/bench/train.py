@@ -184,11 +184,15 @@ def pair_loss(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.
 def build_contenders(cfg: TrainBenchConfig, device: torch.device) -> tuple[list[Contender], list[str]]:
     """The contenders on ``device``, in table order, and notes on any that were skipped."""
     contenders, notes = [], []
-    for kernel in cfg.kernels:
+    kernels = [kernel for kernel in cfg.kernels if kernel != "triton" or device.type == "cuda"]
+    if len(kernels) < len(cfg.kernels):
+        notes.append(f"swinssl triton skipped: the Triton kernel runs on CUDA; on {device.type} it would time "
+                     "the fused fallback (or Triton's interpreter, whose speed means nothing)")
+    for kernel in kernels:
         model = swinssl_model(cfg, kernel).to(device).train()
         contenders.append(Contender(f"swinssl {kernel}", model, pair_loss(model)))
-    if cfg.compile:
-        kernel = cfg.kernels[0]
+    if cfg.compile and kernels:
+        kernel = kernels[0]
         model = swinssl_model(cfg, kernel).to(device).train()
         contenders.append(Contender(f"swinssl {kernel} + compile", model, pair_loss(torch.compile(model))))
     model = timm_eager_model(cfg).to(device).train()

@@ -13,6 +13,9 @@ All kernels compute softmax(scale * q k^T + bias + mask) v over windows of N tok
   (non-reentrant) when autograd records, so that one chunk's attention matrices are alive at a time in
   forward and in backward; the Swin V2 paper's sequential self-attention for high resolutions. It pays
   one more forward pass of attention in backward.
+- ``triton``: :mod:`swinssl.models.triton_attention`, FlashAttention-style Triton kernels that never store
+  a score matrix and give the bias its gradient at (heads, N, N). CUDA only (or Triton's CPU interpreter,
+  for the tests); elsewhere, with attention dropout, or without Triton it runs ``fused`` and says so once.
 
 Why ``chunked`` still matters next to ``fused``: the position bias is learned, so SDPA must return its
 gradient. On CUDA, efficient attention then allocates that gradient at the broadcast size, (B, nW *
@@ -22,11 +25,16 @@ which keeps the full score matrices as plain does. Without autograd (inference) 
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from swinssl.models.registry import ATTENTION_KERNELS as KERNELS
+
+log = logging.getLogger(__name__)
 # Default chunk: as many windows as keep one chunk's scores (windows x heads x N x N) within 2**24 elements,
 # 64 MiB in fp32: e.g. 269 windows of 12x12 tokens with 3 heads, 4 windows of 32x32 tokens with 4 heads.
 CHUNK_SCORES = 2**24
@@ -60,6 +68,11 @@ def window_attention(
     :data:`CHUNK_SCORES`).
     """
     check_kernel(kernel, chunk_windows)
+    if kernel == "triton":
+        out = _triton(q, k, v, bias, mask, scale, dropout_p)
+        if out is not None:
+            return out
+        kernel = "fused"
     if kernel == "plain":
         return _plain(q, k, v, bias, mask, scale, dropout_p)
     if kernel == "fused":
@@ -105,6 +118,25 @@ def _fused(q, k, v, bias, mask, scale, dropout_p):
         dropout_p=dropout_p, scale=1.0,
     )
     return out.reshape(batch_windows, heads, tokens, dim)
+
+
+def _triton(q, k, v, bias, mask, scale, dropout_p):
+    """The Triton kernel's output, or None where it cannot run (logged once per reason)."""
+    try:
+        from swinssl.models import triton_attention  # Triton is imported for this kernel only
+    except ImportError as error:
+        _fall_back(f"Triton is not importable ({error})")
+        return None
+    reason = triton_attention.supports(q, dropout_p)
+    if reason is not None:
+        _fall_back(reason)
+        return None
+    return triton_attention.triton_window_attention(q, k, v, bias, mask, scale)
+
+
+@functools.cache
+def _fall_back(reason: str) -> None:
+    log.warning("attn_kernel=triton: %s; running the fused kernel instead (same function).", reason)
 
 
 def _chunked(q, k, v, bias, mask, scale, dropout_p, chunk_windows):

@@ -20,7 +20,7 @@ FAMILY_NAMES = {"swinv2": "Swin V2", "swin": "Swin V1", "video_swinv2": "Video S
 STYLES = {"swinv2": "v2", "swin": "v1", "video_swinv2": "v2", "video_swin": "v1"}  # attention style per family
 SIZE_KEYS = ("embed_dim", "depths", "num_heads")  # what a bare family needs to be a model
 # How window attention runs (swinssl.models.attention); every kernel computes the same function.
-ATTENTION_KERNELS = ("plain", "fused", "chunked")
+ATTENTION_KERNELS = ("plain", "fused", "chunked", "triton")
 
 # Widths, depths and heads: T/S/B/L as timm and the official Swin and Video Swin releases have them; H/G
 # from the Swin V2 paper (sec. 3.6, head dim 32, an extra LayerNorm every 6 blocks), which gives G four

@@ -7,7 +7,7 @@ Parameter names stay timm's, so timm state dicts load as they are. Additions:
 - the Swin V2 paper's extra LayerNorm on the main branch every ``extra_norm_period`` blocks of a stage,
   used by the H and G presets (named ``norm3`` as in timm's ``swinv2_cr``); the official release lacks it;
 - checks that turn an image size or window that cannot work into a one-line error before any compute;
-- a choice of attention kernel (``attn_kernel``: plain, fused SDPA, or chunked; :mod:`swinssl.models.attention`)
+- a choice of attention kernel (``attn_kernel``: plain, fused SDPA, chunked or triton; :mod:`swinssl.models.attention`)
   for V2 and V1 alike.
 
 V1 (parameterized relative-position tables) is here to load official Swin V1 checkpoints and to compare
