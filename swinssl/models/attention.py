@@ -35,6 +35,7 @@ from torch.utils.checkpoint import checkpoint
 from swinssl.models.registry import ATTENTION_KERNELS as KERNELS
 
 log = logging.getLogger(__name__)
+
 # Default chunk: as many windows as keep one chunk's scores (windows x heads x N x N) within 2**24 elements,
 # 64 MiB in fp32: e.g. 269 windows of 12x12 tokens with 3 heads, 4 windows of 32x32 tokens with 4 heads.
 CHUNK_SCORES = 2**24
