@@ -26,6 +26,14 @@ TINY = [
 ]
 
 
+def pytest_configure(config):
+    """Triton kernels run in Triton's CPU interpreter in these tests. Triton reads the flag once, when it is
+    first imported (timm imports it), so it is set here, before any test module is collected. The GPU tests
+    (``-m gpu``) run the compiled kernels and leave it alone."""
+    if "gpu" not in config.getoption("markexpr").replace("not gpu", ""):
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
 def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     env.pop("SWINSSL_RUN_ID", None)

@@ -1,6 +1,6 @@
 """The fused, chunked and Triton attention kernels compute what the plain (timm) kernel computes, and chunked and
-Triton bound memory. The Triton kernel runs in Triton's CPU interpreter here (``TRITON_INTERPRET=1``, set below
-before the kernel module is first imported); on a GPU the same kernels compile for CUDA.
+Triton bound memory. The Triton kernel runs in Triton's CPU interpreter here (``TRITON_INTERPRET=1``, set by
+conftest.py before Triton is first imported); on a GPU the same kernels compile for CUDA.
 
 Tolerances: fp32 rtol 1e-5 with atol 1e-6 x the reference tensor's largest magnitude (for entries near zero);
 bf16 autocast rtol 1e-2 with atol 1e-2 x that magnitude (parameter gradients: see the bf16 test). Whole
@@ -11,11 +11,8 @@ and their backward (~7e-6 of the magnitude, measured) would blur a comparison th
 from __future__ import annotations
 
 import logging
-import os
 
-os.environ["TRITON_INTERPRET"] = "1"
-
-import pytest  # noqa: E402 (the interpreter flag comes first)
+import pytest
 import torch
 from conftest import trained_like
 from timm.models.swin_transformer import SwinTransformer

@@ -54,8 +54,9 @@ def supports(q: torch.Tensor, dropout_p: float) -> str | None:
         return "attention dropout is not implemented in the Triton kernel"
     if q.device.type not in ("cuda", "meta") and not interpreting():  # meta: shapes only (memory estimates)
         return f"Triton kernels run on CUDA (or on the CPU with TRITON_INTERPRET=1), not on {q.device.type}"
-    if q.device.type == "cpu" and input_dtype(q) in (torch.float16, torch.bfloat16):
-        return f"Triton's interpreter cannot multiply {input_dtype(q)} matrices"
+    dtype = input_dtype(q)
+    if q.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
+        return f"Triton's interpreter cannot multiply {dtype} matrices"
     if q.shape[-1] > 256:
         return f"head dim {q.shape[-1]} is above the kernel's 256"
     return None

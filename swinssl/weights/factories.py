@@ -40,8 +40,9 @@ def checkpoint_arguments(arch: str, source: Checkpoint, overrides: dict[str, Any
     requested = {**resolve_arch(arch, overrides), "patch_size": patch_size[1] if inflating else patch_size}
     check_architecture(source, requested, arch)
     if STYLES[family] == "v2" and overrides.get("pretrained_window_sizes") is None:
-        if source.pretrained_window_sizes:
-            overrides["pretrained_window_sizes"] = [(0, w, w) for w in source.pretrained_window_sizes] if inflating else source.pretrained_window_sizes
+        trained = source.pretrained_window_sizes
+        if trained:
+            overrides["pretrained_window_sizes"] = [(0, w, w) for w in trained] if inflating else trained
         else:
             log.warning("%s does not record the windows its position bias was trained at; coordinates are normalized "
                         "by the new windows. Pass pretrained_window_sizes (e.g. 12,12,12,6 after 192 px / window 12).",
