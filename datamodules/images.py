@@ -9,7 +9,6 @@ is the plain reference it is tested against (``fast_decode=False``).
 from __future__ import annotations
 
 import io
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +19,7 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from PIL import Image
 
-from swinssl.masking import MaskGenerator
+from swinssl.masking import MaskGenerator, fixed_generator
 from swinssl.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 from .shards import SkipCounter
@@ -189,12 +188,9 @@ class DecodeStage(Decoder):
         self.transform.set_random_seed(int(torch.randint(2**31 - 1, ())))
 
     def decode(self, sample: dict) -> dict:
-        generator = None
-        if self.fixed_masks:
-            generator = torch.Generator().manual_seed(zlib.crc32(sample["__key__"].encode()))
         return {
             "image": self.view(sample),
-            "mask": self.masks(generator=generator),
+            "mask": self.masks(generator=fixed_generator(sample["__key__"]) if self.fixed_masks else None),
             "label": int(sample["cls"]) if "cls" in sample else -1,
         }
 

@@ -1,4 +1,5 @@
-"""Labeled video shards -> clip batches: ``{"video": (B, 3, T, H, W), "label", "skipped"}``.
+"""Video shards -> clip batches: ``{"video": (B, 3, T, H, W), "label", "skipped"}``, or for masked video
+pretraining ``{"video", "mask": (B, T', H', W'), "skipped"}`` (no label needed).
 
 The official Video Swin pipelines, on WebDataset shards of encoded videos (``mp4|webm|avi|mkv`` and a
 ``cls`` label): which frames make a clip and decoding only those (:mod:`.clips`), and one augmentation
@@ -20,6 +21,8 @@ import torch
 import webdataset as wds
 from timm.data.random_erasing import RandomErasing
 
+from swinssl.masking import VideoMaskGenerator, fixed_generator
+
 from .classification import LabeledShards
 from .clip_augment import ClipTransform, build_rand_augment, crop_views, short_side_resize, to_tensor
 from .clips import ClipSampler, read_frames, video_bytes
@@ -32,21 +35,30 @@ from .streaming import Decoder, ShardDataModule, StreamSpec
 
 
 class ClipStage(Decoder):
-    """Raw sample -> ``{"video", "label"}``; subclasses say which frames to decode and what views to make.
+    """Raw sample -> ``{"video", "label"}``, or ``{"video", "mask"}`` with ``masks`` (drawn here, in the worker;
+    with ``fixed_masks`` seeded by the sample key); subclasses say which frames to decode and what views to make.
 
-    A sample without a ``cls`` label, without a video, or whose video does not decode is skipped and
-    counted.
+    A sample without a video, whose video does not decode, or (without ``masks``) without a ``cls`` label is
+    skipped and counted.
     """
+
+    def __init__(self, counter: SkipCounter, masks: VideoMaskGenerator | None = None,
+                 fixed_masks: bool = False) -> None:
+        super().__init__(counter)
+        self.masks = masks
+        self.fixed_masks = fixed_masks
 
     def start(self) -> None:
         if torch.utils.data.get_worker_info() is not None:
             cv2.setNumThreads(0)  # one thread per worker; OpenCV's own pool oversubscribes the cores
 
     def decode(self, sample: dict) -> dict:
-        if "cls" not in sample:
+        if self.masks is None and "cls" not in sample:
             raise KeyError(f"no class label (cls) among keys {sorted(sample)}")
-        label = int(sample["cls"])
-        return {"video": self.views(read_frames(video_bytes(sample), self.indices)), "label": label}
+        video = self.views(read_frames(video_bytes(sample), self.indices))
+        if self.masks is None:
+            return {"video": video, "label": int(sample["cls"])}
+        return {"video": video, "mask": self.masks(fixed_generator(sample["__key__"]) if self.fixed_masks else None)}
 
     def indices(self, length: int) -> np.ndarray:
         raise NotImplementedError
@@ -59,9 +71,10 @@ class TrainClips(ClipStage):
     """One random clip, augmented with one draw for all its frames: ``(3, T, H, W)``."""
 
     def __init__(
-        self, counter: SkipCounter, sampler: ClipSampler, transform: ClipTransform, erasing: RandomErasing
+        self, counter: SkipCounter, sampler: ClipSampler, transform: ClipTransform, erasing: RandomErasing,
+        masks: VideoMaskGenerator | None = None,
     ) -> None:
-        super().__init__(counter)
+        super().__init__(counter, masks)
         self.sampler = sampler
         self.transform = transform
         self.erasing = erasing
@@ -99,8 +112,9 @@ class EvalClips(ClipStage):
         clips: int,
         crops: int,
         single_view: bool = False,
+        masks: VideoMaskGenerator | None = None,
     ) -> None:
-        super().__init__(counter)
+        super().__init__(counter, masks, fixed_masks=True)
         self.sampler = sampler
         self.resize = resize
         self.img_size = img_size
@@ -134,6 +148,10 @@ class VideoShardDataModule(LabeledShards, ShardDataModule):
     :class:`~.streaming.StreamSpec` (batch 8, shuffle buffer 200 by default), or the training shards with the
     other stream settings as keywords; without training shards the module only evaluates. Class names come
     from the shard sets' manifests.
+
+    With ``masks`` (a :class:`~swinssl.masking.VideoMaskGenerator`) the module feeds masked video pretraining:
+    labels are neither needed nor read, every clip gets a mask (validation: fixed per clip), and there is no
+    test loader.
     """
 
     default_stream = StreamSpec(batch_size=8, shuffle_buffer=200)  # encoded videos are large: a smaller buffer
@@ -156,6 +174,7 @@ class VideoShardDataModule(LabeledShards, ShardDataModule):
         eval_short_side: int | None = None,
         test_clips: int = 4,
         test_crops: int = 3,
+        masks: VideoMaskGenerator | None = None,
         **stream_fields: Any,
     ) -> None:
         sampler = ClipSampler(sampling, num_frames, frame_interval)  # validates its arguments
@@ -187,19 +206,26 @@ class VideoShardDataModule(LabeledShards, ShardDataModule):
         self.img_size = img_size
         self.test_clips = test_clips
         self.test_crops = test_crops
-        self.read_labels(num_classes)
+        self.masks = masks
+        if masks is None:
+            self.read_labels(num_classes)
+        else:  # pretraining: labels are not read
+            self._class_names, self._num_classes = None, None
 
     def decoder(self, counter: SkipCounter, train: bool) -> ClipStage:
         if train:
-            return TrainClips(counter, self.sampler, self.train_transform, self.erasing)
+            return TrainClips(counter, self.sampler, self.train_transform, self.erasing, self.masks)
         return EvalClips(
-            counter, self.sampler, self.val_resize, self.img_size, clips=1, crops=1, single_view=True
+            counter, self.sampler, self.val_resize, self.img_size, clips=1, crops=1, single_view=True,
+            masks=self.masks,
         )
 
     def test_dataloader(self) -> wds.WebLoader:
         """Every test view of each video of ``val_shards``, read once: ``video`` is ``(B, V, 3, T, H, W)``."""
         if self.val_urls is None:
             raise ValueError(f"{type(self).__name__} has no val_shards to test on; pass val_shards=")
+        if self.masks is not None:
+            raise ValueError("a pretraining (masked) video module has no test views")
         views = dict(img_size=self.img_size, clips=self.test_clips, crops=self.test_crops)
         return self.read_once(partial(EvalClips, sampler=self.sampler, resize=self.test_resize, **views))
 

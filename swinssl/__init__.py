@@ -10,6 +10,7 @@ _PUBLIC = {
     "ImageClassifier": "swinssl.tasks",
     "MaskGenerator": "swinssl.masking",
     "SimMIM": "swinssl.tasks",
+    "VideoMaskGenerator": "swinssl.masking",
     "VideoClassifier": "swinssl.tasks",
     "create_encoder": "swinssl.weights",
     "create_video_encoder": "swinssl.weights",

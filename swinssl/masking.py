@@ -1,4 +1,4 @@
-"""SimMIM random masking, shared by the data pipelines and the models.
+"""SimMIM random masking of images and clips, shared by the data pipelines and the models.
 
 The official recipe masks square units of ``mask_patch_size`` pixels (32), chosen uniformly without
 replacement, with a fixed count ``ceil(units * ratio)`` per image (22 of 36 at 192 px), and hands the
@@ -19,6 +19,13 @@ def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
         return size, size
     height, width = size
     return int(height), int(width)
+
+
+def check_visible(masked: int, units: int, what: str) -> None:
+    """Masking every unit leaves nothing to reconstruct from: refuse it rather than train on it."""
+    if masked >= units:
+        raise ValueError(f"mask_ratio hides all {units} mask units of a {what}, leaving nothing visible; use smaller "
+                         "mask units (mask_patch_size) or a lower mask_ratio")
 
 
 class MaskGenerator:
@@ -55,6 +62,7 @@ class MaskGenerator:
         self.units = (height // mask_patch_size, width // mask_patch_size)
         self.scale = mask_patch_size // model_patch_size
         self.mask_count = math.ceil(self.units[0] * self.units[1] * mask_ratio)
+        check_visible(self.mask_count, self.units[0] * self.units[1], f"{height}x{width} px")
 
     @property
     def token_shape(self) -> tuple[int, int]:
@@ -75,4 +83,94 @@ class MaskGenerator:
             f"MaskGenerator(input_size={self.input_size}, mask_patch_size={self.mask_patch_size}, "
             f"model_patch_size={self.model_patch_size}, mask_ratio={self.mask_ratio}, "
             f"mask_count={self.mask_count})"
+        )
+
+
+def fixed_generator(key: str) -> torch.Generator:
+    """A generator seeded by a sample's key: every pass over a validation set masks each sample the same way,
+    so its loss is comparable from epoch to epoch."""
+    import zlib
+
+    import torch
+
+    return torch.Generator().manual_seed(zlib.crc32(key.encode()))
+
+
+def apply_mask_token(tokens: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor | None) -> torch.Tensor:
+    """Channels-last ``tokens`` (B, ..., C) with the positions where ``mask`` (B, ...) is 1 replaced by
+    ``mask_token`` (1, 1, C): SimMIM's masking, for image and video encoders alike."""
+    if mask_token is None:
+        raise ValueError("this encoder has no mask token; build it with mask_token=True to pass a mask")
+    if mask.shape[1:] != tokens.shape[1:-1]:
+        grid = tuple(tokens.shape[1:-1])
+        raise ValueError(f"mask of shape {tuple(mask.shape[1:])} does not match the {grid} token grid")
+    weight = mask.unsqueeze(-1).to(tokens.dtype)
+    return tokens * (1.0 - weight) + mask_token.to(tokens.dtype) * weight
+
+
+MASK_MODES = ("tube", "cube")
+
+
+class VideoMaskGenerator:
+    """Draws one token-level clip mask per call: a ``(T / patch_t, H / model_patch, W / model_patch)`` uint8 tensor.
+
+    ``mode="tube"`` (VideoMAE's tube masking) masks the same spatial units on every frame: one
+    :class:`MaskGenerator` draw repeated over time, so a masked patch cannot be copied from a neighbouring
+    frame. ``mode="cube"`` masks cells of ``mask_frames`` frames x ``mask_patch_size`` pixels, drawn
+    independently in time as well, ``ceil(cells * ratio)`` per clip.
+    """
+
+    def __init__(
+        self,
+        num_frames: int = 16,
+        input_size: int | tuple[int, int] = 192,
+        mask_patch_size: int = 32,
+        model_patch_size: tuple[int, int, int] | list[int] = (2, 4, 4),
+        mask_ratio: float = 0.9,
+        mode: str = "tube",
+        mask_frames: int = 4,
+    ) -> None:
+        frames_per_token, height_patch, width_patch = (int(n) for n in model_patch_size)
+        if height_patch != width_patch:
+            raise ValueError(f"masking needs square spatial patches, got {height_patch}x{width_patch}")
+        if mode not in MASK_MODES:
+            raise ValueError(f"mask mode must be one of {MASK_MODES}, got {mode!r}")
+        if num_frames % frames_per_token:
+            raise ValueError(f"num_frames {num_frames} is not a multiple of the patch's {frames_per_token} frames")
+        if mode == "cube" and (mask_frames % frames_per_token or num_frames % mask_frames):
+            raise ValueError(f"mask_frames {mask_frames} must be a multiple of the patch's {frames_per_token} frames "
+                             f"and divide num_frames {num_frames}")
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must lie strictly between 0 and 1, got {mask_ratio}")
+        # tube: one spatial draw per clip; cube: only the spatial grid is used, the count is the cells'
+        self.spatial = MaskGenerator(input_size, mask_patch_size, height_patch, mask_ratio if mode == "tube" else 0.5)
+        self.time_tokens = num_frames // frames_per_token
+        self.mode, self.mask_ratio = mode, mask_ratio
+        self.cell_tokens = self.time_tokens if mode == "tube" else mask_frames // frames_per_token
+        self.cells = self.time_tokens // self.cell_tokens
+        self.mask_count = math.ceil(self.cells * self.spatial.units[0] * self.spatial.units[1] * mask_ratio)
+        check_visible(self.mask_count, self.cells * self.spatial.units[0] * self.spatial.units[1], "clip")
+
+    @property
+    def token_shape(self) -> tuple[int, int, int]:
+        return (self.time_tokens, *self.spatial.token_shape)
+
+    def __call__(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        import torch
+
+        if self.mode == "tube":
+            return self.spatial(generator).unsqueeze(0).expand(self.time_tokens, -1, -1).contiguous()
+        units = self.spatial.units
+        count = self.cells * units[0] * units[1]
+        cells = torch.zeros(count, dtype=torch.uint8)
+        cells[torch.randperm(count, generator=generator)[: self.mask_count]] = 1
+        scale = self.spatial.scale
+        cells = cells.view(self.cells, *units).repeat_interleave(self.cell_tokens, 0)
+        return cells.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+
+    def __repr__(self) -> str:
+        return (
+            f"VideoMaskGenerator(mode={self.mode!r}, token_shape={self.token_shape}, mask_ratio={self.mask_ratio}, "
+            f"cell_tokens={self.cell_tokens}, mask_count={self.mask_count} of "
+            f"{self.cells * self.spatial.units[0] * self.spatial.units[1]} cells)"
         )

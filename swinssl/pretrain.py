@@ -1,4 +1,5 @@
-"""``python -m swinssl.pretrain recipe=<name> key=value ...``: SimMIM pretraining on WebDataset shards.
+"""``python -m swinssl.pretrain recipe=<name> key=value ...``: SimMIM pretraining on WebDataset shards, of
+images, or of video clips when the recipe's arch is ``video_*`` (masked video modeling on Video Swin).
 
 With no arguments it runs ``recipe=demo``: a small Swin V2 on the photos scikit-image ships.
 ``--cfg job`` prints the composed recipe without running it. ``checkpoint=`` continues from any
@@ -13,29 +14,60 @@ from swinssl.training import cli
 
 
 def build(cfg: DictConfig, resuming: bool = False):
-    """The SimMIM model and image data a config describes; missing shards and bad sizes raise here, before any
-    compute. A resumed run restores its own weights, so the starting ``checkpoint`` is not read again."""
-    from swinssl.datamodules import ImageShardDataModule
+    """The SimMIM model and the image or clip data a config describes; missing shards and bad sizes raise here,
+    before any compute. A resumed run restores its own weights, so the starting ``checkpoint`` is not read again."""
+    from swinssl.datamodules import ImageShardDataModule, VideoShardDataModule
+    from swinssl.masking import VideoMaskGenerator
     from swinssl.tasks import SimMIM
 
     encoder = cli.encoder_spec(cfg)
-    datamodule = ImageShardDataModule(
-        cli.stream_spec(cfg), img_size=encoder.img_size, mask_patch_size=cfg.simmim.mask_patch_size,
-        model_patch_size=encoder.patch_size, mask_ratio=cfg.simmim.mask_ratio,
-        **cli.data_arguments(cfg, ImageShardDataModule),
-    )
     model = SimMIM(
         encoder, norm_target_window=cfg.simmim.norm_target_window, optim=OmegaConf.to_container(cfg.optim, resolve=True),
         checkpoint=None if resuming else cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint,
     )
+    if model.input_key == "image":
+        datamodule = ImageShardDataModule(
+            cli.stream_spec(cfg), img_size=encoder.img_size, mask_patch_size=cfg.simmim.mask_patch_size,
+            model_patch_size=model.encoder.patch_embed.patch_size[0], mask_ratio=cfg.simmim.mask_ratio,
+            **cli.data_arguments(cfg, ImageShardDataModule),
+        )
+        return model, datamodule
+    masks = VideoMaskGenerator(encoder.num_frames, encoder.img_size, cfg.simmim.mask_patch_size,
+                               model.encoder.patch_embed.patch_size, cfg.simmim.mask_ratio, cfg.simmim.mask_mode,
+                               cfg.simmim.mask_frames)
+    datamodule = VideoShardDataModule(cli.stream_spec(cfg), img_size=encoder.img_size, num_frames=encoder.num_frames,
+                                      masks=masks, **cli.data_arguments(cfg, VideoShardDataModule))
     return model, datamodule
+
+
+def probe_callbacks(cfg: DictConfig) -> list:
+    """The k-NN probe ``probe.shards`` asks for (none without), reading images or clips as the recipe trains on."""
+    if cfg.probe.shards is None:
+        return []
+    from swinssl.datamodules import ClassificationShardDataModule, VideoShardDataModule
+    from swinssl.training.probe import KNNProbe
+
+    encoder = cli.encoder_spec(cfg)
+
+    def labeled(shards):
+        if shards is None:
+            return None
+        stream = dict(val_shards=shards, batch_size=cfg.probe.batch_size, num_workers=cfg.probe.num_workers)
+        if encoder.arch.startswith("video_"):
+            clips = {key: cfg.data[key] for key in ("sampling", "frame_interval", "short_side")}
+            return VideoShardDataModule(img_size=encoder.img_size, num_frames=encoder.num_frames, **clips, **stream)
+        return ClassificationShardDataModule(img_size=encoder.img_size, **stream)
+
+    return [KNNProbe(labeled(cfg.probe.shards), labeled(cfg.probe.val_shards), every_n_steps=cfg.probe.every_n_steps,
+                     k=cfg.probe.k, temperature=cfg.probe.temperature)]
 
 
 def pretrain(cfg: DictConfig) -> None:
     from swinssl.training.callbacks import ReconstructionImages
     from swinssl.training.runs import run_training
 
-    run_training(cfg, "pretrain", build, [ReconstructionImages(every_n_steps=cfg.images_every_n_steps)])
+    callbacks = [ReconstructionImages(every_n_steps=cfg.images_every_n_steps), *probe_callbacks(cfg)]
+    run_training(cfg, "pretrain", build, callbacks)
 
 
 def main() -> None:

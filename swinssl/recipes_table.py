@@ -5,10 +5,11 @@ the block). Values come from composing each recipe with its entry point's root c
 values are what the table shows. The source column follows the recipes' header comments (the comment
 lines at the top of ``recipes/recipe/<name>.yaml``), by this convention:
 
-1. the header names the official config file it follows (``*.yaml`` or ``*.py``): that file;
-2. else the recipe extends another recipe (Hydra ``defaults``) and changes the model: that recipe's
+1. a header line ``Source: <text>`` (a recipe with no official config, combining published values): the text;
+2. else the header names the official config file it follows (``*.yaml`` or ``*.py``): that file;
+3. else the recipe extends another recipe (Hydra ``defaults``) and changes the model: that recipe's
    source, via it;
-3. else the header starts with "The built-in": this project's demo.
+4. else the header starts with "The built-in": this project's demo.
 
 A recipe that fits none of these is an error that names it.
 """
@@ -27,6 +28,7 @@ from swinssl.training.recipe_checks import RECIPES, available_recipes, recipe_ta
 
 BEGIN, END = "<!-- recipes-table:start -->", "<!-- recipes-table:end -->"
 CONFIG_FILE = re.compile(r"[\w*.-]+\.(?:yaml|py)\b")
+SOURCE_LINE = re.compile(r"\bSource: (.+)$")
 COLUMNS = ["recipe", "task", "model", "img / window", "epochs (warmup)", "lr per 512", "source"]
 
 
@@ -51,6 +53,8 @@ def parent_recipes(name: str) -> list[str]:
 def recipe_source(name: str) -> str:
     """The source column for one recipe, by the convention in the module docstring."""
     header = header_comment(name)
+    if stated := SOURCE_LINE.search(header):
+        return stated[1].strip()
     if named := CONFIG_FILE.findall(header):
         return f"`{named[0]}`"
     if parents := parent_recipes(name):

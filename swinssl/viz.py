@@ -56,8 +56,10 @@ def mask_overlay(images: torch.Tensor, mask: torch.Tensor, patch_size: int, max_
 
 
 def reconstruction_grid(model: MaskedImageModel, images: torch.Tensor, mask: torch.Tensor,
-                        reconstruction: torch.Tensor, max_images: int = 4) -> torch.Tensor:
+                        reconstruction: torch.Tensor, max_images: int = 4, max_frames: int = 8) -> torch.Tensor:
     """(3, H', W') grid in [0, 1]; one row per image: input | masked input | prediction pasted into the mask.
+    Clips (B, 3, T, H, W) get three rows each (input, masked, prediction), up to ``max_frames`` evenly spaced
+    frames in a row.
 
     Predictions made against locally normalized targets are mapped back with the input's local
     statistics, so the picture shows pixels either way.
@@ -67,8 +69,12 @@ def reconstruction_grid(model: MaskedImageModel, images: torch.Tensor, mask: tor
     predicted = model.to_pixels(reconstruction, images)
     masked_input = images * (1 - hidden) + hidden * images.amin()  # masked units shown dark
     pasted = images * (1 - hidden) + predicted * hidden
-    rows = torch.stack([denormalize(x).clamp(0, 1) for x in (images, masked_input, pasted)], dim=1)
-    return make_grid(rows.flatten(0, 1).cpu(), nrow=3, padding=2, pad_value=1.0)
+    if images.ndim == 4:
+        rows = torch.stack([denormalize(x) for x in (images, masked_input, pasted)], dim=1)
+        return make_grid(rows.flatten(0, 1).cpu(), nrow=3, padding=2, pad_value=1.0)
+    frames = torch.linspace(0, images.shape[2] - 1, min(max_frames, images.shape[2])).round().long()
+    rows = torch.stack([denormalize(x[:, :, frames].transpose(1, 2)) for x in (images, masked_input, pasted)], dim=1)
+    return make_grid(rows.flatten(0, 2).cpu(), nrow=len(frames), padding=2, pad_value=1.0)
 
 
 # ----------------------------------------------------------------------------------------- position bias

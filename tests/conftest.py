@@ -125,7 +125,8 @@ def official_layout(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 FIGURES = {
     "01_quickstart": ["masks", "reconstruction_before", "reconstruction_after", "loss_curves", "attention"],
     "02_resolution_transfer": ["bias_maps", "transfer"],
-    "03_video_inflation": ["windows_stage1", "windows_stage2", "loss_curves"],
+    "03_video_inflation": ["windows_stage1", "windows_stage2", "loss_curves", "video_reconstruction_before",
+                           "video_reconstruction_after"],
     "04_from_official_weights": ["loss_curves"],
 }
 

@@ -57,6 +57,17 @@ def test_train_quick_times_every_contender_and_writes_json(tmp_path):
     assert record["config"]["batch_size"] == 2 and record["config"]["precision"] == "fp32"
 
 
+def test_train_quick_video_row_counts_frames_and_has_no_peer_ratio(tmp_path):
+    printed, record = quick_bench("train", tmp_path, "--video-frames", "4", "--video-batch", "2")
+    video = next(row for row in record["rows"] if row["contender"] == "swinssl video fused")
+    assert video["images_per_s"] == pytest.approx(4 * video["clips_per_s"], rel=1e-3)  # frames/s = clips/s x frames
+    assert "vs timm eager" not in video and video["saved_mib_per_sample"] > 0
+    assert "swinssl video: 2 clips of 4 frames a step" in printed
+    rows = table_rows(printed, "| contender | images/s (median) |")
+    row = next(row for row in rows if row[0] == "swinssl video fused")
+    assert "—" in row
+
+
 def test_memory_quick_estimates_every_workload_and_kernel(tmp_path):
     printed, record = quick_bench("memory", tmp_path)
     rows = table_rows(printed, "| workload | kernel |")

@@ -46,7 +46,8 @@ def test_pretrain_writes_config_events_images_and_checkpoints(shard_dir, tmp_pat
     run_dir = tmp_path / "run"
     pattern = f"'{shard_dir}/train-{{000000..000002}}.tar'"  # braces need quotes in Hydra overrides
     done = run_cli("swinssl.pretrain", *TINY, f"data.shards={pattern}", "trainer.max_epochs=2",
-                   f"out_dir={run_dir}", "checkpointing.every_n_epochs=1", "images_every_n_steps=4")
+                   f"out_dir={run_dir}", "checkpointing.every_n_epochs=1", "images_every_n_steps=4",
+                   f"probe.shards={shard_dir}", "probe.every_n_steps=3", "probe.num_workers=0")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "window_size: 2" in (run_dir / "config.yaml").read_text()
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
@@ -61,6 +62,10 @@ def test_pretrain_writes_config_events_images_and_checkpoints(shard_dir, tmp_pat
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "train/grad_norm", "train/lr", "train/device/samples_per_sec", "data/skipped"} <= tags
     assert len(events.Scalars("train/loss")) == 8
+    # the k-NN probe on the 12 labeled images, leave-one-out: at steps 3 and 6, and at the end
+    assert [e.step for e in events.Scalars("probe/top1")] == [3, 6, 8]
+    assert all(0.0 <= e.value <= 1.0 for e in events.Scalars("probe/top1"))
+    assert "k-NN top-1" in done.stdout + done.stderr and "on 12 samples (bank 12" in done.stdout + done.stderr
     assert all(np.isfinite(e.value) for e in events.Scalars("train/loss"))
     images = events.Tags()["images"]
     assert images == ["train/reconstruction"]

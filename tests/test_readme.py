@@ -64,7 +64,7 @@ SIZE = {
 EVALUATE = {"batch_size": "4", "num_workers": "0"}
 # Values the README uses that do not fit the tiny models or a 2-core machine -> what runs instead.
 SCALED = {("img_size", "256"): "128", ("window_size", "16"): "4", ("trainer.devices", "8"): "2"}
-BUILT_IN = ("demo", "demo_ft", "video_demo")  # small already: step caps only
+BUILT_IN = ("demo", "demo_ft", "video_demo", "video_pretrain_demo")  # small already: step caps only
 
 
 @dataclass
@@ -141,8 +141,10 @@ def caps(module: str, argv: list[str]) -> dict[str, str]:
                   "demo" if task == "pretrain" else "demo_ft")
     if recipe in BUILT_IN:
         return RUN
-    kind = "video" if recipe.startswith("video") else task
-    return {**RUN, **TINY_ENCODER, **SIZE[kind]}
+    if "video" not in recipe:
+        return {**RUN, **TINY_ENCODER, **SIZE[task]}
+    masks = {"simmim.mask_patch_size": SIZE["pretrain"]["simmim.mask_patch_size"]} if task == "pretrain" else {}
+    return {**RUN, **TINY_ENCODER, **SIZE["video"], **masks}
 
 
 class Workspace:

@@ -63,6 +63,39 @@ def test_chain_make_shards_finetune_evaluate_on_generated_videos(video_shards, i
     assert "top1" in done.stdout
 
 
+def test_chain_image_simmim_to_masked_video_pretraining_to_finetune(video_shards, tmp_path):
+    """An official-format image SimMIM checkpoint (encoder and decoder) -> recipe=video_pretrain_demo with a k-NN
+    probe -> recipe=video_demo fine-tuned from that run."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from swinssl.models import MaskedImageModel
+    from test_video_simmim import official_simmim_checkpoint
+
+    torch.manual_seed(0)
+    image = MaskedImageModel(build_encoder("swinv2", img_size=64, window_size=4, mask_token=True, **IMAGE_SIZES))
+    torch.save(official_simmim_checkpoint(image), tmp_path / "simmim.pth")
+    pretrained = tmp_path / "video_pretrain"
+    done = run_cli("swinssl.pretrain", "recipe=video_pretrain_demo", f"checkpoint={tmp_path / 'simmim.pth'}",
+                   f"data.shards={video_shards}", f"data.val_shards={video_shards}", "data.num_workers=0",
+                   "data.batch_size=2", "data.epoch_size=4", "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
+                   "trainer.enable_model_summary=false", f"probe.shards={video_shards}", "probe.every_n_steps=2",
+                   "probe.num_workers=0", "images_every_n_steps=2", f"out_dir={pretrained}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = done.stdout + done.stderr
+    assert "carried the SimMIM mask token over" in log and "inflated the image SimMIM decoder to 2 frames" in log
+    events = EventAccumulator(str(pretrained), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("probe/top1")] == [2, 4]
+    assert len(events.Scalars("val/loss")) == 2 and events.Tags()["images"] == ["train/reconstruction"]
+
+    finetuned = tmp_path / "video_finetune"
+    done = run_cli("swinssl.finetune", *VIDEO, f"checkpoint={pretrained}", f"data.shards={video_shards}",
+                   f"data.val_shards={video_shards}", f"out_dir={finetuned}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "SimMIM mask token (mask_token); this model has none" in done.stdout + done.stderr
+    assert (finetuned / "checkpoints" / "last.ckpt").exists()
+
+
 def test_official_video_swin_recipe_composes_with_its_sourced_values():
     done = run_cli("swinssl.finetune", "recipe=video_swin_b_ssv2", "--cfg", "job")
     assert done.returncode == 0, done.stderr

@@ -14,6 +14,11 @@ autocast; fp32 is the CPU default) with the same optimizer (timm's AdamW, decay 
 - ``HF``: ``transformers.Swinv2ForMaskedImageModeling`` with the same sizes and its own loss. transformers
   is the optional ``bench`` extra (``pip install swinssl[bench]``); without it the row is skipped.
 
+``--video-frames N`` adds ``swinssl video <kernel>``: masked video pretraining (``MaskedVideoModel`` on
+Video Swin V2 of the same arch, N frames of the same size, windows (min(8, N / 2), window, window), tube
+masks at 90%) on ``--video-batch`` clips a step. Its rate is frames/s (clips/s x N, the images/s
+equivalent); it has no peer, so no ratio and no MFU.
+
 Same loss for all: masked L1 on the raw pixels. HF has no target normalization, so ours runs with
 ``norm_target_window=None`` here (the official recipe's 47x47 normalization adds two avg-pools on the
 input). Drop path 0.1 for all, the official SimMIM Swin V2 value. Warm-up steps are excluded; then the
@@ -50,11 +55,11 @@ from timm.optim import create_optimizer_v2
 from torch import nn
 
 from swinssl.bench.report import SavedTensorMeter, device_name, progress_bar, write_json
-from swinssl.masking import MaskGenerator
-from swinssl.models import MaskedImageModel, SimMIMDecoder, masked_l1_loss
+from swinssl.masking import MaskGenerator, VideoMaskGenerator
+from swinssl.models import MaskedImageModel, MaskedVideoModel, SimMIMDecoder, masked_l1_loss
 from swinssl.models.attention import KERNELS
 from swinssl.models.registry import resolve_arch
-from swinssl.weights import create_encoder
+from swinssl.weights import create_encoder, create_video_encoder
 
 # timm and HF have no Swin V2-H/G (the paper's extra norm), so the comparison stops at L.
 ARCHS = ("swinv2_tiny", "swinv2_small", "swinv2_base", "swinv2_large")
@@ -79,6 +84,8 @@ class TrainBenchConfig:
     mask_patch_size: int = 32
     mask_ratio: float = 0.6
     sizes: dict[str, Any] = field(default_factory=dict)  # embed_dim / depths / num_heads over the preset's
+    video_frames: int = 0  # frames per clip of the masked video row; 0: no video row
+    video_batch: int = 2  # clips per step
 
     @property
     def model_sizes(self) -> dict[str, Any]:
@@ -96,6 +103,8 @@ class Contender:
     name: str
     model: nn.Module
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    inputs: tuple[torch.Tensor, torch.Tensor] | None = None  # its own batch (clips and masks); None: the images
+    frames: int = 1  # images per sample: a clip counts its frames
     optimizer: torch.optim.Optimizer = field(init=False)
     seconds: list[float] = field(default_factory=list)  # per timed round
     warmup_s: float = 0.0
@@ -127,6 +136,22 @@ def swinssl_model(cfg: TrainBenchConfig, kernel: str) -> MaskedImageModel:
     encoder = create_encoder(cfg.arch, img_size=cfg.img_size, window_size=cfg.window_size, patch_size=cfg.patch_size,
                              mask_token=True, attn_kernel=kernel, drop_path_rate=cfg.drop_path_rate, **cfg.sizes)
     return MaskedImageModel(encoder, norm_target_window=None)
+
+
+def swinssl_video_contender(cfg: TrainBenchConfig, kernel: str, device: torch.device) -> Contender:
+    """Masked video pretraining of the same arch on random clips with tube masks (see the module docstring)."""
+    time_tokens = cfg.video_frames // 2
+    window = (min(8, time_tokens), cfg.window_size, cfg.window_size)
+    encoder = create_video_encoder(f"video_{cfg.arch}", num_frames=cfg.video_frames, img_size=cfg.img_size,
+                                   window_size=window, patch_size=(2, cfg.patch_size, cfg.patch_size), mask_token=True,
+                                   attn_kernel=kernel, drop_path_rate=cfg.drop_path_rate, **cfg.sizes)
+    model = MaskedVideoModel(encoder, norm_target_window=None).to(device).train()
+    generator = torch.Generator().manual_seed(1)
+    clips = torch.randn(cfg.video_batch, 3, cfg.video_frames, cfg.img_size, cfg.img_size, generator=generator)
+    masks = VideoMaskGenerator(cfg.video_frames, cfg.img_size, cfg.mask_patch_size, encoder.patch_embed.patch_size, 0.9)
+    mask = torch.stack([masks(generator) for _ in range(cfg.video_batch)])
+    return Contender(f"swinssl video {kernel}", model, pair_loss(model), inputs=(clips.to(device), mask.to(device)),
+                     frames=cfg.video_frames)
 
 
 class TimmEagerSimMIM(nn.Module):
@@ -195,6 +220,8 @@ def build_contenders(cfg: TrainBenchConfig, device: torch.device) -> tuple[list[
         kernel = kernels[0]
         model = swinssl_model(cfg, kernel).to(device).train()
         contenders.append(Contender(f"swinssl {kernel} + compile", model, pair_loss(torch.compile(model))))
+    if cfg.video_frames and kernels:
+        contenders.append(swinssl_video_contender(cfg, kernels[0], device))
     model = timm_eager_model(cfg).to(device).train()
     contenders.append(Contender(TIMM, model, pair_loss(model)))
     try:
@@ -279,11 +306,11 @@ def run_train(cfg: TrainBenchConfig, device: torch.device, progress: Progress | 
     for contender in contenders:
         start = time.perf_counter()
         for _ in range(cfg.warmup):
-            contender.step(images, mask, cfg.precision)
+            contender.step(*contender.inputs or (images, mask), cfg.precision)
             advance(f"{contender.name}: warm-up")
         synchronize(device)
         contender.warmup_s = time.perf_counter() - start
-        contender.memory = measure_memory(contender, images, mask, cfg.precision)
+        contender.memory = measure_memory(contender, *contender.inputs or (images, mask), cfg.precision)
         advance(f"{contender.name}: memory")
     flops = step_flops(contenders[0], images, mask, cfg.precision) if device.type == "cuda" else None
     for round_index in range(cfg.repeats):
@@ -292,7 +319,7 @@ def run_train(cfg: TrainBenchConfig, device: torch.device, progress: Progress | 
             synchronize(device)
             start = time.perf_counter()
             for _ in range(cfg.steps):
-                contender.step(images, mask, cfg.precision)
+                contender.step(*contender.inputs or (images, mask), cfg.precision)
             synchronize(device)
             contender.seconds.append(time.perf_counter() - start)
             advance(f"round {round_index + 1}/{cfg.repeats}: {contender.name}", cfg.steps)
@@ -306,19 +333,22 @@ def summarize(cfg: TrainBenchConfig, measured: dict[str, Any]) -> list[dict[str,
     """One row per contender: median images/s, the per-round rates, ratios to the peers, memory, MFU."""
     rows = []
     for contender in measured["contenders"]:
-        rates = [cfg.batch_size * cfg.steps / seconds for seconds in contender.seconds]
+        samples = len(contender.inputs[0]) if contender.inputs else cfg.batch_size
+        rates = [samples * contender.frames * cfg.steps / seconds for seconds in contender.seconds]
         median = statistics.median(rates)
         row = {"contender": contender.name, "images_per_s": round(median, 3),
                "images_per_s_per_round": [round(rate, 3) for rate in rates],
                "warmup_s": round(contender.warmup_s, 2), **contender.memory}
-        if measured["flops_per_step"]:
+        if contender.frames > 1:
+            row["clips_per_s"] = round(median / contender.frames, 3)
+        elif measured["flops_per_step"]:
             achieved = measured["flops_per_step"] * median / cfg.batch_size
             row["tflops_per_s"] = round(achieved / 1e12, 2)
             row["mfu"] = round(achieved / measured["matmul_flops_per_s"], 4)
         rows.append(row)
     by_name = {row["contender"]: row for row in rows}
     for row in rows:  # paired: the ratio within each round, then the median, so load drifts cancel
-        for peer in (HF, TIMM):
+        for peer in (HF, TIMM) if "clips_per_s" not in row else ():
             if peer in by_name:
                 ratios = [ours / theirs for ours, theirs in
                           zip(row["images_per_s_per_round"], by_name[peer]["images_per_s_per_round"])]
@@ -335,7 +365,7 @@ def markdown_table(rows: list[dict[str, Any]], gpu: bool) -> str:
     for row in rows:
         cells = [row["contender"], f"{row['images_per_s']:.2f}",
                  " ".join(f"{rate:.2f}" for rate in row["images_per_s_per_round"]),
-                 *[f"{row[f'vs {peer}']:.2f}" for peer in peers]]
+                 *[f"{row[f'vs {peer}']:.2f}" if f"vs {peer}" in row else "—" for peer in peers]]
         if gpu:
             cells += [f"{row['peak_mib']:.0f}", f"{row['peak_mib_per_sample']:.1f}"]
             cells += [f"{row['tflops_per_s']:.1f}", f"{row['mfu']:.1%}"] if "mfu" in row else ["—", "—"]
@@ -351,7 +381,8 @@ def run(args: argparse.Namespace, command: str) -> None:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     options = dict(QUICK) if args.quick else {}
     options["precision"] = args.precision or ("bf16" if device.type == "cuda" else "fp32")
-    for key in ("arch", "batch_size", "kernels", "compile", "warmup", "steps", "repeats", "drop_path_rate"):
+    for key in ("arch", "batch_size", "kernels", "compile", "warmup", "steps", "repeats", "drop_path_rate",
+                "video_frames", "video_batch"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     cfg = TrainBenchConfig(**options)
@@ -374,6 +405,9 @@ def run(args: argparse.Namespace, command: str) -> None:
               f"measured bf16 matmul rate: {measured['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s")
     else:
         print("CPU memory column: bytes autograd saves for backward (activations), not an allocator peak.")
+    if cfg.video_frames:
+        print(f"swinssl video: {cfg.video_batch} clips of {cfg.video_frames} frames a step; its images/s are frames/s "
+              "(clips/s x frames) and its memory is per clip.")
     print(f"command: {command}\nwall time: {wall:.0f} s")
     if args.json:
         write_json(args.json, {
@@ -394,6 +428,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help=f"timed steps per contender per round (default {default.steps})")
     parser.add_argument("--repeats", type=int, help=f"rounds; the median is reported (default {default.repeats})")
     parser.add_argument("--drop-path-rate", type=float, help=f"for every contender (default {default.drop_path_rate})")
+    parser.add_argument("--video-frames", type=int, help="add a masked video pretraining row: frames a clip (e.g. 16)")
+    parser.add_argument("--video-batch", type=int, help=f"clips a step in the video row (default {default.video_batch})")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", type=Path, help="also write the rows here")

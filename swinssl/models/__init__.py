@@ -8,7 +8,9 @@ from swinssl.lazy import lazy_exports
 
 _PUBLIC = {
     "MaskedImageModel": ".simmim",
+    "MaskedVideoModel": ".simmim",
     "SimMIMDecoder": ".simmim",
+    "SimMIMVideoDecoder": ".simmim",
     "masked_l1_loss": ".simmim",
     "normalize_targets": ".simmim",
     "SwinEncoder": ".swin",

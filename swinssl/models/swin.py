@@ -29,6 +29,7 @@ from timm.models.swin_transformer import SwinTransformer
 from timm.models.swin_transformer_v2 import SwinTransformerV2, SwinTransformerV2Block
 from torch import nn
 
+from swinssl.masking import apply_mask_token
 from swinssl.models.attention import KernelAttention, check_kernel
 from swinssl.models.registry import check_image_geometry, family_of, resolve_arch
 from swinssl.models.windows import (
@@ -128,16 +129,7 @@ class SwinExtras:
     def embed(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Patch embedding (NHWC); tokens where ``mask`` is 1 become the mask token."""
         tokens = self.patch_embed(images)
-        if mask is None:
-            return tokens
-        if self.mask_token is None:
-            raise ValueError("this encoder has no mask token; build it with mask_token=True to pass a mask")
-        if mask.shape[1:] != tokens.shape[1:3]:
-            raise ValueError(
-                f"mask of shape {tuple(mask.shape[1:])} does not match the {tuple(tokens.shape[1:3])} token grid"
-            )
-        weight = mask.unsqueeze(-1).to(tokens.dtype)
-        return tokens * (1.0 - weight) + self.mask_token.to(tokens.dtype) * weight
+        return tokens if mask is None else apply_mask_token(tokens, mask, self.mask_token)
 
     def forward_features(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 3, H, W) -> final-normed (B, H/32, W/32, C_out) features, timm's NHWC layout."""

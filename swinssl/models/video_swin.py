@@ -34,6 +34,7 @@ from timm.models import swin_transformer, swin_transformer_v2
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from swinssl.masking import apply_mask_token
 from swinssl.models.attention import KernelAttention, check_kernel
 from swinssl.models.registry import (
     STYLES,
@@ -284,6 +285,7 @@ class VideoSwinEncoder(nn.Module):
         grad_checkpointing: bool = False,
         attn_kernel: str = "fused",
         attn_chunk_windows: int | None = None,
+        mask_token: bool = False,
     ) -> None:
         check_kernel(attn_kernel, attn_chunk_windows)
         super().__init__()
@@ -305,6 +307,8 @@ class VideoSwinEncoder(nn.Module):
         self.num_features = embed_dim * 2 ** (stages - 1)
         self.norm = nn.LayerNorm(self.num_features)
         self.head = VideoHead(self.num_features, num_classes, head_dropout)
+        # SimMIM's mask token, shaped as the image model's so inflation copies it unchanged
+        self.mask_token = nn.Parameter(trunc_normal_(torch.zeros(1, 1, embed_dim), std=0.02)) if mask_token else None
         self.apply(_init_weights)
         for module in self.modules():
             if isinstance(module, VideoSwinBlock):
@@ -347,6 +351,12 @@ class VideoSwinEncoder(nn.Module):
             windows.append([p if p > 0 else n for p, n in zip(pretrained, clipped)])
         return windows
 
+    @property
+    def stride(self) -> Triple:
+        """Input (frames, pixels, pixels) per output token: patch merging is spatial only."""
+        t, p, _ = self.patch_embed.patch_size
+        return t, p * 2 ** (len(self.layers) - 1), p * 2 ** (len(self.layers) - 1)
+
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self.layers:
@@ -354,13 +364,19 @@ class VideoSwinEncoder(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        keywords = ("cpb_mlp", "logit_scale", "relative_position_bias_table")
+        keywords = ("cpb_mlp", "logit_scale", "relative_position_bias_table", "mask_token")
         return {name for name, _ in self.named_parameters() if any(word in name for word in keywords)}
 
-    def forward_features(self, video: torch.Tensor) -> torch.Tensor:
+    def embed(self, video: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch embedding (B, T', H', W', C); tokens where ``mask`` (B, T', H', W') is 1 become the mask token."""
         if video.ndim != 5 or video.shape[1] != 3:
             raise ValueError(f"expected a video batch (B, 3, T, H, W), got shape {tuple(video.shape)}")
-        return self.norm(self.layers(self.patch_embed(video)))
+        tokens = self.patch_embed(video)
+        return tokens if mask is None else apply_mask_token(tokens, mask, self.mask_token)
+
+    def forward_features(self, video: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, T, H, W) -> final-normed (B, T', H', W', C) tokens; ``mask``: see :meth:`embed`."""
+        return self.norm(self.layers(self.embed(video, mask)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)

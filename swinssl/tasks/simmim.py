@@ -1,24 +1,31 @@
-"""``swinssl.SimMIM``: the LightningModule that pretrains a Swin V2 encoder with masked image modeling."""
+"""``swinssl.SimMIM``: the LightningModule that pretrains a Swin V2 encoder with masked image modeling, or a
+Video Swin encoder with masked video modeling."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from swinssl.models.registry import EncoderSpec
-from swinssl.models.simmim import NORM_TARGET_WINDOW, MaskedImageModel
+from swinssl.models.registry import EncoderSpec, is_video
+from swinssl.models.simmim import NORM_TARGET_WINDOW, MaskedImageModel, MaskedVideoModel
 from swinssl.tasks.base import SwinTask, samples_in
 from swinssl.tasks.optim import OptimConfig
-from swinssl.weights import Checkpoint, CheckpointError, encoder_from_spec
+from swinssl.weights import Checkpoint, CheckpointError, encoder_from_spec, inflate_decoder
+
+log = logging.getLogger("swinssl.tasks")
 
 
 class SimMIM(SwinTask):
     """SimMIM pretraining of a Swin V2 encoder.
 
     ``forward(images, mask) -> (loss, reconstruction)``; batches are dicts with ``image`` (B, 3, H, W)
-    and the token ``mask`` (B, H / patch, W / patch) made by :class:`swinssl.MaskGenerator`. The encoder is
+    and the token ``mask`` (B, H / patch, W / patch) made by :class:`swinssl.MaskGenerator`. With a
+    ``video_*`` arch it pretrains Video Swin: batches hold ``video`` (B, 3, T, H, W) and a (B, T', H', W')
+    ``mask`` from :class:`swinssl.VideoMaskGenerator`; an image checkpoint's encoder, mask token and
+    decoder are inflated. The encoder is
     an :class:`~swinssl.models.registry.EncoderSpec` (``encoder=``) or its settings as keywords
     (``arch="swinv2_base", img_size=192, window_size=12``), SwinV2-B at 192 px / window 12 by default.
     ``checkpoint`` starts from any supported checkpoint (e.g. an official SimMIM ``.pth``): the encoder
@@ -26,7 +33,7 @@ class SimMIM(SwinTask):
     target normalization window (None: raw pixels).
     """
 
-    default_encoder = EncoderSpec(arch="swinv2_base", img_size=192, window_size=12, patch_size=4)
+    default_encoder = EncoderSpec(arch="swinv2_base", img_size=192, window_size=12)
 
     def __init__(
         self,
@@ -41,11 +48,17 @@ class SimMIM(SwinTask):
         source = self.setup_encoder_and_arguments(encoder, settings, checkpoint, trust_checkpoint,
                                                   norm_target_window=norm_target_window, optim=optim)
         self.optim_config = OptimConfig(**(optim or {}))
+        video = is_video(self.encoder_spec.family)
+        self.input_key = "video" if video else "image"
         backbone = encoder_from_spec(self.encoder_spec, mask_token=True, checkpoint=source)
-        self.model = MaskedImageModel(backbone, norm_target_window=norm_target_window)
+        self.model = (MaskedVideoModel if video else MaskedImageModel)(backbone, norm_target_window=norm_target_window)
         if source is not None and source.decoder:
+            decoder = source.decoder
+            if video and decoder["0.weight"].ndim == 4:
+                decoder = inflate_decoder(decoder, backbone.patch_embed.patch_size[0])
+                log.info("inflated the image SimMIM decoder to %d frames per token", backbone.patch_embed.patch_size[0])
             try:
-                self.model.decoder.load_state_dict(source.decoder)
+                self.model.decoder.load_state_dict(decoder)
             except RuntimeError as error:
                 raise CheckpointError(f"{source.source}: its SimMIM decoder does not fit this model ({error})") from None
 
@@ -57,15 +70,15 @@ class SimMIM(SwinTask):
         return self.model(images, mask)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        loss, reconstruction = self(batch["image"], batch["mask"])
+        loss, reconstruction = self(batch[self.input_key], batch["mask"])
         self.log_training(loss)
         return {"loss": loss, "reconstruction": reconstruction.detach()}
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor] | None:
         if not samples_in(batch):
             return None
-        loss, reconstruction = self(batch["image"], batch["mask"])
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["image"].shape[0])
+        loss, reconstruction = self(batch[self.input_key], batch["mask"])
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=samples_in(batch))
         return {"loss": loss, "reconstruction": reconstruction}
 
     def optimized_module(self) -> torch.nn.Module:

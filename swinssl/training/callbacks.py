@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 class ReconstructionImages(Callback):
-    """Every ``every_n_steps`` optimizer steps (and on the first), log a reconstruction grid to TensorBoard."""
+    """Every ``every_n_steps`` optimizer steps (and on the first), log a reconstruction grid to TensorBoard
+    (images, or two clips as rows of frames)."""
 
     def __init__(self, every_n_steps: int = 500, max_images: int = 4) -> None:
         self.every_n_steps = every_n_steps
@@ -38,8 +39,9 @@ class ReconstructionImages(Callback):
         if not isinstance(trainer.logger, TensorBoardLogger) or not due or step == self.last_step:
             return
         self.last_step = step
-        grid = reconstruction_grid(pl_module.model, batch["image"], batch["mask"], outputs["reconstruction"],
-                                   self.max_images)
+        inputs = batch[pl_module.input_key]
+        grid = reconstruction_grid(pl_module.model, inputs, batch["mask"], outputs["reconstruction"],
+                                   self.max_images if inputs.ndim == 4 else 2)
         trainer.logger.experiment.add_image("train/reconstruction", grid, step)
 
 

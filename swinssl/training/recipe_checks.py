@@ -289,6 +289,13 @@ RULES: dict[str, Rule] = {
     "simmim.mask_patch_size": integer(1),
     "simmim.mask_ratio": number(0, 1, open_low=True, open_high=True),
     "simmim.norm_target_window": odd_window(),
+    "simmim.mask_mode": choice("tube", "cube"),
+    "simmim.mask_frames": integer(1),
+    "probe.every_n_steps": integer(1),
+    "probe.k": integer(1),
+    "probe.temperature": number(0, open_low=True),
+    "probe.batch_size": integer(1),
+    "probe.num_workers": integer(0),
     # optimization
     "optim.base_lr": number(0, open_low=True),
     "optim.warmup_lr": number(0),
@@ -369,9 +376,17 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def _check_masking(cfg: DictConfig) -> None:
-    from swinssl.masking import MaskGenerator
+    from swinssl.masking import MaskGenerator, VideoMaskGenerator
+    from swinssl.models.registry import family_of, is_video
 
-    MaskGenerator(cfg.model.img_size, cfg.simmim.mask_patch_size, cfg.model.patch_size, cfg.simmim.mask_ratio)
+    model, simmim = cfg.model, cfg.simmim
+    if not is_video(family_of(model.arch)):
+        MaskGenerator(model.img_size, simmim.mask_patch_size, model.patch_size, simmim.mask_ratio)
+        return
+    patch = model.get("patch_size") or (2, 4, 4)  # null: 2 frames x the checkpoint's patch, 4 for every Swin
+    patch = (2, patch, patch) if isinstance(patch, int) else tuple(patch)
+    VideoMaskGenerator(model.num_frames, model.img_size, simmim.mask_patch_size, patch, simmim.mask_ratio,
+                       simmim.get("mask_mode", "tube"), simmim.get("mask_frames", 4))
 
 
 def _check_geometry(model: DictConfig) -> None:
@@ -408,7 +423,8 @@ def _check_shards(cfg: DictConfig) -> None:
     """Every shard spec resolves: paths exist, are tar shards, and name one set of a folder with several."""
     from swinssl.datamodules.shards import resolve_shards
 
-    specs = [OmegaConf.select(cfg, key) for key in ("data.shards", "data.val_shards") if _exists(cfg, key)]
+    keys = ("data.shards", "data.val_shards", "probe.shards", "probe.val_shards")
+    specs = [OmegaConf.select(cfg, key) for key in keys if _exists(cfg, key)]
     if "data" in cfg and not isinstance(cfg.data, DictConfig):  # evaluate: data= is the spec itself
         specs.append(cfg.data)
     resolved = [resolve_shards(OmegaConf.to_container(spec) if isinstance(spec, ListConfig) else spec)

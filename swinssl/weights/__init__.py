@@ -2,7 +2,7 @@
 
 from swinssl.weights.formats import Checkpoint, parse_checkpoint, swinssl_metadata, to_timm
 from swinssl.weights.factories import create_encoder, create_video_encoder, encoder_from_spec
-from swinssl.weights.inflate import inflate_checkpoint
+from swinssl.weights.inflate import inflate_checkpoint, inflate_decoder
 from swinssl.weights.io import CheckpointError, checkpoint_file, read_checkpoint
 from swinssl.models.windows import resize_bias_table
 from swinssl.weights.transfer import LoadReport, load_checkpoint, load_into
@@ -16,6 +16,7 @@ __all__ = [
     "create_video_encoder",
     "encoder_from_spec",
     "inflate_checkpoint",
+    "inflate_decoder",
     "load_checkpoint",
     "load_into",
     "parse_checkpoint",

@@ -94,6 +94,7 @@ def create_video_encoder(
     patch_init: str = "inflate",
     attn_kernel: str = "fused",
     attn_chunk_windows: int | None = None,
+    mask_token: bool = False,
     **overrides: Any,
 ) -> VideoSwinEncoder:
     """A Video Swin encoder, from an image checkpoint (inflated) or a video one (ours or official Video Swin).
@@ -104,6 +105,7 @@ def create_video_encoder(
     source's spatial patch. For V2, ``pretrained_window_sizes`` defaults to the windows the source
     recorded (an image checkpoint's window per stage, with time normalized by the video window).
     ``attn_kernel``/``attn_chunk_windows`` choose the attention kernel (:func:`swinssl.models.build_encoder`).
+    ``mask_token=True`` adds SimMIM's mask token (the image checkpoint's, when it has one).
     """
     if not is_video(family_of(arch)):
         raise ValueError(f"{arch!r} is an image arch; video encoders are video_swinv2_* or video_swin_*")
@@ -117,7 +119,8 @@ def create_video_encoder(
         overrides = checkpoint_arguments(arch, source, overrides, patch_size)
     model = build_video_encoder(arch, num_frames=num_frames, img_size=img_size, window_size=window_size,
                                 patch_size=patch_size or (2, 4, 4), num_classes=num_classes, attention=attention,
-                                attn_kernel=attn_kernel, attn_chunk_windows=attn_chunk_windows, **overrides)
+                                attn_kernel=attn_kernel, attn_chunk_windows=attn_chunk_windows, mask_token=mask_token,
+                                **overrides)
     if source is not None and not is_video(source.family):
         source = inflate_checkpoint(source, model, patch_init)
     return _loaded(model, source)
@@ -131,10 +134,9 @@ def encoder_from_spec(spec: EncoderSpec, num_classes: int = 0, mask_token: bool 
                   drop_path_rate=spec.drop_path_rate, attn_kernel=spec.attn_kernel,
                   attn_chunk_windows=spec.attn_chunk_windows, **spec.sizes())
     if is_video(spec.family):
-        if mask_token:
-            raise ValueError("video encoders have no mask token")
         model = create_video_encoder(spec.arch, num_frames=spec.num_frames, attention=spec.attention,
-                                     patch_init=spec.patch_init, head_dropout=spec.head_dropout, **common)
+                                     patch_init=spec.patch_init, head_dropout=spec.head_dropout,
+                                     mask_token=mask_token, **common)
     else:
         model = create_encoder(spec.arch, mask_token=mask_token, **common)
     model.set_grad_checkpointing(spec.grad_checkpointing)

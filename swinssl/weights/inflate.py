@@ -11,7 +11,10 @@ Inflation is a tensor operation on timm-layout keys (our video encoder mirrors t
   independent of the offset in time.
 
 Either way, a clip whose frames are all one image gives, per time step, the image model's features on
-that image. The image head is not carried over (a video head is new). Parameters an image model has no
+that image. The SimMIM mask token is carried over unchanged to a model that has one, and a SimMIM
+decoder inflates by repeating its outputs over the frames of a token (:func:`inflate_decoder`), so masked
+video pretraining starts from the image model's reconstructions. The image head is not carried over (a
+video head is new). Parameters an image model has no
 counterpart for (the factorized temporal branch) keep their initialization, which makes them identities.
 """
 
@@ -60,7 +63,7 @@ def inflate_checkpoint(image: Checkpoint, model: VideoSwinEncoder, patch_init: s
             value, tables = inflate_bias_table(value, model.get_submodule(key.rpartition(".")[0]).window_size), tables + 1
         elif key.endswith("cpb_mlp.0.weight"):
             value, columns = torch.cat((value.new_zeros(value.shape[0], 1), value), dim=1), columns + 1
-        elif key.startswith("head.") or key == "mask_token":
+        elif key.startswith("head.") or (key == "mask_token" and key not in target):
             dropped.append(key)
             continue
         state[key] = value
@@ -73,9 +76,25 @@ def inflate_checkpoint(image: Checkpoint, model: VideoSwinEncoder, patch_init: s
         notes.append(f"gave {columns} position-bias MLPs a zero temporal input column")
     if dropped:
         notes.append(f"left out the image model's {', '.join(dropped)}")
+    if "mask_token" in state:
+        notes.append("carried the SimMIM mask token over unchanged")
     if fresh:
         notes.append(f"kept the initialization of {len(fresh)} temporal-attention tensors (identity at start)")
     return Checkpoint(
         format=image.format, family=f"video_{image.family}", state=state, arch=image.arch, pretrained_window_sizes=image.pretrained_window_sizes,
         conversions=image.conversions + notes, source=image.source,
     )
+
+
+def inflate_decoder(decoder: dict[str, torch.Tensor], frames: int) -> dict[str, torch.Tensor]:
+    """An image SimMIM decoder (1x1 conv to s * s * 3 channels, ``PixelShuffle(s)``) -> the clip decoder of
+    :class:`~swinssl.models.simmim.SimMIMVideoDecoder` for ``frames`` frames per token: every frame of a
+    token gets the image decoder's pixels."""
+    weight, bias = decoder["0.weight"], decoder["0.bias"]
+    if weight.ndim != 4:
+        raise CheckpointError(f"expected an image decoder (4-D 1x1 conv weight), got shape {tuple(weight.shape)}")
+    out_chans = 3
+    per_channel = weight.shape[0] // out_chans
+    weight = weight.view(out_chans, 1, per_channel, -1).expand(-1, frames, -1, -1).reshape(-1, weight.shape[1])
+    bias = bias.view(out_chans, 1, per_channel).expand(-1, frames, -1).reshape(-1)
+    return {"0.weight": weight[:, :, None, None, None].contiguous(), "0.bias": bias.contiguous()}
