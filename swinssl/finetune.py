@@ -8,6 +8,8 @@ on load, and inflated to Video Swin when the recipe's arch is ``video_*``. With 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf
 
 from swinssl.training import cli
@@ -16,9 +18,10 @@ from swinssl.training import cli
 CLIP_SAMPLING_KEYS = ("sampling", "frame_interval", "short_side", "eval_short_side", "test_clips", "test_crops")
 EVALUATION_KEYS = ("eval_crop_pct", "eval_crop_mode", "interpolation")
 
-def build(cfg: DictConfig, resuming: bool = False):
+def build(cfg: DictConfig, resume_from: Path | None = None):
     """The classifier and data a config describes (Video Swin for a ``video_*`` arch); bad sizes, shards and
-    checkpoints raise here, before any compute. A resumed run restores its own weights."""
+    checkpoints raise here, before any compute. A resumed run is built from its own checkpoint (sizes a bare family
+    leaves open, windows, head), not from the starting one; Lightning then restores its weights and optimizer."""
     from swinssl.datamodules import ClassificationShardDataModule, VideoShardDataModule
     from swinssl.tasks import ImageClassifier, VideoClassifier
 
@@ -28,7 +31,7 @@ def build(cfg: DictConfig, resuming: bool = False):
     data = cli.data_arguments(cfg, data_type)
     datamodule = data_type(cli.stream_spec(cfg), img_size=encoder.img_size, num_classes=cfg.model.num_classes,
                            **({"num_frames": encoder.num_frames} if video else {}), **data)
-    common = dict(num_classes=_num_classes(datamodule), checkpoint=None if resuming else cfg.checkpoint,
+    common = dict(num_classes=_num_classes(datamodule), checkpoint=resume_from or cfg.checkpoint,
                   trust_checkpoint=cfg.trust_checkpoint, optim=OmegaConf.to_container(cfg.optim, resolve=True),
                   label_smoothing=cfg.finetune.label_smoothing, class_names=datamodule.class_names)
     if video:  # how clips were sampled is recorded, so evaluate reads them the same way

@@ -8,14 +8,17 @@ supported checkpoint (e.g. an official SimMIM ``.pth``, decoder included).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf
 
 from swinssl.training import cli
 
 
-def build(cfg: DictConfig, resuming: bool = False):
+def build(cfg: DictConfig, resume_from: Path | None = None):
     """The SimMIM model and the image or clip data a config describes; missing shards and bad sizes raise here,
-    before any compute. A resumed run restores its own weights, so the starting ``checkpoint`` is not read again."""
+    before any compute. A resumed run is built from its own checkpoint (sizes a bare family leaves open, windows),
+    not from the starting ``checkpoint``; Lightning then restores its weights and optimizer."""
     from swinssl.datamodules import ImageShardDataModule, VideoShardDataModule
     from swinssl.masking import VideoMaskGenerator
     from swinssl.tasks import SimMIM
@@ -23,7 +26,7 @@ def build(cfg: DictConfig, resuming: bool = False):
     encoder = cli.encoder_spec(cfg)
     model = SimMIM(
         encoder, norm_target_window=cfg.simmim.norm_target_window, optim=OmegaConf.to_container(cfg.optim, resolve=True),
-        checkpoint=None if resuming else cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint,
+        checkpoint=resume_from or cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint,
     )
     if model.input_key == "image":
         datamodule = ImageShardDataModule(

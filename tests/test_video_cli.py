@@ -88,6 +88,16 @@ def test_chain_image_simmim_to_masked_video_pretraining_to_finetune(video_shards
     assert [e.step for e in events.Scalars("probe/top1")] == [2, 4]
     assert len(events.Scalars("val/loss")) == 2 and events.Tags()["images"] == ["train/reconstruction"]
 
+    # resumed: a bare family takes its sizes from the run's own checkpoint (the starting one is not read again)
+    done = run_cli("swinssl.pretrain", "recipe=video_pretrain_demo", "checkpoint=null", f"data.shards={video_shards}",
+                   f"data.val_shards={video_shards}",
+                   "data.num_workers=0", "data.batch_size=2", "data.epoch_size=4", "trainer.max_epochs=3",
+                   "trainer.enable_model_summary=false", "images_every_n_steps=100", f"out_dir={pretrained}",
+                   "resume=auto")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "(resuming" in done.stdout + done.stderr
+    assert torch.load(pretrained / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+
     finetuned = tmp_path / "video_finetune"
     done = run_cli("swinssl.finetune", *VIDEO, f"checkpoint={pretrained}", f"data.shards={video_shards}",
                    f"data.val_shards={video_shards}", f"out_dir={finetuned}")

@@ -160,10 +160,10 @@ def train(cfg: DictConfig, run: Run, model: LightningModule, datamodule: Lightni
     log.info("done: %s", run.dir)
 
 
-def run_training(cfg: DictConfig, task: str, build: Callable[[DictConfig, bool], tuple[LightningModule, Any]],
+def run_training(cfg: DictConfig, task: str, build: Callable[[DictConfig, Path | None], tuple[LightningModule, Any]],
                  callbacks: list[Callback] = ()) -> None:
     """What ``pretrain`` and ``finetune`` do with a checked recipe: under ``cluster=slurm`` on a login node,
-    submit the job; otherwise seed, pick the run directory, ``build(cfg, resuming)`` the model and data (bad
+    submit the job; otherwise seed, pick the run directory, ``build(cfg, resume_from)`` the model and data (bad
     data, sizes or checkpoints fail here, before the run directory exists), and :func:`train`."""
     from hydra.core.hydra_config import HydraConfig
     from lightning.pytorch import seed_everything
@@ -174,5 +174,5 @@ def run_training(cfg: DictConfig, task: str, build: Callable[[DictConfig, bool],
             return
         seed_everything(cfg.seed, workers=True)
         run = prepare_run(recipe, cfg.out_dir, cfg.resume)
-        model, datamodule = build(cfg, run.resume_from is not None)
+        model, datamodule = build(cfg, run.resume_from)
     train(cfg, run, model, datamodule, callbacks=callbacks)
