@@ -127,6 +127,12 @@ def parse_checkpoint(raw: Mapping[str, Any], source: str = "<state dict>") -> Ch
         state, decoder, hf_notes = _from_hf(state, min(hf_keys, key=len)[: -len(HF_ANCHOR)])
         notes += hf_notes
         hparams, windows = _hf_config(raw.get(HF_CONFIG), state)
+    elif any(".attn.meta_mlp." in key for key in state):
+        raise CheckpointError(
+            f"{source} is a timm swinv2_cr_* state dict: another architecture (its position bias comes from raw log "
+            "offsets through a meta-MLP, without Swin V2's normalized log-CPB and 16*sigmoid), so its weights do not "
+            "map onto Swin V2; use it with timm's swinv2_cr_* models"
+        )
     elif any(key in state for key in TORCHVISION_ANCHORS):
         fmt, decoder = "torchvision", None
         state, tv_notes = _from_torchvision(state)
@@ -140,12 +146,6 @@ def parse_checkpoint(raw: Mapping[str, Any], source: str = "<state dict>") -> Ch
         decoder = None
         if fmt == "timm" and isinstance(raw.get(EXPORT_RECORD), Mapping):
             hparams, windows = _export_record(raw[EXPORT_RECORD], notes)
-    elif any(".attn.meta_mlp." in key for key in state):
-        raise CheckpointError(
-            f"{source} is a timm swinv2_cr_* state dict: another architecture (its position bias comes from raw log "
-            "offsets through a meta-MLP, without Swin V2's normalized log-CPB and 16*sigmoid), so its weights do not "
-            "map onto Swin V2; use it with timm's swinv2_cr_* models"
-        )
     else:
         sample = ", ".join(list(state or raw)[:4]) or "none"
         raise CheckpointError(
@@ -293,7 +293,7 @@ def _from_torchvision(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torc
             index = int(match[1]) + (1 if video else 0)  # odd: a stage, even: the merge before stage index / 2
             if index % 2:
                 block = re.fullmatch(r"(\d+)\.(.+)", match[2])
-                rest = block[2].replace("mlp.0.", "mlp.fc1.").replace("mlp.3.", "mlp.fc2.")
+                rest = _renamed(block[2], (("mlp.0.", "mlp.fc1."), ("mlp.3.", "mlp.fc2.")), 0, 1)
                 prefix = f"layers.{index // 2}.blocks.{block[1]}."
                 if rest == "attn.qkv.bias" and f"{key[:-len('qkv.bias')]}cpb_mlp.0.weight" in state:
                     out[f"{prefix}attn.q_bias"], _, out[f"{prefix}attn.v_bias"] = value.chunk(3)
