@@ -51,7 +51,8 @@ def export_timm(source: Checkpoint, out: Path) -> tuple[list[Path], dict[str, An
         save_file({key: value.contiguous() for key, value in state.items()}, str(out))
     else:
         torch.save(state, out)
-    meta = {"class": TIMM_CLASSES[source.family], "kwargs": kwargs, "pretrained_cfg": timm_pretrained_cfg(source, kwargs)}
+    meta = {"class": TIMM_CLASSES[source.family], "kwargs": kwargs,
+            "pretrained_cfg": timm_pretrained_cfg(source, kwargs)}
     record = out.with_suffix(".json")
     record.write_text(json.dumps(meta, indent=1) + "\n")
     return [out, record], meta

@@ -24,8 +24,8 @@ SIZES = dict(embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4], patch_si
 
 
 def hf_model(name: str, image_size: int = 64, window_size: int = 4, **config):
-    """A transformers model of class ``name`` (Swin V2 unless a ``Swin*`` class), perturbed away from its init."""
-    config_class = transformers.SwinConfig if name.startswith("Swin") and not name.startswith("Swinv2") else transformers.Swinv2Config
+    """A transformers model of class ``name`` (``Swinv2*`` or V1 ``Swin*``), perturbed away from its init."""
+    config_class = transformers.Swinv2Config if name.startswith("Swinv2") else transformers.SwinConfig
     torch.manual_seed(0)
     model = getattr(transformers, name)(config_class(image_size=image_size, window_size=window_size, **SIZES, **config))
     return trained_like(model)
@@ -82,7 +82,7 @@ def test_hf_swinv2_backbone_gives_the_hf_stage_maps(tmp_path, images):
         maps = source(images[:, :, :64, :64]).feature_maps
         stages = ours.forward_intermediates(images[:, :, :64, :64], intermediates_only=True)
     assert len(maps) == len(stages) == 4
-    for theirs, mine in zip(maps, stages):
+    for theirs, mine in zip(maps, stages, strict=True):
         assert relative_error(mine, theirs) <= 1e-5
 
 
@@ -113,7 +113,8 @@ def test_hf_swinv2_moves_to_a_larger_window_as_transformers_does(tmp_path, image
     with torch.no_grad():
         assert relative_error(ours(images), reference(images).logits) <= 1e-5
         # the windows matter: normalizing by the new ones computes another function
-        plain = transformers.Swinv2ForImageClassification.from_pretrained(tmp_path, image_size=128, window_size=8).eval()
+        plain = transformers.Swinv2ForImageClassification.from_pretrained(tmp_path, image_size=128, window_size=8)
+        plain.eval()
         assert relative_error(plain(images).logits, reference(images).logits) > 1e-3
 
 
@@ -159,3 +160,15 @@ def test_hf_folder_without_weights_is_named(tmp_path):
     with pytest.raises(CheckpointError, match="holds config.json but no weights; expected model.safetensors or "
                                               "pytorch_model.bin"):
         load_checkpoint(tmp_path)
+
+
+def test_classifier_task_from_an_hf_folder_takes_its_size_and_classes(tmp_path, images):
+    from swinssl import ImageClassifier
+
+    source = hf_model("Swinv2ForImageClassification", num_labels=3, id2label={0: "cat", 1: "dog", 2: "fox"})
+    source.save_pretrained(tmp_path)
+    task = ImageClassifier.from_checkpoint(tmp_path).eval()
+    assert (task.encoder_spec.img_size, task.encoder_spec.window_size) == (64, 4)
+    assert task.hparams.class_names == ["cat", "dog", "fox"]
+    with torch.no_grad():
+        assert relative_error(task(images[:, :, :64, :64]), source(images[:, :, :64, :64]).logits) <= 1e-5

@@ -1,4 +1,5 @@
-"""Checkpoints in and out: format detection, loading at any size and window, 2D->3D inflation, export to timm and HF transformers."""
+"""Checkpoints in and out: format detection, loading at any size and window, 2D->3D inflation, export to timm and
+HF transformers."""
 
 from swinssl.weights.formats import Checkpoint, parse_checkpoint, swinssl_metadata, to_hf, to_timm
 from swinssl.weights.factories import create_encoder, create_video_encoder, encoder_from_spec

@@ -204,7 +204,7 @@ def _from_hf(state: Mapping[str, torch.Tensor], prefix: str
         if key.startswith("classifier."):
             out[f"head.{key[len('classifier.'):]}"] = value
             continue
-        name = key[len(prefix):] if key.startswith(prefix) else key
+        name = key.removeprefix(prefix)
         if match := re.fullmatch(r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.(.+)", name):
             block, rest = f"layers.{match[1]}.blocks.{match[2]}.", _renamed(match[3], HF5_SWIN_NAMES, 0, 1)
             if qkv := re.fullmatch(r"attention\.self\.(query|key|value)\.(weight|bias)", rest):
@@ -223,8 +223,8 @@ def _from_hf(state: Mapping[str, torch.Tensor], prefix: str
             out[f"{block}attn.qkv.bias"] = torch.cat([parts[f"{p}.bias"] for p in ("query", "key", "value")])
         elif "query.bias" in parts:
             out[f"{block}attn.q_bias"], out[f"{block}attn.v_bias"] = parts["query.bias"], parts["value.bias"]
-    notes = [f"renamed HF transformers keys{f' under {prefix!r}' if prefix else ''} to timm's and joined "
-             f"query/key/value into qkv ({len(split)} blocks)"]
+    notes = [(f"renamed HF transformers keys{f' under {prefix!r}' if prefix else ''} to timm's and joined "
+              f"query/key/value into qkv ({len(split)} blocks)")]
     if decoder:
         notes.append(f"took the masked-image-modeling decoder ({len(decoder)} keys)")
     if dropped:
@@ -262,7 +262,7 @@ def _hf_config(config: Mapping[str, Any] | None, state: Mapping[str, torch.Tenso
     stages = len(config.get("depths") or ())
     grids = [height // int(config.get("patch_size", 4)) // 2**stage for stage in range(stages)]
     pretrained = list(config.get("pretrained_window_sizes") or [0] * stages)
-    return hparams, [int(p) if p > 0 else min(window, grid) for p, grid in zip(pretrained, grids)]
+    return hparams, [int(p) if p > 0 else min(window, grid) for p, grid in zip(pretrained, grids, strict=False)]
 
 
 def _export_record(record: Mapping[str, Any], notes: list[str]) -> tuple[dict[str, Any], list[int] | None]:
@@ -462,8 +462,8 @@ def to_hf(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, An
                               "swinssl format")
     if "extra_norm_period" in checkpoint.arch:
         raise CheckpointError(
-            f"{checkpoint.source}: the paper's extra LayerNorms (H/G models) have no place in HF transformers' Swin V2; "
-            "keep this checkpoint in the swinssl format"
+            f"{checkpoint.source}: the paper's extra LayerNorms (H/G models) have no place in HF transformers' "
+            "Swin V2; keep this checkpoint in the swinssl format"
         )
     settings = checkpoint.encoder_settings
     if "img_size" not in settings or "window_size" not in settings:
@@ -481,7 +481,7 @@ def to_hf(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, An
             block = f"{prefix}encoder.{match[1]}"
             if match[2] in qkv_parts:
                 names = qkv_parts[match[2]]
-                for name, part in zip(names, value.chunk(len(names))):
+                for name, part in zip(names, value.chunk(len(names)), strict=True):
                     state[f"{block}attention.self.{name}"] = part.contiguous()
             else:
                 state[block + _renamed(match[2], HF_BLOCK_NAMES, 0, 1)] = value
@@ -490,14 +490,15 @@ def to_hf(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, An
         elif key != "mask_token":
             state[prefix + _renamed(key, HF_TOP_NAMES, 0, 1)] = value
     arch = checkpoint.arch
-    config: dict[str, Any] = dict(image_size=settings["img_size"], window_size=int(settings["window_size"]),
-                                  patch_size=arch["patch_size"], embed_dim=arch["embed_dim"], depths=list(arch["depths"]),
-                                  num_heads=list(arch["num_heads"]))
+    config: dict[str, Any] = {"image_size": settings["img_size"], "window_size": int(settings["window_size"]),
+                              "patch_size": arch["patch_size"], "embed_dim": arch["embed_dim"],
+                              "depths": list(arch["depths"]), "num_heads": list(arch["num_heads"])}
     if checkpoint.family == "swinv2":
         config["pretrained_window_sizes"] = list(checkpoint.pretrained_window_sizes or [0] * len(arch["depths"]))
     names = (checkpoint.hparams or {}).get("class_names")
     if checkpoint.num_classes:
-        labels = names if names and len(names) == checkpoint.num_classes else [f"LABEL_{i}" for i in range(checkpoint.num_classes)]
+        count = checkpoint.num_classes
+        labels = names if names and len(names) == count else [f"LABEL_{i}" for i in range(count)]
         config["id2label"] = dict(enumerate(labels))
         config["label2id"] = {label: i for i, label in enumerate(labels)}
     return state, config

@@ -102,6 +102,7 @@ def load_into(model: nn.Module, checkpoint: Checkpoint) -> LoadReport:
             state[key] = resize_bias_table(value, window)
             report.resized.append(f"{key} {tuple(value.shape)} -> {tuple(target[key].shape)} (bicubic)")
     _fit_optional(state, target, "mask_token", report, "SimMIM mask token")
+    _fit_head(state, target, report)
     optional = {"head.fc.weight", "head.fc.bias", "mask_token"}
     if checkpoint.format == "hf" and "norm.weight" not in state:  # an HF Swinv2Backbone ends without the final norm
         report.reinitialized.append("final norm (norm): not in the checkpoint (an HF backbone has none)")
