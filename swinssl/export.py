@@ -24,6 +24,7 @@ import torch
 
 from swinssl.normalization import IMAGENET_MEAN, IMAGENET_STD
 from swinssl.weights import Checkpoint, CheckpointError, load_checkpoint, to_hf, to_timm
+from swinssl.weights.factories import CheckpointLike
 
 TIMM_CLASSES = {"swinv2": "timm.models.swin_transformer_v2.SwinTransformerV2",
                 "swin": "timm.models.swin_transformer.SwinTransformer"}
@@ -32,8 +33,10 @@ HF_CLASSES = {"swinv2": ("Swinv2Config", "Swinv2ForImageClassification", "Swinv2
 SHARED = 0o644
 
 
-def export(checkpoint: str | Path, out: str | Path, to: str = "timm", trust_checkpoint: bool = False) -> dict[str, Any]:
-    """Write ``checkpoint`` (any supported format) as ``to`` at ``out``; returns what was recorded about it."""
+def export(checkpoint: CheckpointLike, out: str | Path, to: str = "timm", trust_checkpoint: bool = False
+           ) -> dict[str, Any]:
+    """Write ``checkpoint`` (any supported format: a path, a loaded dict) as ``to`` at ``out``; returns what was
+    recorded about it."""
     source = load_checkpoint(checkpoint, trust_checkpoint)
     out = Path(out)
     written, meta = export_hf(source, out) if to == "hf" else export_timm(source, out)

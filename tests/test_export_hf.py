@@ -117,3 +117,24 @@ def test_hf_export_without_transformers_names_the_extra(classifier_checkpoint, t
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1] == (
         "error: --to hf writes an HF transformers config, which needs transformers: pip install 'swinssl[hf]'")
+
+
+def test_hf_export_of_swin_v1_loads_in_transformers(tmp_path):
+    """Swin V1 goes out too; here from an HF V1 folder (its config.json gives size and window), back to HF."""
+    torch.manual_seed(0)
+    config = transformers.SwinConfig(image_size=64, window_size=2, embed_dim=16, depths=[1, 1, 2, 1],
+                                     num_heads=[1, 2, 2, 4], num_labels=3)
+    source = trained_like(transformers.SwinForImageClassification(config))
+    source.save_pretrained(tmp_path / "source")
+    export(tmp_path / "source", tmp_path / "out", to="hf")
+    again = transformers.SwinForImageClassification.from_pretrained(tmp_path / "out").eval()
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert relative_error(again(images).logits, source(images).logits) <= 1e-5
+
+
+def test_hf_export_needs_the_image_size_and_window(tmp_path):
+    model = build_encoder("swinv2", img_size=64, window_size=4, embed_dim=16, depths=(1, 1, 2, 1),
+                          num_heads=(1, 2, 2, 4))
+    with pytest.raises(CheckpointError, match="records no image size and window, which an HF config needs"):
+        export(model.state_dict(), tmp_path / "hf", to="hf")

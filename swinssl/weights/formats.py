@@ -145,7 +145,7 @@ def parse_checkpoint(raw: Mapping[str, Any], source: str = "<state dict>") -> Ch
         fmt = "official" if "layers.0.downsample.reduction.weight" in state else "timm"
         decoder = None
         if fmt == "timm" and isinstance(raw.get(EXPORT_RECORD), Mapping):
-            hparams, windows = _export_record(raw[EXPORT_RECORD], notes)
+            hparams, windows = _from_export_record(raw[EXPORT_RECORD], notes)
     else:
         sample = ", ".join(list(state or raw)[:4]) or "none"
         raise CheckpointError(
@@ -265,7 +265,7 @@ def _hf_config(config: Mapping[str, Any] | None, state: Mapping[str, torch.Tenso
     return hparams, [int(p) if p > 0 else min(window, grid) for p, grid in zip(pretrained, grids, strict=False)]
 
 
-def _export_record(record: Mapping[str, Any], notes: list[str]) -> tuple[dict[str, Any], list[int] | None]:
+def _from_export_record(record: Mapping[str, Any], notes: list[str]) -> tuple[dict[str, Any], list[int] | None]:
     """What ``python -m swinssl.export --to timm`` recorded beside its weights: size, window, pretrained windows
     and class names."""
     kwargs = record.get("kwargs") or {}
