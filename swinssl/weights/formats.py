@@ -7,7 +7,8 @@ Formats are told apart by their keys, never by file names:
 - ``official``: Microsoft's Swin V1/V2 classification ``.pth`` (downsample at the *end* of a stage, ``head.``);
 - ``official-simmim``: Microsoft's SimMIM ``.pth`` (``encoder.``/``decoder.`` prefixes, ``rpe_mlp`` in
   released V2 files where the code says ``cpb_mlp``, ``mask_token``);
-- ``timm``: timm state dicts (downsample at the *start* of a stage, ``head.fc``);
+- ``timm``: timm state dicts (downsample at the *start* of a stage, ``head.fc``), with the size, windows and classes
+  of the record ``python -m swinssl.export --to timm`` writes beside its files;
 - ``mmaction``: official Video Swin releases (mmcv: ``state_dict`` with ``backbone.`` and ``cls_head.fc_cls``
   keys, downsample at the end of a stage; mmaction2 1.x names the final norm ``norm3``);
 - ``hf``: HF transformers Swin V1/V2 (``embeddings.patch_embeddings.projection.weight``, under ``swinv2.``/``swin.``
@@ -265,7 +266,8 @@ def _hf_config(config: Mapping[str, Any] | None, state: Mapping[str, torch.Tenso
     return hparams, [int(p) if p > 0 else min(window, grid) for p, grid in zip(pretrained, grids, strict=False)]
 
 
-def _from_export_record(record: Mapping[str, Any], notes: list[str]) -> tuple[dict[str, Any], list[int] | None]:
+def _from_export_record(record: Mapping[str, Any], notes: list[str]
+                        ) -> tuple[dict[str, Any], list[int] | None]:
     """What ``python -m swinssl.export --to timm`` recorded beside its weights: size, window, pretrained windows
     and class names."""
     kwargs = record.get("kwargs") or {}
