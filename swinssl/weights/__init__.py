@@ -1,6 +1,7 @@
-"""Checkpoints in and out: format detection, loading at any size and window, 2D->3D inflation, export to timm."""
+"""Checkpoints in and out: format detection, loading at any size and window, 2D->3D inflation, export to timm and
+HF transformers."""
 
-from swinssl.weights.formats import Checkpoint, parse_checkpoint, swinssl_metadata, to_timm
+from swinssl.weights.formats import Checkpoint, parse_checkpoint, swinssl_metadata, to_hf, to_timm
 from swinssl.weights.factories import create_encoder, create_video_encoder, encoder_from_spec
 from swinssl.weights.inflate import inflate_checkpoint, inflate_decoder
 from swinssl.weights.io import CheckpointError, checkpoint_file, read_checkpoint
@@ -23,5 +24,6 @@ __all__ = [
     "read_checkpoint",
     "resize_bias_table",
     "swinssl_metadata",
+    "to_hf",
     "to_timm",
 ]

@@ -7,9 +7,15 @@ Formats are told apart by their keys, never by file names:
 - ``official``: Microsoft's Swin V1/V2 classification ``.pth`` (downsample at the *end* of a stage, ``head.``);
 - ``official-simmim``: Microsoft's SimMIM ``.pth`` (``encoder.``/``decoder.`` prefixes, ``rpe_mlp`` in
   released V2 files where the code says ``cpb_mlp``, ``mask_token``);
-- ``timm``: timm state dicts (downsample at the *start* of a stage, ``head.fc``);
+- ``timm``: timm state dicts (downsample at the *start* of a stage, ``head.fc``), with the size, windows and classes
+  of the record ``python -m swinssl.export --to timm`` writes beside its files;
 - ``mmaction``: official Video Swin releases (mmcv: ``state_dict`` with ``backbone.`` and ``cls_head.fc_cls``
-  keys, downsample at the end of a stage; mmaction2 1.x names the final norm ``norm3``).
+  keys, downsample at the end of a stage; mmaction2 1.x names the final norm ``norm3``);
+- ``hf``: HF transformers Swin V1/V2 (``embeddings.patch_embeddings.projection.weight``, under ``swinv2.``/``swin.``
+  in the task models; separate query/key/value; downsample at the end of a stage), a file or a ``save_pretrained``
+  folder whose ``config.json`` gives image size, window and pretrained windows;
+- ``torchvision``: ``swin_t/s/b``, ``swin_v2_t/s/b`` (``features.0.0.weight``) and ``swin3d_t/s/b``
+  (``patch_embed.proj.weight`` and ``features.0.0.attn.*``): stages and merges alternate in ``features``.
 
 Video encoders (5-D patch kernel) get the families ``video_swinv2`` / ``video_swin``.
 """
@@ -26,7 +32,7 @@ from typing import Any
 import torch
 
 from swinssl.models.registry import EncoderSpec
-from swinssl.weights.io import CheckpointError
+from swinssl.weights.io import EXPORT_RECORD, HF_CONFIG, CheckpointError
 
 FORMAT_NAMES = {
     "swinssl": "swinssl Lightning checkpoint",
@@ -34,9 +40,40 @@ FORMAT_NAMES = {
     "official-simmim": "Microsoft official SimMIM checkpoint",
     "timm": "timm state dict",
     "mmaction": "official Video Swin (mmaction2) checkpoint",
+    "hf": "HF transformers Swin checkpoint",
+    "torchvision": "torchvision Swin state dict",
 }
 ANCHOR = "patch_embed.proj.weight"  # every Swin encoder has it, whatever the prefix
+HF_ANCHOR = "embeddings.patch_embeddings.projection.weight"
+TORCHVISION_ANCHORS = ("features.0.0.weight", "features.0.0.attn.qkv.weight")  # image, video
 REBUILT_BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mask")
+# Inside a block: (Microsoft/timm name, HF transformers name); query/key/value are split from qkv apart.
+HF_BLOCK_NAMES = (
+    ("attn.cpb_mlp.", "attention.self.continuous_position_bias_mlp."),
+    ("attn.logit_scale", "attention.self.logit_scale"),
+    ("attn.relative_coords_table", "attention.self.relative_coords_table"),
+    ("attn.relative_position_index", "attention.self.relative_position_index"),
+    ("attn.relative_position_bias_table", "attention.self.relative_position_bias_table"),
+    ("attn.proj.", "attention.output.dense."),
+    ("norm1.", "layernorm_before."),
+    ("norm2.", "layernorm_after."),
+    ("mlp.fc1.", "intermediate.dense."),
+    ("mlp.fc2.", "output.dense."),
+)
+# transformers 5 renamed Swin V1 blocks; its loader still reads the names above, so exports keep those.
+HF5_SWIN_NAMES = (
+    ("attention.relative_position_bias.relative_position_bias_table", "attention.self.relative_position_bias_table"),
+    ("attention.relative_position_bias.relative_position_index", "attention.self.relative_position_index"),
+    ("attention.q_proj.", "attention.self.query."), ("attention.k_proj.", "attention.self.key."),
+    ("attention.v_proj.", "attention.self.value."), ("attention.o_proj.", "attention.output.dense."),
+    ("mlp.fc1.", "intermediate.dense."), ("mlp.fc2.", "output.dense."),
+)
+HF_TOP_NAMES = (
+    ("patch_embed.proj.", "embeddings.patch_embeddings.projection."),
+    ("patch_embed.norm.", "embeddings.norm."),
+    ("mask_token", "embeddings.mask_token"),
+    ("norm.", "layernorm."),
+)
 
 
 @dataclass
@@ -81,10 +118,26 @@ def parse_checkpoint(raw: Mapping[str, Any], source: str = "<state dict>") -> Ch
         return _from_lightning(raw, source)
     state, ignored = _unwrap(raw)
     notes = [f"ignored training state: {', '.join(ignored)}"] if ignored else []
+    hparams, windows = None, None
     if f"backbone.{ANCHOR}" in state:
         fmt, decoder = "mmaction", None
         state, renamed = _from_mmaction(state)
         notes.append(f"took the backbone ('backbone.' prefix removed){renamed}")
+    elif hf_keys := [key for key in state if key.endswith(HF_ANCHOR)]:
+        fmt = "hf"
+        state, decoder, hf_notes = _from_hf(state, min(hf_keys, key=len)[: -len(HF_ANCHOR)])
+        notes += hf_notes
+        hparams, windows = _hf_config(raw.get(HF_CONFIG), state)
+    elif any(".attn.meta_mlp." in key for key in state):
+        raise CheckpointError(
+            f"{source} is a timm swinv2_cr_* state dict: another architecture (its position bias comes from raw log "
+            "offsets through a meta-MLP, without Swin V2's normalized log-CPB and 16*sigmoid), so its weights do not "
+            "map onto Swin V2; use it with timm's swinv2_cr_* models"
+        )
+    elif any(key in state for key in TORCHVISION_ANCHORS):
+        fmt, decoder = "torchvision", None
+        state, tv_notes = _from_torchvision(state)
+        notes += tv_notes
     elif any(key.startswith("encoder.") and key.endswith(ANCHOR) for key in state):
         fmt = "official-simmim"
         state, decoder = _split_prefix(state, "encoder."), _split_prefix(state, "decoder.")
@@ -92,18 +145,21 @@ def parse_checkpoint(raw: Mapping[str, Any], source: str = "<state dict>") -> Ch
     elif ANCHOR in state:
         fmt = "official" if "layers.0.downsample.reduction.weight" in state else "timm"
         decoder = None
+        if fmt == "timm" and isinstance(raw.get(EXPORT_RECORD), Mapping):
+            hparams, windows = _from_export_record(raw[EXPORT_RECORD], notes)
     else:
         sample = ", ".join(list(state or raw)[:4]) or "none"
         raise CheckpointError(
             f"{source}: unrecognized checkpoint format; expected a swinssl Lightning checkpoint, a Microsoft "
-            f"official Swin/SimMIM .pth or a timm state dict (keys like '{ANCHOR}' or 'encoder.{ANCHOR}'), "
-            f"found keys: {sample}"
+            f"official Swin/SimMIM .pth, a timm, HF transformers or torchvision Swin state dict (keys like "
+            f"'{ANCHOR}', 'encoder.{ANCHOR}', '{HF_ANCHOR}' or '{TORCHVISION_ANCHORS[0]}'), found keys: {sample}"
         )
-    state, more_notes, pretrained_window_sizes = _canonical_keys(state, official_layout=fmt != "timm")
+    state, more_notes, recorded = _canonical_keys(state, official_layout=fmt not in ("timm", "torchvision"))
     family = _family(state, source)
     return Checkpoint(
         format=fmt, family=family, state=state, arch=infer_architecture(state, family),
-        pretrained_window_sizes=pretrained_window_sizes, decoder=decoder or None, conversions=notes + more_notes, source=source,
+        pretrained_window_sizes=windows or recorded, decoder=decoder or None, hparams=hparams,
+        conversions=notes + more_notes, source=source,
     )
 
 
@@ -134,6 +190,128 @@ def _from_mmaction(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.T
            for key, value in _split_prefix(state, "backbone.").items()}
     head = {f"head.{key}": value for key, value in _split_prefix(state, "cls_head.fc_cls.").items()}
     return {**out, **head}, " and the classification head (cls_head.fc_cls -> head)" if head else ""
+
+
+def _from_hf(state: Mapping[str, torch.Tensor], prefix: str
+             ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[str]]:
+    """HF transformers keys -> the Microsoft layout (merges at the end of a stage, ``head.``), which
+    :func:`_canonical_keys` then moves to timm's; query/key/value joined to ``qkv`` (V2: ``q_bias``/``v_bias``, its
+    key has no bias). ``decoder.*`` of ``Swinv2ForMaskedImageModeling`` is the SimMIM decoder."""
+    out, decoder, split, dropped = {}, {}, {}, []
+    for key, value in state.items():
+        if key.startswith("decoder."):
+            decoder[key[len("decoder."):]] = value
+            continue
+        if key.startswith("classifier."):
+            out[f"head.{key[len('classifier.'):]}"] = value
+            continue
+        name = key.removeprefix(prefix)
+        if match := re.fullmatch(r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.(.+)", name):
+            block, rest = f"layers.{match[1]}.blocks.{match[2]}.", _renamed(match[3], HF5_SWIN_NAMES, 0, 1)
+            if qkv := re.fullmatch(r"attention\.self\.(query|key|value)\.(weight|bias)", rest):
+                split.setdefault(block, {})[f"{qkv[1]}.{qkv[2]}"] = value
+            else:
+                out[block + _renamed(rest, HF_BLOCK_NAMES, 1, 0)] = value
+        elif match := re.fullmatch(r"encoder\.layers\.(\d+)\.downsample\.(.+)", name):
+            out[f"layers.{match[1]}.downsample.{match[2]}"] = value
+        elif (renamed := _renamed(name, HF_TOP_NAMES, 1, 0)) != name:
+            out[renamed] = value
+        else:
+            dropped.append(key)
+    for block, parts in split.items():
+        out[f"{block}attn.qkv.weight"] = torch.cat([parts[f"{p}.weight"] for p in ("query", "key", "value")])
+        if "key.bias" in parts:
+            out[f"{block}attn.qkv.bias"] = torch.cat([parts[f"{p}.bias"] for p in ("query", "key", "value")])
+        elif "query.bias" in parts:
+            out[f"{block}attn.q_bias"], out[f"{block}attn.v_bias"] = parts["query.bias"], parts["value.bias"]
+    notes = [(f"renamed HF transformers keys{f' under {prefix!r}' if prefix else ''} to timm's and joined "
+              f"query/key/value into qkv ({len(split)} blocks)")]
+    if decoder:
+        notes.append(f"took the masked-image-modeling decoder ({len(decoder)} keys)")
+    if dropped:
+        groups = sorted({key.partition(".stage")[0] for key in dropped})
+        notes.append(f"left out {', '.join(groups)} ({len(dropped)} keys), which the encoder has no place for")
+    return out, decoder, notes
+
+
+def _renamed(name: str, table: tuple[tuple[str, str], ...], source: int, target: int) -> str:
+    """``name`` with the first of ``table``'s ``source`` prefixes that starts it replaced by its ``target``."""
+    for pair in table:
+        if name.startswith(pair[source]):
+            return pair[target] + name[len(pair[source]):]
+    return name
+
+
+def _hf_config(config: Mapping[str, Any] | None, state: Mapping[str, torch.Tensor]
+               ) -> tuple[dict[str, Any] | None, list[int] | None]:
+    """Image size, window and class names (as swinssl hyper-parameters) and the pretrained windows of a Swin V2
+    (per stage: the configured one, else the stage's window clipped to its feature size) from ``config.json``."""
+    if not config:
+        return None, None
+    size = config.get("image_size", 224)
+    height = size if isinstance(size, int) else int(size[0])
+    window = int(config.get("window_size", 7))
+    hparams: dict[str, Any] = {"img_size": size if isinstance(size, int) else [int(s) for s in size],
+                               "window_size": window}
+    labels = config.get("id2label") or {}
+    names = [str(labels.get(str(i), labels.get(i, ""))) for i in range(len(labels))]
+    if "head.weight" in state and len(names) == state["head.weight"].shape[0] and names != [f"LABEL_{i}" for i in
+                                                                                          range(len(names))]:
+        hparams["class_names"] = names
+    if config.get("model_type") != "swinv2":
+        return hparams, None
+    stages = len(config.get("depths") or ())
+    grids = [height // int(config.get("patch_size", 4)) // 2**stage for stage in range(stages)]
+    pretrained = list(config.get("pretrained_window_sizes") or [0] * stages)
+    return hparams, [int(p) if p > 0 else min(window, grid) for p, grid in zip(pretrained, grids, strict=False)]
+
+
+def _from_export_record(record: Mapping[str, Any], notes: list[str]
+                        ) -> tuple[dict[str, Any], list[int] | None]:
+    """What ``python -m swinssl.export --to timm`` recorded beside its weights: size, window, pretrained windows
+    and class names."""
+    kwargs = record.get("kwargs") or {}
+    hparams = {key: kwargs[key] for key in ("img_size", "window_size") if key in kwargs}
+    labels = (record.get("pretrained_cfg") or {}).get("label_names")
+    if labels:
+        hparams["class_names"] = list(labels)
+    windows = kwargs.get("pretrained_window_sizes")
+    notes.append("read image size, window and pretrained windows from the swinssl export record beside the weights")
+    return hparams, [int(w) for w in windows] if windows else None
+
+
+def _from_torchvision(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """torchvision ``features.N`` (stages and merges alternating; image models start with the patch embedding) ->
+    timm keys; ``mlp.0``/``mlp.3`` -> ``mlp.fc1``/``fc2``; ``head.`` -> ``head.fc.``. Swin V2's ``qkv.bias`` gives
+    ``q_bias``/``v_bias``: torchvision zeroes its key part in forward."""
+    video = ANCHOR in state
+    out, k_biases = {}, 0
+    for key, value in state.items():
+        name = {"features.0.0.": "patch_embed.proj.", "features.0.2.": "patch_embed.norm."}.get(key[:13], None)
+        if name and not video:
+            out[name + key[13:]] = value
+            continue
+        if match := re.fullmatch(r"features\.(\d+)\.(.+)", key):
+            index = int(match[1]) + (1 if video else 0)  # odd: a stage, even: the merge before stage index / 2
+            if index % 2:
+                block = re.fullmatch(r"(\d+)\.(.+)", match[2])
+                rest = _renamed(block[2], (("mlp.0.", "mlp.fc1."), ("mlp.3.", "mlp.fc2.")), 0, 1)
+                prefix = f"layers.{index // 2}.blocks.{block[1]}."
+                if rest == "attn.qkv.bias" and f"{key[:-len('qkv.bias')]}cpb_mlp.0.weight" in state:
+                    out[f"{prefix}attn.q_bias"], _, out[f"{prefix}attn.v_bias"] = value.chunk(3)
+                    k_biases += 1
+                else:
+                    out[prefix + rest] = value
+            else:
+                out[f"layers.{index // 2}.downsample.{match[2]}"] = value
+        elif key.startswith("head."):
+            out[f"head.fc.{key[len('head.'):]}"] = value
+        else:
+            out[key] = value
+    notes = ["renamed torchvision features.N (stages and merges) to timm's layers.N"]
+    if k_biases:
+        notes.append(f"split qkv.bias into q_bias and v_bias ({k_biases} blocks; torchvision zeroes the key bias)")
+    return out, notes
 
 
 def _unwrap(raw: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -275,6 +453,57 @@ def to_timm(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, 
     if checkpoint.family == "swinv2" and checkpoint.pretrained_window_sizes:
         kwargs["pretrained_window_sizes"] = tuple(checkpoint.pretrained_window_sizes)
     return state, kwargs
+
+
+def to_hf(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The state dict of HF transformers' ``Swinv2ForImageClassification`` (V1: ``SwinForImageClassification``) and
+    its config arguments: image size, window, per-stage pretrained windows (those the position bias was trained
+    at), and ``id2label`` from the class names a swinssl classifier recorded. The mask token is left out."""
+    if checkpoint.family.startswith("video_"):
+        raise CheckpointError(f"{checkpoint.source}: HF transformers has no Video Swin; keep video checkpoints in the "
+                              "swinssl format")
+    if "extra_norm_period" in checkpoint.arch:
+        raise CheckpointError(
+            f"{checkpoint.source}: the paper's extra LayerNorms (H/G models) have no place in HF transformers' "
+            "Swin V2; keep this checkpoint in the swinssl format"
+        )
+    settings = checkpoint.encoder_settings
+    if "img_size" not in settings or "window_size" not in settings:
+        raise CheckpointError(f"{checkpoint.source} records no image size and window, which an HF config needs; "
+                              "export a swinssl checkpoint, or load this one with create_encoder and train or save it")
+    prefix = "swinv2." if checkpoint.family == "swinv2" else "swin."
+    qkv_parts = {"attn.qkv.weight": ("query.weight", "key.weight", "value.weight"),
+                 "attn.qkv.bias": ("query.bias", "key.bias", "value.bias"),
+                 "attn.q_bias": ("query.bias",), "attn.v_bias": ("value.bias",)}
+    state = {}
+    for key, value in checkpoint.state.items():
+        if match := re.fullmatch(r"layers\.(\d+)\.downsample\.(.+)", key):
+            state[f"{prefix}encoder.layers.{int(match[1]) - 1}.downsample.{match[2]}"] = value
+        elif match := re.fullmatch(r"(layers\.\d+\.blocks\.\d+\.)(.+)", key):
+            block = f"{prefix}encoder.{match[1]}"
+            if match[2] in qkv_parts:
+                names = qkv_parts[match[2]]
+                for name, part in zip(names, value.chunk(len(names)), strict=True):
+                    state[f"{block}attention.self.{name}"] = part.contiguous()
+            else:
+                state[block + _renamed(match[2], HF_BLOCK_NAMES, 0, 1)] = value
+        elif key.startswith("head.fc."):
+            state[f"classifier.{key[len('head.fc.'):]}"] = value
+        elif key != "mask_token":
+            state[prefix + _renamed(key, HF_TOP_NAMES, 0, 1)] = value
+    arch = checkpoint.arch
+    config: dict[str, Any] = {"image_size": settings["img_size"], "window_size": int(settings["window_size"]),
+                              "patch_size": arch["patch_size"], "embed_dim": arch["embed_dim"],
+                              "depths": list(arch["depths"]), "num_heads": list(arch["num_heads"])}
+    if checkpoint.family == "swinv2":
+        config["pretrained_window_sizes"] = list(checkpoint.pretrained_window_sizes or [0] * len(arch["depths"]))
+    names = (checkpoint.hparams or {}).get("class_names")
+    if checkpoint.num_classes:
+        count = checkpoint.num_classes
+        labels = names if names and len(names) == count else [f"LABEL_{i}" for i in range(count)]
+        config["id2label"] = dict(enumerate(labels))
+        config["label2id"] = {label: i for i, label in enumerate(labels)}
+    return state, config
 
 
 def swinssl_metadata(encoder: torch.nn.Module) -> dict[str, Any]:

@@ -103,8 +103,12 @@ def load_into(model: nn.Module, checkpoint: Checkpoint) -> LoadReport:
             report.resized.append(f"{key} {tuple(value.shape)} -> {tuple(target[key].shape)} (bicubic)")
     _fit_optional(state, target, "mask_token", report, "SimMIM mask token")
     _fit_head(state, target, report)
+    optional = {"head.fc.weight", "head.fc.bias", "mask_token"}
+    if checkpoint.format == "hf" and "norm.weight" not in state:  # an HF Swinv2Backbone ends without the final norm
+        report.reinitialized.append("final norm (norm): not in the checkpoint (an HF backbone has none)")
+        optional |= {"norm.weight", "norm.bias"}
     unexpected = sorted(set(state) - set(target))
-    missing = sorted(set(target) - set(state) - {"head.fc.weight", "head.fc.bias", "mask_token"})
+    missing = sorted(set(target) - set(state) - optional)
     mismatched = [f"{key} {tuple(state[key].shape)} vs {tuple(target[key].shape)}"
                   for key in state if key in target and state[key].shape != target[key].shape]
     if unexpected or missing or mismatched:
