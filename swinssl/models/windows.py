@@ -97,6 +97,30 @@ def shift_mask(padded: Size, valid: Size, window: Size, shift: Size, device: tor
     return ((windows[:, :, None] != windows[:, None, :]).float() * MASK_VALUE).to(device)
 
 
+def windowed_attention(attend, x: torch.Tensor, window: Size, shift: Size, mask_padding: bool = True) -> torch.Tensor:
+    """Run ``attend(windows, mask)`` over (B, *size, C) tokens in (shifted) windows, as the official detection and
+    Video Swin code do: zero-pad the end of each axis to whole windows, roll by -shift, partition, and back.
+
+    ``attend`` maps (B * windows, N, C) tokens and a (windows, N, N) additive mask (or None) to the same shape.
+    ``mask_padding=False`` lets real tokens attend to the padding, as the official code does (its mask only
+    separates the regions a shift brought together).
+    """
+    batch, *size, _ = x.shape
+    size = tuple(size)
+    pads = [(-s) % w for s, w in zip(size, window)]
+    if any(pads):
+        x = F.pad(x, [0, 0, *(edge for pad in reversed(pads) for edge in (0, pad))])  # channels, then the last axis
+    padded = tuple(x.shape[1:-1])
+    axes = tuple(range(1, len(window) + 1))
+    if any(shift):
+        x = torch.roll(x, [-s for s in shift], dims=axes)
+    mask = shift_mask(padded, size if mask_padding else padded, tuple(window), tuple(shift), x.device)
+    x = window_reverse(attend(window_partition(x, window), mask), window, batch, padded)
+    if any(shift):
+        x = torch.roll(x, list(shift), dims=axes)
+    return x[(slice(None), *(slice(0, s) for s in size))].contiguous()
+
+
 def _region_slices(window: Size, shift: Size) -> list[tuple[slice, ...]]:
     """The regions a cyclic shift cuts each axis into (three on a shifted axis, one otherwise), all combinations."""
     per_axis = [[slice(0, -w), slice(-w, -s), slice(-s, None)] if s else [slice(None)] for w, s in zip(window, shift)]
