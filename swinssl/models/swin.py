@@ -99,9 +99,12 @@ class WindowAttentionV1(KernelAttention, swin_transformer.WindowAttention):
 
 class PaddedWindows:
     """Mixin for timm's Swin blocks: attention in the block's windows over a map of any size, padded to whole
-    windows at the end (:func:`swinssl.models.windows.windowed_attention`) instead of timm's built-size masks."""
+    windows at the end (:func:`swinssl.models.windows.windowed_attention`); at the built size, where the two are
+    the same function, timm's path with its precomputed shift mask runs (so compiled graphs stay as timm's)."""
 
     def _attn(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[1:3]) == tuple(self.input_resolution):  # the built size: whole windows, timm's own path
+            return super()._attn(x)
         return windowed_attention(self._attend, x, tuple(self.window_size), tuple(self.shift_size))
 
     def _attend(self, windows: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
