@@ -2,8 +2,9 @@
 image encoders (2D), the video encoders (3D) and the pictures of :mod:`swinssl.viz`.
 
 Geometry: windows clipped to small feature maps, partition and its inverse, the relative-position index of
-a window (first axis most significant, as the official tables are laid out), and the mask that hides
-tokens a cyclic shift (or padding) brought into one window from each other.
+a window (first axis most significant, as the official tables are laid out), the mask that hides
+tokens a cyclic shift (or padding) brought into one window from each other, and attention run in windows
+over a map of any size (padded at the end to whole windows, then shifted).
 
 Position bias: Swin V2's log-spaced continuous position bias, ``16 * sigmoid(cpb_mlp(u))`` over offsets
 ``u = sign(d) log2(1 + |8 d / (P - 1)|) / log2(8)`` normalized by the window ``P`` the bias was trained at,
