@@ -7,7 +7,7 @@
   reads that record back with the weights, so a re-imported export computes what was exported.
 - ``--to hf``: an HF ``save_pretrained`` folder OUT (``config.json`` + ``model.safetensors``) that ``Swinv2Model``,
   ``Swinv2ForImageClassification`` (labels from the training shards' class names) and ``Swinv2Backbone`` load with
-  ``from_pretrained``; writing the config needs transformers (``pip install 'swinssl[hf]'``).
+  ``from_pretrained``; writing the config needs transformers (``pip install 'swinssl[interop]'``).
 
 Exported files are world-readable (0644), as files made to be shared should be.
 """
@@ -86,7 +86,7 @@ def export_hf(source: Checkpoint, out: Path) -> tuple[list[Path], dict[str, Any]
         import transformers
     except ImportError:
         raise CheckpointError("--to hf writes an HF transformers config, which needs transformers: "
-                              "pip install 'swinssl[hf]'") from None
+                              "pip install 'swinssl[interop]'") from None
     from safetensors.torch import save_file
 
     config_name, classifier, base = HF_CLASSES[source.family]

@@ -168,11 +168,12 @@ def attention_probabilities(encoder: nn.Module, images: torch.Tensor, stage: int
 
 def _window_positions(grid: Pair, window: Pair, shift: Pair) -> torch.Tensor:
     """(windows, N, 2): grid (row, col) of each token of each window; windows cut the grid after it is
-    rolled by -shift and padded at the end (timm's order), so rolled row r is row (r + shift) % H."""
+    padded at the end to whole windows and rolled by -shift (the models' order), so rolled row r is padded
+    row (r + shift) % padded height, padding where that is past the grid."""
     padded = [math.ceil(g / w) * w for g, w in zip(grid, window)]
     rows, cols = torch.meshgrid(torch.arange(padded[0]), torch.arange(padded[1]), indexing="ij")
-    original = torch.stack([(rows + shift[0]) % grid[0], (cols + shift[1]) % grid[1]], -1)
-    original[(rows >= grid[0]) | (cols >= grid[1])] = -1
+    original = torch.stack([(rows + shift[0]) % padded[0], (cols + shift[1]) % padded[1]], -1)
+    original[(original[..., 0] >= grid[0]) | (original[..., 1] >= grid[1])] = -1
     windows = original.view(padded[0] // window[0], window[0], padded[1] // window[1], window[1], 2)
     return windows.permute(0, 2, 1, 3, 4).reshape(-1, window[0] * window[1], 2)
 

@@ -116,7 +116,7 @@ def test_hf_export_without_transformers_names_the_extra(classifier_checkpoint, t
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1] == (
-        "error: --to hf writes an HF transformers config, which needs transformers: pip install 'swinssl[hf]'")
+        "error: --to hf writes an HF transformers config, which needs transformers: pip install 'swinssl[interop]'")
 
 
 def test_hf_export_of_swin_v1_loads_in_transformers(tmp_path):

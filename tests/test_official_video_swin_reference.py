@@ -219,3 +219,18 @@ def test_matches_torchvision_swin3d_port(size):
     with torch.no_grad():
         expected = ref.norm(ref.features(ref.patch_embed(x))).permute(0, 4, 1, 2, 3)
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def _own_offsets_index(clipped, full):
+    """Rows of the full window's table for the clipped window's own token offsets (the geometric reading)."""
+    coords = list(itertools.product(*(range(n) for n in clipped)))
+    spans = [2 * n - 1 for n in full]
+    return torch.tensor([[((a[0] - b[0] + full[0] - 1) * spans[1] + a[1] - b[1] + full[1] - 1) * spans[2]
+                          + a[2] - b[2] + full[2] - 1 for b in coords] for a in coords])
+
+
+def test_the_sliced_index_is_geometric_only_when_time_is_the_clipped_axis():
+    full = (2, 3, 3)
+    time_clipped, space_clipped = (1, 3, 3), (2, 2, 2)
+    assert torch.equal(relative_position_index(full)[:9, :9], _own_offsets_index(time_clipped, full))
+    assert not torch.equal(relative_position_index(full)[:8, :8], _own_offsets_index(space_clipped, full))

@@ -96,6 +96,52 @@ def test_official_video_swin_checkpoint_gives_the_official_function(tmp_path):
                                    rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("size", [112, 96])
+def test_official_weights_give_the_official_function_where_windows_are_clipped_or_padded(tmp_path, size):
+    """112 px with windows of 7: the last stage's 4x4 map clips the window spatially, where the official code reads
+    relative_position_index[:16, :16] of the full window; 96 px also pads 24 and 12 to whole windows, and the
+    official code lets real tokens attend to the padding."""
+    backbone, head = official_pair(window=(2, 7, 7))
+    path = tmp_path / "swin_tiny_patch244_window877_kinetics400_1k.pth"
+    torch.save(official_checkpoint(backbone, head), path)
+    model = create_video_encoder("video_swin", num_frames=4, img_size=size, window_size=(2, 7, 7), checkpoint=path,
+                                 num_classes=5).eval()
+    assert model.window_rule == "official"
+    video = torch.randn(2, 3, 4, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(model(video), head(backbone(video)), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model.forward_features(video), backbone(video).permute(0, 2, 3, 4, 1),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_the_geometric_rule_is_an_explicit_option_and_differs_where_windows_are_clipped():
+    backbone, head = official_pair(window=(2, 7, 7))
+    checkpoint = official_checkpoint(backbone, head)
+    model = create_video_encoder("video_swin", num_frames=4, img_size=112, window_size=(2, 7, 7),
+                                 checkpoint=checkpoint, window_rule="geometric").eval()
+    assert {m.window_rule for m in model.modules() if hasattr(m, "relative_position_bias_table")} == {"geometric"}
+    video = torch.randn(1, 3, 4, 112, 112)
+    with torch.no_grad():
+        difference = (model.forward_features(video) - backbone(video).permute(0, 2, 3, 4, 1)).abs().max()
+        at_whole_windows = torch.randn(1, 3, 4, 224, 224)  # 56/28/14/7: nothing clipped in space, nothing padded
+        torch.testing.assert_close(model.forward_features(at_whole_windows),
+                                   backbone(at_whole_windows).permute(0, 2, 3, 4, 1), rtol=1e-4, atol=1e-5)
+    assert difference > 1e-3
+
+
+def test_the_window_rule_defaults_and_errors():
+    v2 = build_video_encoder("video_swinv2", num_frames=8, img_size=64, window_size=(2, 4, 4), **TINY)
+    assert v2.window_rule == "geometric"
+    assert build_video_encoder("video_swin", num_frames=8, img_size=64, window_size=(2, 4, 4),
+                               attention="factorized", **TINY).window_rule == "geometric"  # not the official layout
+    with pytest.raises(ValueError, match="window_rule='official' is the official Video Swin .V1. rule"):
+        build_video_encoder("video_swinv2", num_frames=8, img_size=64, window_size=(2, 4, 4), window_rule="official",
+                            **TINY)
+    with pytest.raises(ValueError, match="window_rule must be one of"):
+        build_video_encoder("video_swin", num_frames=8, img_size=64, window_size=(2, 4, 4), window_rule="mmaction",
+                            **TINY)
+
+
 def test_mmaction2_v1x_final_norm_name_is_read(tmp_path):
     backbone, head = official_pair()
     checkpoint = official_checkpoint(backbone, head)

@@ -7,6 +7,12 @@ Parameter names stay timm's, so timm state dicts load as they are. Additions:
 - the Swin V2 paper's extra LayerNorm on the main branch every ``extra_norm_period`` blocks of a stage,
   used by the H and G presets (named ``norm3`` as in timm's ``swinv2_cr``); the official release lacks it;
 - checks that turn an image size or window that cannot work into a one-line error before any compute;
+- any input size the patch divides, non-square too (the built size only fixes each stage's window): every
+  block zero-pads its map to whole windows, as the official detection code does, and masks the padding out of
+  attention; the position bias stays the one of the block's window. At the built size nothing is padded and
+  the function is timm's;
+- backbone use as in timm (``feature_info``, ``forward_intermediates``; ``features_only`` through
+  :func:`swinssl.models.backbone.features_only`);
 - a choice of attention kernel (``attn_kernel``: plain, fused SDPA, chunked or triton; :mod:`swinssl.models.attention`)
   for V2 and V1 alike.
 
@@ -38,6 +44,7 @@ from swinssl.models.windows import (
     log_cpb_table,
     log_spaced_coordinates,
     resize_bias_table,
+    windowed_attention,
 )
 
 
@@ -91,11 +98,34 @@ class WindowAttentionV1(KernelAttention, swin_transformer.WindowAttention):
         return resize_bias_table(self.relative_position_bias_table, window)
 
 
+class PaddedWindows:
+    """Mixin for timm's Swin blocks: attention in the block's windows over a map of any size, padded to whole
+    windows at the end (:func:`swinssl.models.windows.windowed_attention`); at the built size, where the two are
+    the same function, timm's path with its precomputed shift mask runs (so compiled graphs stay as timm's)."""
+
+    def _attn(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[1:3]) == tuple(self.input_resolution):  # the built size: whole windows, timm's own path
+            return super()._attn(x)
+        return windowed_attention(self._attend, x, tuple(self.window_size), tuple(self.shift_size))
+
+    def _attend(self, windows: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return self.attn(windows, mask=mask)
+
+
+class PaddedBlockV2(PaddedWindows, SwinTransformerV2Block):
+    pass
+
+
+class PaddedBlockV1(PaddedWindows, swin_transformer.SwinTransformerBlock):
+    pass
+
+
 class SwinExtras:
     """Mixin for timm Swin models: the SimMIM mask token at the patch embedding, ``stride``, the official
     layer-decay grouping, and the attention kernel."""
 
     attention_class: type[KernelAttention]
+    block_class: type[PaddedWindows]
 
     def set_attention_kernel(self, kernel: str = "fused", chunk_windows: int | None = None) -> None:
         """Run every window attention with ``kernel`` (``plain``, ``fused``, ``chunked``; see
@@ -110,9 +140,15 @@ class SwinExtras:
         check_kernel(kernel, chunk_windows)
         for stage in self.layers:
             for block in stage.blocks:
+                block.__class__ = self.block_class  # same re-classing, for windows padded at any input size
                 block.attn.__class__ = self.attention_class
                 block.attn.kernel, block.attn.chunk_windows = kernel, chunk_windows
         self.attn_kernel, self.attn_chunk_windows = kernel, chunk_windows
+
+    def _accept_any_size(self) -> None:
+        """timm's patch embedding then checks only that the patch divides the input (timm's strict size check
+        is off; the blocks pad, the merges pad odd sizes)."""
+        self.patch_embed.strict_img_size = False
 
     def _init_mask_token(self, enabled: bool) -> None:
         if enabled:
@@ -128,8 +164,20 @@ class SwinExtras:
 
     def embed(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Patch embedding (NHWC); tokens where ``mask`` is 1 become the mask token."""
+        self._check_input(images)
         tokens = self.patch_embed(images)
         return tokens if mask is None else apply_mask_token(tokens, mask, self.mask_token)
+
+    def _check_input(self, images: torch.Tensor) -> None:
+        patch = self.patch_embed.patch_size
+        if images.ndim != 4 or images.shape[-2] % patch[0] or images.shape[-1] % patch[1]:
+            raise ValueError(f"expected images (B, C, H, W) with H and W multiples of the patch size {patch[0]}, got "
+                             f"shape {tuple(images.shape)}; pad or crop them")
+
+    def forward_intermediates(self, images: torch.Tensor, *args: Any, **kwargs: Any):
+        """timm's ``forward_intermediates`` (NCHW maps of the chosen stages), at any size the patch divides."""
+        self._check_input(images)
+        return super().forward_intermediates(images, *args, **kwargs)
 
     def forward_features(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 3, H, W) -> final-normed (B, H/32, W/32, C_out) features, timm's NHWC layout."""
@@ -180,12 +228,14 @@ class SwinV2Encoder(SwinExtras, SwinTransformerV2):
     attention kernel."""
 
     attention_class = WindowAttentionV2
+    block_class = PaddedBlockV2
     family = "swinv2"
 
     def __init__(self, *, mask_token: bool = False, extra_norm_period: int = 0, attn_kernel: str = "fused",
                  attn_chunk_windows: int | None = None, **kwargs: Any) -> None:
         check_kernel(attn_kernel, attn_chunk_windows)  # before building, as the geometry checks
         super().__init__(**kwargs)
+        self._accept_any_size()
         self._init_mask_token(mask_token)
         self.set_attention_kernel(attn_kernel, attn_chunk_windows)
         self.extra_norm_period = extra_norm_period
@@ -200,12 +250,14 @@ class SwinEncoder(SwinExtras, SwinTransformer):
     """timm Swin V1 with an optional SimMIM mask token and a choice of attention kernel."""
 
     attention_class = WindowAttentionV1
+    block_class = PaddedBlockV1
     family = "swin"
 
     def __init__(self, *, mask_token: bool = False, attn_kernel: str = "fused",
                  attn_chunk_windows: int | None = None, **kwargs: Any) -> None:
         check_kernel(attn_kernel, attn_chunk_windows)  # before building, as the geometry checks
         super().__init__(**kwargs)
+        self._accept_any_size()
         self._init_mask_token(mask_token)
         self.set_attention_kernel(attn_kernel, attn_chunk_windows)
 

@@ -8,14 +8,20 @@ Geometry follows the official Video Swin code: patches of (2, 4, 4) with the inp
 of each axis; windows (P, M, M) flattened time-major; every other block shifted by half a window on each
 axis; on an axis whose feature size is at most the window, the window is clipped to that size and that
 axis is not shifted; patch merging is spatial only, so time keeps T/2 tokens through every stage.
-Two deliberate differences, both invisible at the official sizes (tokens a multiple of the window):
-padding tokens are masked out of attention (the official code lets real tokens attend to them), and a
-clipped window reads the bias of its own offsets (the official code slices the first N rows of the
-index, which is right only when time is the clipped axis).
+Two rules for windows that are clipped or padded, both the same at the official sizes (tokens a multiple
+of the window, no spatial clipping): ``window_rule="official"`` computes the official code's function (a
+clipped window reads ``relative_position_index[:N, :N]`` of the full window, which is the geometric bias
+only when time is the clipped axis; real tokens attend to padding); ``"geometric"`` reads the bias of the
+clipped window's own offsets and masks padding out of attention. Official is the default of the official
+architecture (V1 style, joint attention), so official weights give mmaction2's function at every size;
+geometric is the default otherwise, and the only rule of Swin V2 style, which has no official video code.
 
 ``attention="factorized"`` replaces joint attention by spatial (1, M, M) then temporal (P, 1, 1) window
 attention in each block, the Video Swin paper's ablation; the temporal part starts at zero, so it is an
 identity until trained.
+
+Backbone use follows timm: ``feature_info`` per stage, ``forward_intermediates`` giving (B, C, T, H, W) maps,
+``prune_intermediate_layers``; :func:`swinssl.models.backbone.features_only` wraps it as timm's ``features_only``.
 
 ``attn_kernel`` picks how window attention is computed (``plain``, ``fused``, ``chunked``;
 :mod:`swinssl.models.attention`, shared with the image models); every kernel computes the same function.
@@ -31,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import swin_transformer, swin_transformer_v2
+from timm.models._features import feature_take_indices  # timm's own models import it from here
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -50,13 +57,13 @@ from swinssl.models.windows import (
     cosine_query_key,
     gather_bias,
     relative_position_index,
-    shift_mask,
     window_log_cpb_bias,
-    window_partition,
-    window_reverse,
+    windowed_attention,
 )
 
 ATTENTION_MODES = ("joint", "factorized")
+WINDOW_RULES = ("official", "geometric")
+INTERMEDIATE_FORMATS = ("NCTHW", "NTHWC")
 
 
 class WindowAttention3D(KernelAttention, nn.Module):
@@ -64,8 +71,10 @@ class WindowAttention3D(KernelAttention, nn.Module):
     say how q, k, v and the bias are made, and the chosen kernel (:mod:`swinssl.models.attention`) runs it.
 
     ``window_size`` is the window the module is built for; ``forward`` takes the (possibly clipped) window of
-    the current input.
+    the current input. ``window_rule`` says how clipped and padded windows are treated (module docstring).
     """
+
+    window_rule: str = "geometric"
 
     def __init__(self, num_heads: int, window_size: Triple) -> None:
         super().__init__()
@@ -111,7 +120,8 @@ class WindowAttention3DV2(WindowAttention3D):
 
 class WindowAttention3DV1(WindowAttention3D):
     """Swin V1 style (official Video Swin): scaled dot product and a learned table of (2P-1)(2M-1)(2M-1) rows for
-    the window the module was built with; a clipped window reads the rows of its own offsets."""
+    the window the module was built with; a clipped window of N tokens reads ``index[:N, :N]`` of the full window
+    (official rule) or the rows of its own offsets (geometric rule)."""
 
     def __init__(self, dim: int, num_heads: int, window_size: Triple) -> None:
         super().__init__(num_heads, window_size)
@@ -126,7 +136,12 @@ class WindowAttention3DV1(WindowAttention3D):
         return q * self.scale, k, v, self.position_bias(window), None
 
     def position_bias(self, window: Triple) -> torch.Tensor:
-        index = relative_position_index(window, self.window_size, self.proj.weight.device)
+        device = self.proj.weight.device
+        if self.window_rule == "official":
+            tokens = math.prod(window)
+            index = relative_position_index(self.window_size, self.window_size, device)[:tokens, :tokens]
+        else:
+            index = relative_position_index(window, self.window_size, device)
         return gather_bias(self.relative_position_bias_table, index)
 
 
@@ -137,20 +152,11 @@ def window_attention_module(dim: int, num_heads: int, window_size: Triple, style
     return WindowAttention3DV1(dim, num_heads, window_size)
 
 
-def windowed_attention(attn: WindowAttention3D, x: torch.Tensor, window: Triple, shift: Triple) -> torch.Tensor:
-    """Apply ``attn`` in (shifted) windows to (B, D, H, W, C): pad at the end, roll, partition, and back."""
-    b, d, h, w, _ = x.shape
-    window, shift = clip_window((d, h, w), window, shift)
-    pads = [(-size) % n for size, n in zip((d, h, w), window)]
-    x = F.pad(x, (0, 0, 0, pads[2], 0, pads[1], 0, pads[0]))
-    padded = tuple(x.shape[1:4])
-    if any(shift):
-        x = torch.roll(x, [-s for s in shift], dims=(1, 2, 3))
-    mask = shift_mask(padded, (d, h, w), window, shift, x.device)
-    x = window_reverse(attn(window_partition(x, window), window, mask), window, b, padded)
-    if any(shift):
-        x = torch.roll(x, list(shift), dims=(1, 2, 3))
-    return x[:, :d, :h, :w].contiguous()
+def clipped_window_attention(attn: WindowAttention3D, x: torch.Tensor, window: Triple, shift: Triple) -> torch.Tensor:
+    """Apply ``attn`` in (shifted) windows to (B, D, H, W, C), the windows clipped to the feature size first."""
+    window, shift = clip_window(tuple(x.shape[1:4]), window, shift)
+    return windowed_attention(lambda windows, mask: attn(windows, window, mask), x, window, shift,
+                              mask_padding=attn.window_rule == "geometric")
 
 
 class VideoSwinBlock(nn.Module):
@@ -186,9 +192,9 @@ class VideoSwinBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for norm, attn, window, shift in self.branches():
             if self.style == "v2":
-                x = x + self.drop_path(norm(windowed_attention(attn, x, window, shift)))
+                x = x + self.drop_path(norm(clipped_window_attention(attn, x, window, shift)))
             else:
-                x = x + self.drop_path(windowed_attention(attn, norm(x), window, shift))
+                x = x + self.drop_path(clipped_window_attention(attn, norm(x), window, shift))
         if self.style == "v2":
             return x + self.drop_path(self.norm2(self.mlp(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
@@ -286,8 +292,11 @@ class VideoSwinEncoder(nn.Module):
         attn_kernel: str = "fused",
         attn_chunk_windows: int | None = None,
         mask_token: bool = False,
+        window_rule: str | None = None,
     ) -> None:
         check_kernel(attn_kernel, attn_chunk_windows)
+        window_rule = window_rule or ("official" if (style, attention) == ("v1", "joint") else "geometric")
+        check_window_rule(window_rule, style)
         super().__init__()
         self.num_frames, self.img_size, self.style, self.attention = num_frames, img_size, style, attention
         self.window_size, self.num_classes = window_size, num_classes
@@ -305,6 +314,8 @@ class VideoSwinEncoder(nn.Module):
             for s in range(stages)
         ))
         self.num_features = embed_dim * 2 ** (stages - 1)
+        self.feature_info = [dict(num_chs=embed_dim * 2**s, reduction=patch_size[1] * 2**s, module=f"layers.{s}")
+                             for s in range(stages)]
         self.norm = nn.LayerNorm(self.num_features)
         self.head = VideoHead(self.num_features, num_classes, head_dropout)
         # SimMIM's mask token, shaped as the image model's so inflation copies it unchanged
@@ -320,6 +331,10 @@ class VideoSwinEncoder(nn.Module):
                     nn.init.zeros_(module.temporal_attn.proj.weight)
         self.set_grad_checkpointing(grad_checkpointing)
         self.set_attention_kernel(attn_kernel, attn_chunk_windows)
+        self.window_rule = window_rule
+        for module in self.modules():
+            if isinstance(module, WindowAttention3D):
+                module.window_rule = window_rule
 
     @property
     def family(self) -> str:
@@ -369,8 +384,7 @@ class VideoSwinEncoder(nn.Module):
 
     def embed(self, video: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Patch embedding (B, T', H', W', C); tokens where ``mask`` (B, T', H', W') is 1 become the mask token."""
-        if video.ndim != 5 or video.shape[1] != 3:
-            raise ValueError(f"expected a video batch (B, 3, T, H, W), got shape {tuple(video.shape)}")
+        self._check_input(video)
         tokens = self.patch_embed(video)
         return tokens if mask is None else apply_mask_token(tokens, mask, self.mask_token)
 
@@ -378,11 +392,65 @@ class VideoSwinEncoder(nn.Module):
         """(B, 3, T, H, W) -> final-normed (B, T', H', W', C) tokens; ``mask``: see :meth:`embed`."""
         return self.norm(self.layers(self.embed(video, mask)))
 
+    def forward_intermediates(
+        self,
+        video: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCTHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's ``forward_intermediates`` for clips: the outputs of the stages ``indices`` (None: all, an int: the
+        last n, or a list) as (B, C, T, H, W) maps (``output_fmt="NTHWC"``: channels last); ``norm`` applies the final
+        norm to the last stage's map. Returns the maps, or the final-normed features and the maps."""
+        if output_fmt not in INTERMEDIATE_FORMATS:
+            raise ValueError(f"output_fmt must be one of {INTERMEDIATE_FORMATS}, got {output_fmt!r}")
+        take, last = feature_take_indices(len(self.layers), indices)
+        x, intermediates = self.embed(video), []
+        stages = self.layers[: last + 1] if stop_early else self.layers
+        for index, stage in enumerate(stages):
+            x = stage(x)
+            if index in take:
+                kept = self.norm(x) if norm and index == len(self.layers) - 1 else x
+                intermediates.append(kept.permute(0, 4, 1, 2, 3).contiguous() if output_fmt == "NCTHW" else kept)
+        if intermediates_only:
+            return intermediates
+        return (self.norm(x) if len(stages) == len(self.layers) else x), intermediates
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last of ``indices`` (and the final norm and head where they no longer fit), as
+        timm's models do for ``features_only``; returns the absolute indices."""
+        take, last = feature_take_indices(len(self.layers), indices)
+        pruned = last < len(self.layers) - 1
+        self.layers = self.layers[: last + 1]
+        if prune_norm or pruned:
+            self.norm = nn.Identity()
+        if pruned:
+            self.num_features = self.feature_info[last]["num_chs"]
+        if prune_head or pruned:
+            self.head = VideoHead(self.num_features, 0, 0.0)
+            self.num_classes = 0
+        return take
+
+    def _check_input(self, video: torch.Tensor) -> None:
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise ValueError(f"expected a video batch (B, 3, T, H, W), got shape {tuple(video.shape)}")
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(video))
+
+
+def check_window_rule(rule: str, style: str) -> None:
+    if rule not in WINDOW_RULES:
+        raise ValueError(f"window_rule must be one of {WINDOW_RULES}, got {rule!r}")
+    if rule == "official" and style == "v2":
+        raise ValueError("window_rule='official' is the official Video Swin (V1) rule; Video Swin V2 has no official "
+                         "code, use window_rule='geometric' or a video_swin_* arch")
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -402,6 +470,7 @@ def build_video_encoder(
     attention: str = "joint",
     attn_kernel: str = "fused",
     attn_chunk_windows: int | None = None,
+    window_rule: str | None = None,
     **overrides: Any,
 ) -> VideoSwinEncoder:
     """A freshly initialized Video Swin (``video_swinv2_*`` V2 style, ``video_swin_*`` V1 style), no I/O.
@@ -409,6 +478,8 @@ def build_video_encoder(
     ``overrides`` reach the model (``embed_dim``, ``depths``, ``num_heads``, ``drop_path_rate``,
     ``pretrained_window_sizes`` (per stage (t, h, w)), ``head_dropout``, ``grad_checkpointing``, ...).
     ``attn_kernel``/``attn_chunk_windows``: the attention kernel, as for :func:`swinssl.models.build_encoder`.
+    ``window_rule``: ``official`` or ``geometric`` bias and padding of clipped windows (module docstring); None
+    is official for ``video_swin`` with joint attention, geometric otherwise.
     """
     family = family_of(arch)
     if not family.startswith("video_"):
@@ -424,5 +495,5 @@ def build_video_encoder(
     return VideoSwinEncoder(
         num_frames=num_frames, img_size=img_size, patch_size=patch, window_size=window, depths=depths,
         num_heads=heads, style=STYLES[family], attention=attention, num_classes=num_classes,
-        attn_kernel=attn_kernel, attn_chunk_windows=attn_chunk_windows, **kwargs,
+        attn_kernel=attn_kernel, attn_chunk_windows=attn_chunk_windows, window_rule=window_rule, **kwargs,
     )

@@ -2,8 +2,9 @@
 image encoders (2D), the video encoders (3D) and the pictures of :mod:`swinssl.viz`.
 
 Geometry: windows clipped to small feature maps, partition and its inverse, the relative-position index of
-a window (first axis most significant, as the official tables are laid out), and the mask that hides
-tokens a cyclic shift (or padding) brought into one window from each other.
+a window (first axis most significant, as the official tables are laid out), the mask that hides
+tokens a cyclic shift (or padding) brought into one window from each other, and attention run in windows
+over a map of any size (padded at the end to whole windows, then shifted).
 
 Position bias: Swin V2's log-spaced continuous position bias, ``16 * sigmoid(cpb_mlp(u))`` over offsets
 ``u = sign(d) log2(1 + |8 d / (P - 1)|) / log2(8)`` normalized by the window ``P`` the bias was trained at,
@@ -95,6 +96,30 @@ def shift_mask(padded: Size, valid: Size, window: Size, shift: Size, device: tor
     labels += regions * torch.roll(padding, [-s for s in shift], dims=tuple(range(len(padded)))).long()
     windows = window_partition(labels[None, ..., None], window).squeeze(-1)
     return ((windows[:, :, None] != windows[:, None, :]).float() * MASK_VALUE).to(device)
+
+
+def windowed_attention(attend, x: torch.Tensor, window: Size, shift: Size, mask_padding: bool = True) -> torch.Tensor:
+    """Run ``attend(windows, mask)`` over (B, *size, C) tokens in (shifted) windows, as the official detection and
+    Video Swin code do: zero-pad the end of each axis to whole windows, roll by -shift, partition, and back.
+
+    ``attend`` maps (B * windows, N, C) tokens and a (windows, N, N) additive mask (or None) to the same shape.
+    ``mask_padding=False`` lets real tokens attend to the padding, as the official code does (its mask only
+    separates the regions a shift brought together).
+    """
+    batch, *size, _ = x.shape
+    size = tuple(size)
+    pads = [(-s) % w for s, w in zip(size, window)]
+    if any(pads):
+        x = F.pad(x, [0, 0, *(edge for pad in reversed(pads) for edge in (0, pad))])  # channels, then the last axis
+    padded = tuple(x.shape[1:-1])
+    axes = tuple(range(1, len(window) + 1))
+    if any(shift):
+        x = torch.roll(x, [-s for s in shift], dims=axes)
+    mask = shift_mask(padded, size if mask_padding else padded, tuple(window), tuple(shift), x.device)
+    x = window_reverse(attend(window_partition(x, window), mask), window, batch, padded)
+    if any(shift):
+        x = torch.roll(x, list(shift), dims=axes)
+    return x[(slice(None), *(slice(0, s) for s in size))].contiguous()
 
 
 def _region_slices(window: Size, shift: Size) -> list[tuple[slice, ...]]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from swinssl.models.backbone import features_only as stage_maps
 from swinssl.models.registry import SIZE_KEYS, STYLES, EncoderSpec, family_of, is_video, resolve_arch, triple
 from swinssl.models.swin import build_encoder
 from swinssl.models.video_swin import VideoSwinEncoder, build_video_encoder
@@ -61,6 +62,8 @@ def create_encoder(
     trust_checkpoint: bool = False,
     attn_kernel: str = "fused",
     attn_chunk_windows: int | None = None,
+    features_only: bool = False,
+    out_indices: int | Sequence[int] | None = None,
     **overrides: Any,
 ) -> nn.Module:
     """A Swin V1/V2 encoder at ``img_size``/``window_size``, loaded from any supported checkpoint.
@@ -69,7 +72,9 @@ def create_encoder(
     family (``swinv2``, ``swin``) whose sizes (and patch size) are read off the checkpoint; explicit
     ``overrides`` win. ``pretrained_window_sizes`` defaults to the windows the checkpoint's position bias was
     trained at. The load report is logged and kept as ``model.load_report``. ``attn_kernel``/``attn_chunk_windows``
-    choose the attention kernel (:func:`swinssl.models.build_encoder`).
+    choose the attention kernel (:func:`swinssl.models.build_encoder`). ``features_only=True`` returns the per-stage
+    NCHW maps of ``out_indices`` instead, as timm does (:func:`swinssl.models.backbone.features_only`); the model
+    takes any input size the patch divides.
     """
     source = load_checkpoint(checkpoint, trust_checkpoint) if checkpoint is not None else None
     if source is not None:
@@ -78,7 +83,7 @@ def create_encoder(
     model = build_encoder(arch, img_size=img_size, window_size=window_size, patch_size=patch_size or 4,
                           num_classes=num_classes, mask_token=mask_token, attn_kernel=attn_kernel,
                           attn_chunk_windows=attn_chunk_windows, **overrides)
-    return _loaded(model, source)
+    return _as_backbone(_loaded(model, source), features_only, out_indices)
 
 
 def create_video_encoder(
@@ -95,8 +100,11 @@ def create_video_encoder(
     attn_kernel: str = "fused",
     attn_chunk_windows: int | None = None,
     mask_token: bool = False,
+    window_rule: str | None = None,
+    features_only: bool = False,
+    out_indices: int | Sequence[int] | None = None,
     **overrides: Any,
-) -> VideoSwinEncoder:
+) -> VideoSwinEncoder | nn.Module:
     """A Video Swin encoder, from an image checkpoint (inflated) or a video one (ours or official Video Swin).
 
     ``arch`` is a preset (``video_swinv2_base``, ``video_swin_tiny``, ...) whose sizes the checkpoint must
@@ -106,6 +114,10 @@ def create_video_encoder(
     recorded (an image checkpoint's window per stage, with time normalized by the video window).
     ``attn_kernel``/``attn_chunk_windows`` choose the attention kernel (:func:`swinssl.models.build_encoder`).
     ``mask_token=True`` adds SimMIM's mask token (the image checkpoint's, when it has one).
+    ``window_rule`` (``official``/``geometric``) says how windows clipped to a small feature map read the bias and
+    whether padding is attended; None: ``official`` for ``video_swin`` (mmaction2's function, so official weights
+    match it at every size), ``geometric`` for ``video_swinv2`` (:mod:`swinssl.models.video_swin`).
+    ``features_only``/``out_indices``: per-stage NCTHW maps, as :func:`create_encoder`.
     """
     if not is_video(family_of(arch)):
         raise ValueError(f"{arch!r} is an image arch; video encoders are video_swinv2_* or video_swin_*")
@@ -120,10 +132,10 @@ def create_video_encoder(
     model = build_video_encoder(arch, num_frames=num_frames, img_size=img_size, window_size=window_size,
                                 patch_size=patch_size or (2, 4, 4), num_classes=num_classes, attention=attention,
                                 attn_kernel=attn_kernel, attn_chunk_windows=attn_chunk_windows, mask_token=mask_token,
-                                **overrides)
+                                window_rule=window_rule, **overrides)
     if source is not None and not is_video(source.family):
         source = inflate_checkpoint(source, model, patch_init)
-    return _loaded(model, source)
+    return _as_backbone(_loaded(model, source), features_only, out_indices)
 
 
 def encoder_from_spec(spec: EncoderSpec, num_classes: int = 0, mask_token: bool = False,
@@ -141,6 +153,18 @@ def encoder_from_spec(spec: EncoderSpec, num_classes: int = 0, mask_token: bool 
         model = create_encoder(spec.arch, mask_token=mask_token, **common)
     model.set_grad_checkpointing(spec.grad_checkpointing)
     return model
+
+
+def _as_backbone(model: nn.Module, features: bool, out_indices: int | Sequence[int] | None) -> nn.Module:
+    """``model``, or its ``features_only`` wrapper (which keeps the load report) when ``features`` is set."""
+    if not features:
+        if out_indices is not None:
+            raise ValueError("out_indices selects the maps of a backbone; pass features_only=True with it")
+        return model
+    wrapped = stage_maps(model, out_indices)
+    if hasattr(model, "load_report"):
+        wrapped.load_report = model.load_report
+    return wrapped
 
 
 def _loaded(model: nn.Module, source: Checkpoint | None) -> nn.Module:
