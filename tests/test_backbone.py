@@ -184,6 +184,8 @@ def test_hf_upernet_trains_on_a_swinssl_encoder():
         expected = pretrained.forward_intermediates(images, intermediates_only=True)
     for got, want in zip(maps, expected):
         torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="names the stand-in backbone"):
+        model.save_pretrained("unused")
 
 
 def test_transformers_is_needed_only_by_the_hf_adapter_and_its_absence_names_the_extra(monkeypatch):

@@ -76,6 +76,36 @@ def test_hf_export_loads_in_transformers_as_model_classifier_and_backbone(classi
     assert load_checkpoint(out).hparams["class_names"] == CLASSES
 
 
+def test_hf_export_is_the_backbone_of_a_pure_hf_upernet(classifier_checkpoint, tmp_path, images):
+    """The HF-native dense-task path: the exported folder's config is UperNet's backbone config and its weights
+    are the backbone's; the model trains, saves with save_pretrained and reloads to the same function."""
+    out = tmp_path / "hf"
+    done = run_cli("swinssl.export", str(classifier_checkpoint), str(out), "--to", "hf")
+    assert done.returncode == 0, done.stderr[-3000:]
+    stages = ["stage1", "stage2", "stage3", "stage4"]
+    config = transformers.UperNetConfig(
+        backbone_config=transformers.Swinv2Config.from_pretrained(out, out_features=stages), num_labels=5,
+        hidden_size=32, auxiliary_channels=16)
+    model = transformers.UperNetForSemanticSegmentation(config)
+    backbone = transformers.Swinv2Backbone.from_pretrained(out, out_features=stages)
+    model.backbone.load_state_dict(backbone.state_dict())
+    ours = create_encoder("swinv2", img_size=128, window_size=8, checkpoint=classifier_checkpoint).eval()
+    with torch.no_grad():
+        for theirs, mine in zip(model.backbone.eval()(images).feature_maps,
+                                ours.forward_intermediates(images, intermediates_only=True), strict=True):
+            assert relative_error(theirs, mine) <= 1e-5
+    model.train()
+    labels = torch.randint(0, 5, (2, 128, 128), generator=torch.Generator().manual_seed(0))
+    output = model(pixel_values=images, labels=labels)
+    assert output.logits.shape == (2, 5, 128, 128) and torch.isfinite(output.loss)
+    output.loss.backward()
+    assert model.backbone.embeddings.patch_embeddings.projection.weight.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path / "upernet")
+    again = transformers.UperNetForSemanticSegmentation.from_pretrained(tmp_path / "upernet").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(pixel_values=images).logits, model.eval()(pixel_values=images).logits)
+
+
 @pytest.mark.parametrize("name", ["model.safetensors", "model.pth"])
 def test_timm_export_carries_pretrained_cfg_and_reads_back_with_its_windows(classifier_checkpoint, tmp_path, images,
                                                                              caplog, name):

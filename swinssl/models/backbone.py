@@ -75,8 +75,8 @@ def hf_upernet(features: FeatureGetterNet, num_labels: int, **config: Any) -> nn
     (``hidden_size``, ``pool_scales``, ``use_auxiliary_head``, ``auxiliary_in_channels``...).
 
     UperNet builds its backbone from its config; it is built on a tiny stand-in backbone that is then replaced,
-    so save the result with ``torch.save(model.state_dict())``, not ``save_pretrained`` (whose config names the
-    stand-in).
+    so save the result with ``torch.save(model.state_dict())``; its ``save_pretrained`` refuses (the config names
+    the stand-in). For a model HF saves and reloads on its own, build UperNet on an ``export --to hf`` folder.
     """
     try:
         from transformers import ResNetConfig, UperNetConfig, UperNetForSemanticSegmentation
@@ -95,4 +95,11 @@ def hf_upernet(features: FeatureGetterNet, num_labels: int, **config: Any) -> nn
     for head in (model.decode_head, model.auxiliary_head):
         if head is not None:
             head.apply(model._init_weights)
+    model.save_pretrained = _refuse_save_pretrained  # its config would reload the stand-in, silently
     return model
+
+
+def _refuse_save_pretrained(*args: Any, **kwargs: Any) -> None:
+    raise ValueError("this UperNet's config names the stand-in backbone it was built on, so from_pretrained would "
+                     "not rebuild the swinssl one: save it with torch.save(model.state_dict()), or build a pure HF "
+                     "UperNet on the `python -m swinssl.export ... --to hf` folder (README: Backbone)")
