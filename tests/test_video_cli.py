@@ -122,6 +122,7 @@ def test_official_video_swin_recipe_composes_with_its_sourced_values():
         (["model.arch=video_swinv3_base"], "unknown video arch 'video_swinv3_base'"),
         (["model.attention=divided"], "attention must be one of"),
         (["finetune.head_lr_ratio=0"], "finetune.head_lr_ratio must be a number > 0, got 0"),
+        (["model.window_rule=official"], "window_rule='official' is the official Video Swin (V1) rule"),
     ],
 )
 def test_video_bad_input_fails_in_one_line(video_shards, tmp_path, args, message):

@@ -142,6 +142,16 @@ def test_the_window_rule_defaults_and_errors():
                             **TINY)
 
 
+def test_the_window_rule_is_an_encoder_setting_a_task_records():
+    from swinssl import VideoClassifier
+
+    task = VideoClassifier(arch="video_swin", num_frames=8, img_size=64, window_size=(2, 4, 4), num_classes=2,
+                           window_rule="geometric", **TINY)
+    assert task.model.window_rule == "geometric" and task.hparams.encoder["window_rule"] == "geometric"
+    assert VideoClassifier(arch="video_swin", num_frames=8, img_size=64, window_size=(2, 4, 4), num_classes=2,
+                           **TINY).model.window_rule == "official"
+
+
 def test_mmaction2_v1x_final_norm_name_is_read(tmp_path):
     backbone, head = official_pair()
     checkpoint = official_checkpoint(backbone, head)

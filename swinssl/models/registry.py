@@ -187,6 +187,7 @@ class EncoderSpec:
     attention: str = "joint"  # video: joint | factorized
     patch_init: str = "inflate"  # video from an image checkpoint: inflate | center
     head_dropout: float = 0.5  # video: dropout before the head
+    window_rule: str | None = None  # video: official | geometric clipped windows (None: official for video_swin joint)
     attn_kernel: str = "fused"
     attn_chunk_windows: int | None = None
     grad_checkpointing: bool = False
@@ -237,3 +238,14 @@ def _frozen(value: Any) -> Any:
 
 def _plain(value: Any) -> Any:
     return [_plain(item) for item in value] if isinstance(value, (list, tuple)) else value
+
+
+WINDOW_RULES = ("official", "geometric")
+
+
+def check_window_rule(rule: str, style: str) -> None:
+    if rule not in WINDOW_RULES:
+        raise ValueError(f"window_rule must be one of {WINDOW_RULES}, got {rule!r}")
+    if rule == "official" and style == "v2":
+        raise ValueError("window_rule='official' is the official Video Swin (V1) rule; Video Swin V2 has no official "
+                         "code, use window_rule='geometric' or a video_swin_* arch")

@@ -47,6 +47,7 @@ from swinssl.models.registry import (
     STYLES,
     Triple,
     check_video_geometry,
+    check_window_rule,
     family_of,
     resolve_arch,
     triple,
@@ -62,7 +63,6 @@ from swinssl.models.windows import (
 )
 
 ATTENTION_MODES = ("joint", "factorized")
-WINDOW_RULES = ("official", "geometric")
 INTERMEDIATE_FORMATS = ("NCTHW", "NTHWC")
 
 
@@ -443,14 +443,6 @@ class VideoSwinEncoder(nn.Module):
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(video))
-
-
-def check_window_rule(rule: str, style: str) -> None:
-    if rule not in WINDOW_RULES:
-        raise ValueError(f"window_rule must be one of {WINDOW_RULES}, got {rule!r}")
-    if rule == "official" and style == "v2":
-        raise ValueError("window_rule='official' is the official Video Swin (V1) rule; Video Swin V2 has no official "
-                         "code, use window_rule='geometric' or a video_swin_* arch")
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -277,6 +277,7 @@ RULES: dict[str, Rule] = {
     "model.head_dropout": number(0, 1, open_high=True),
     "model.attention": choice("joint", "factorized"),
     "model.patch_init": choice("inflate", "center"),
+    "model.window_rule": choice("official", "geometric", nullable=True),
     "model.attn_kernel": choice(*ATTENTION_KERNELS),
     "model.attn_chunk_windows": integer(1, nullable=True),
     "model.grad_checkpointing": boolean(),
@@ -391,8 +392,11 @@ def _check_masking(cfg: DictConfig) -> None:
 
 def _check_geometry(model: DictConfig) -> None:
     """The preset's (or the given) sizes against image size, patch and window; skipped when a checkpoint
-    brings the sizes (they are checked when it is read)."""
-    from swinssl.models.registry import check_model_geometry
+    brings the sizes (they are checked when it is read). A video window rule fits the attention style."""
+    from swinssl.models.registry import STYLES, check_model_geometry, check_window_rule, family_of
+
+    if model.get("window_rule") is not None:
+        check_window_rule(model.window_rule, STYLES[family_of(model.arch)])
 
     encoder = OmegaConf.to_container(model.get("encoder") or {}, resolve=True)
     check_model_geometry(model.arch, model.img_size, model.window_size, model.get("patch_size"),

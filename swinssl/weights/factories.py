@@ -148,7 +148,7 @@ def encoder_from_spec(spec: EncoderSpec, num_classes: int = 0, mask_token: bool 
     if is_video(spec.family):
         model = create_video_encoder(spec.arch, num_frames=spec.num_frames, attention=spec.attention,
                                      patch_init=spec.patch_init, head_dropout=spec.head_dropout,
-                                     mask_token=mask_token, **common)
+                                     window_rule=spec.window_rule, mask_token=mask_token, **common)
     else:
         model = create_encoder(spec.arch, mask_token=mask_token, **common)
     model.set_grad_checkpointing(spec.grad_checkpointing)
