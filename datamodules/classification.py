@@ -71,6 +71,10 @@ class LabeledShards:
             raise ValueError(f"num_classes={num_classes} but {named[0].name} has {len(self._class_names)} classes "
                              f"({describe_classes(self._class_names)}); leave num_classes unset to take them from the shards")
 
+    def ignore_labels(self) -> None:
+        """For a module that reads no labels (masked pretraining): no classes, and unlabeled sets are fine."""
+        self._class_names, self._num_classes = None, None
+
     @property
     def class_names(self) -> list[str] | None:
         """The class names the shard sets record (train, else val), or None."""

@@ -209,8 +209,8 @@ class VideoShardDataModule(LabeledShards, ShardDataModule):
         self.masks = masks
         if masks is None:
             self.read_labels(num_classes)
-        else:  # pretraining: labels are not read
-            self._class_names, self._num_classes = None, None
+        else:
+            self.ignore_labels()
 
     def decoder(self, counter: SkipCounter, train: bool) -> ClipStage:
         if train:

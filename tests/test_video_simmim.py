@@ -213,3 +213,31 @@ def test_a_mask_that_hides_every_unit_is_refused():
     with pytest.raises(ValueError, match="hides all 4 mask units of a 64x64 px"):
         MaskGenerator(64, 32, 4, 0.9)
     VideoMaskGenerator(8, 64, 32, (2, 4, 4), 0.9, "cube", mask_frames=2)  # 16 cells, 15 hidden: allowed
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def test_masked_clip_batches_need_no_labels_and_fix_the_validation_masks(tmp_path):
+    pytest.importorskip("skimage.data")
+    from conftest import make_shards_cli
+    from swinssl.datamodules import VideoShardDataModule
+    from swinssl.demo_videos import write_demo_videos
+
+    write_demo_videos(tmp_path / "videos", videos_per_class=2)
+    done = make_shards_cli(tmp_path / "videos" / "pan_left", tmp_path / "shards", "--maxcount", "2")  # no class folders
+    assert done.returncode == 0, done.stderr
+    shards = str(tmp_path / "shards")
+    data = VideoShardDataModule(shards, val_shards=shards, batch_size=2, num_workers=0, epoch_size=4, shuffle_buffer=2,
+                                num_frames=8, frame_interval=2, img_size=64, short_side=64,
+                                masks=VideoMaskGenerator(8, 64, 16, (2, 4, 4), 0.75))
+    assert data.num_classes is None
+    batch = next(iter(data.train_dataloader()))
+    assert batch["video"].shape == (2, 3, 8, 64, 64) and batch["mask"].shape == (2, 4, 16, 16)
+    assert "label" not in batch and batch["mask"].sum() == 2 * 4 * 12 * 16  # 12 of 16 units, every time step
+    passes = [[batch["mask"] for batch in data.val_dataloader() if "mask" in batch] for _ in range(2)]
+    assert len(passes[0]) == 1 and all(torch.equal(a, b) for a, b in zip(*passes, strict=True))
+    with pytest.raises(ValueError, match="no test views"):
+        data.test_dataloader()
+    with pytest.raises(ValueError, match="has no class labels"):  # classification still needs them
+        VideoShardDataModule(shards, num_frames=8, img_size=64, short_side=64)
