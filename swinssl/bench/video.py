@@ -1,6 +1,6 @@
 """``python -m swinssl.bench video``: how many training clips one data-loading worker (one process on one core) makes
-per second, decoding with swinssl's clip path and with its peers, decord and torchcodec, each followed by the same
-augmentation (VideoShardDataModule's training stage) on the same files, clips and frame indices.
+per second, decoding with swinssl's clip path and with its peers (PyAV called plainly, decord, torchcodec), each
+followed by the same augmentation (VideoShardDataModule's training stage) on the same files, clips and frame indices.
 
 Synthetic Kinetics-like videos (10 s at 25 fps, libx264 in mp4, short side 256 and 320: 340x256 and
 426x320) show a window panning slowly across a real photo that scikit-image ships, with per-frame noise
@@ -11,7 +11,8 @@ pipeline: 32 frames 2 apart from a random start, short side 256, random resized 
 normalisation. Something-Something-like videos (VP9 in webm, 426x240 at 12 fps, 4 s) go through the SSv2
 pipeline: 32 uniform segments, no flip, RandAugment(4, 7), random erasing. Times are CPU time of the process
 (all its threads), so other processes on the machine do not count and a worker that owns a core makes
-``clips/s`` clips a second; the decoders take turns clip by clip and the table shows medians. Divide a GPU's
+``clips/s`` clips a second. Each decoder runs in a worker process of its own, as in a data loader; the
+decoders take turns a block of clips at a time, and the table shows medians. Divide a GPU's
 clips/s by the per-worker rate to size num_workers.
 """
 
@@ -20,10 +21,12 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import multiprocessing
 import pstats
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +37,7 @@ from rich.progress import Progress
 from swinssl.bench.report import cpu_name, progress_bar, write_json
 from swinssl.demo_data import PHOTOS
 
-DECODERS = ("swinssl", "decord", "torchcodec")
+DECODERS = ("swinssl", "pyav", "decord", "torchcodec")
 Decode = Callable[[bytes, Callable[[int], np.ndarray]], np.ndarray]  # read_frames' signature
 
 
@@ -91,6 +94,30 @@ def synthetic_frames(
 # -------------------------------------------------------------------------------------------- decoders
 
 
+def pyav_frames(data: bytes, indices_for: Callable[[int], np.ndarray]) -> np.ndarray:
+    """PyAV as one calls it plainly (and swinssl's clip path did before): count the frames from the packets,
+    seek to the keyframe before the first needed frame, decode on to the last, ``to_ndarray`` each needed one."""
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        packets = sorted((p.pts, p.is_keyframe) for p in container.demux(stream) if p.pts is not None and p.size)
+        timestamps = np.array([pts for pts, _ in packets])
+        indices = np.asarray(indices_for(len(timestamps)))
+        wanted, first, last = set(indices.ravel().tolist()), int(indices.min()), int(indices.max())
+        keyframe = max((i for i, (_, key) in enumerate(packets[: first + 1]) if key), default=0)
+        container.seek(int(timestamps[keyframe]), stream=stream, backward=True, any_frame=False)
+        frames = {}
+        for frame in container.decode(stream):
+            index = int(np.searchsorted(timestamps, frame.pts, side="right")) - 1
+            if index in wanted:
+                frames[index] = frame.to_ndarray(format="rgb24")
+            if index >= last:
+                break
+    return np.stack([frames[i] for i in indices.ravel()]).reshape(*indices.shape, *frames[first].shape)
+
+
 def decord_frames(data: bytes, indices_for: Callable[[int], np.ndarray]) -> np.ndarray:
     """decord as mmaction2's ``DecordDecode(mode='accurate')`` uses it: ``get_batch`` on the clip's indices."""
     import decord
@@ -111,17 +138,20 @@ def torchcodec_frames(data: bytes, indices_for: Callable[[int], np.ndarray]) -> 
     return frames.reshape(*indices.shape, *frames.shape[1:])
 
 
-def available_decoders(names: list[str], probe: bytes) -> tuple[dict[str, Decode], list[str]]:
+def decoder_function(name: str) -> Decode:
+    from swinssl.datamodules.clips import read_frames
+
+    return {"swinssl": read_frames, "pyav": pyav_frames, "decord": decord_frames, "torchcodec": torchcodec_frames}[name]
+
+
+def available_decoders(names: list[str], probe: bytes) -> tuple[list[str], list[str]]:
     """The decoders of ``names`` that decode ``probe`` here, and a one-line note for each that does not."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from swinssl.datamodules.clips import read_frames
-
-    functions = {"swinssl": read_frames, "decord": decord_frames, "torchcodec": torchcodec_frames}
-    decoders, notes = {}, []
+    decoders, notes = [], []
     for name in names:
         try:
-            functions[name](probe, lambda length: np.arange(min(length, 2)))
+            decoder_function(name)(probe, lambda length: np.arange(min(length, 2)))
         except ImportError:
             notes.append(f"{name}: row skipped, not installed (pip install 'swinssl[bench]')")
             continue
@@ -137,7 +167,7 @@ def available_decoders(names: list[str], probe: bytes) -> tuple[dict[str, Decode
                 reason = f"cannot load FFmpeg's shared libraries (no {found}; Debian's `ffmpeg` package installs them)"
             notes.append(f"{name}{release}: row skipped, {reason}")
             continue
-        decoders[name] = functions[name]
+        decoders.append(name)
     return decoders, notes
 
 
@@ -222,15 +252,41 @@ def training_stage(kind: VideoKind, cfg: VideoBenchConfig):
     return stage
 
 
-def codec_profile(decode: Decode, stage, kind: VideoKind, clips: list[np.ndarray]) -> dict[str, float]:
-    """Where swinssl's decode time goes, per clip (cProfile): the codec itself (entropy decoding and
-    reconstruction of the frames the clip needs and of the frames those reference), the colour conversion
-    to RGB, and the rest (opening, demuxing, bookkeeping, stacking the frames)."""
+_STAGES: dict = {}  # in a decoder's worker process: the training stage of each kind of video
+
+
+def time_clips(name: str, kind: VideoKind, cfg: VideoBenchConfig, clips: list[tuple[int, np.ndarray]]) -> list:
+    """In the decoder's worker process: (decode, augment) CPU seconds of each clip ``(video number, indices)``."""
+    import cv2
+
+    decode = decoder_function(name)
+    if (kind.label, kind.gop) not in _STAGES:
+        torch.set_num_threads(1)
+        cv2.setNumThreads(0)  # OpenCV single-threaded, as in a loader worker
+        _STAGES[kind.label, kind.gop] = training_stage(kind, cfg)
+        stage = _STAGES[kind.label, kind.gop]
+        stage.views(decode(kind.videos[0], lambda length: clips[0][1]))  # first-call costs are not per-clip costs
+    stage = _STAGES[kind.label, kind.gop]
+    times = []
+    for video, indices in clips:
+        start = time.process_time()
+        frames = decode(kind.videos[video % len(kind.videos)], lambda length, indices=indices: indices)
+        middle = time.process_time()
+        stage.views(frames)
+        times.append((middle - start, time.process_time() - middle))
+    return times
+
+
+def codec_profile(kind: VideoKind, clips: list[tuple[int, np.ndarray]]) -> dict[str, float]:
+    """In swinssl's worker process: where its decode time goes, per clip (cProfile, CPU time): the codec itself
+    (entropy decoding and reconstruction of the frames the clip needs and of the frames those reference), the
+    colour conversion to RGB, and the rest (opening, demuxing, bookkeeping, stacking the frames)."""
+    decode = decoder_function("swinssl")
     profiler = cProfile.Profile(time.process_time)
     start = time.process_time()
     profiler.enable()
-    for i, indices in enumerate(clips):
-        decode(kind.videos[i % len(kind.videos)], lambda length, indices=indices: indices)
+    for video, indices in clips:
+        decode(kind.videos[video % len(kind.videos)], lambda length, indices=indices: indices)
     profiler.disable()
     total = time.process_time() - start
     seconds = {"codec": 0.0, "rgb": 0.0}
@@ -243,33 +299,27 @@ def codec_profile(decode: Decode, stage, kind: VideoKind, clips: list[np.ndarray
     return {f"{key}_ms": round(value / len(clips) * 1e3, 1) for key, value in seconds.items()}
 
 
-def time_kind(kind: VideoKind, decoders: dict[str, Decode], cfg: VideoBenchConfig, advance) -> list[dict]:
-    """Each decoder's rows for one kind of video: the same clips, turn by turn, each followed by the augmentation."""
+def time_kind(kind: VideoKind, workers: dict, cfg: VideoBenchConfig, advance) -> list[dict]:
+    """Each decoder's rows for one kind of video: the same clips, each followed by the augmentation, timed in the
+    decoder's own worker process (as a loader worker runs one decoder: another one's allocations would leave
+    it page faults to pay), in blocks that take turns."""
     lengths, keyframes = video_facts(kind.videos)
     stage = training_stage(kind, cfg)
-    clips = [stage.indices(lengths[i % len(lengths)]) for i in range(cfg.clips)]
+    clips = [(i, stage.indices(lengths[i % len(lengths)])) for i in range(cfg.clips)]
     reference, differences = None, {}
-    for name, decode in decoders.items():  # warm-up (first-call costs are not per-clip costs), and agreement
-        # with the first decoder: the largest pixel difference on the first clip
-        frames = decode(kind.videos[0], lambda length: clips[0])
+    for name in workers:  # agreement with the first decoder: the largest pixel difference on the first clip
+        frames = decoder_function(name)(kind.videos[0], lambda length: clips[0][1])
         reference = frames if reference is None else reference
         differences[name] = int(np.abs(frames.astype(int) - reference).max())
-        stage.views(frames)
-    times = {name: ([], []) for name in decoders}
-    names = list(decoders)
-    for i, indices in enumerate(clips):
-        advance(f"{kind.label}, GOP {kind.gop or 'default'}: clip {i + 1}")
-        for name in names[i % len(names) :] + names[: i % len(names)]:  # who goes first rotates
-            data = kind.videos[i % len(kind.videos)]
-            start = time.process_time()
-            frames = decoders[name](data, lambda length, indices=indices: indices)
-            middle = time.process_time()
-            stage.views(frames)
-            times[name][0].append(middle - start)
-            times[name][1].append(time.process_time() - middle)
+    times = {name: [] for name in workers}
+    names, block = list(workers), max(1, cfg.clips // 4)
+    for turn, first in enumerate(range(0, cfg.clips, block)):
+        for name in names[turn % len(names) :] + names[: turn % len(names)]:  # who goes first rotates
+            advance(f"{kind.label}, GOP {kind.gop or 'default'}: {name}, clips {first + 1}-{first + block}")
+            times[name] += workers[name].submit(time_clips, name, kind, cfg, clips[first : first + block]).result()
     rows = []
-    for name, (decode_s, augment_s) in times.items():
-        decode_ms, augment_ms = np.median(decode_s) * 1e3, np.median(augment_s) * 1e3
+    for name, pairs in times.items():
+        decode_ms, augment_ms = (np.median(column) * 1e3 for column in zip(*pairs))
         total_ms = round(decode_ms, 1) + round(augment_ms, 1)
         rows.append({
             "video": kind.label, "width": kind.width, "height": kind.height, "codec": kind.codec, "gop": kind.gop,
@@ -282,38 +332,41 @@ def time_kind(kind: VideoKind, decoders: dict[str, Decode], cfg: VideoBenchConfi
     peers = [row["clips_per_s"] for row in rows if row["decoder"] != "swinssl"]
     for row in rows:
         row["vs_best_peer"] = round(row["clips_per_s"] / max(peers), 2) if peers else None
-    if "swinssl" in decoders:
-        profile = codec_profile(decoders["swinssl"], stage, kind, clips[: max(2, cfg.clips // 4)])
+    if "swinssl" in workers:
+        profile = workers["swinssl"].submit(codec_profile, kind, clips[: max(2, cfg.clips // 4)]).result()
         next(row for row in rows if row["decoder"] == "swinssl")["profile"] = profile
     return rows
 
 
 def run_video(cfg: VideoBenchConfig, progress: Progress | None = None) -> tuple[list[dict], list[str]]:
     """Rows per kind of video and decoder, and a note for each decoder skipped."""
-    import cv2
-
     from swinssl.demo_videos import encode_video
 
-    torch.set_num_threads(1)
-    cv2.setNumThreads(0)  # OpenCV runs single-threaded, as in a loader worker
     decoders, notes = available_decoders(cfg.decoders, encode_video(np.zeros((4, 64, 64, 3), np.uint8)))
     kinds_count = len(cfg.sizes) * len(cfg.gops) + 2
-    task = progress.add_task("video", total=kinds_count * (cfg.videos + cfg.clips)) if progress else None
+    task = progress.add_task("video", total=kinds_count * (cfg.videos + 4 * len(decoders))) if progress else None
 
     def advance(text: str) -> None:
         if progress:
             progress.update(task, advance=1, description=text)
 
-    rows = []
-    for kind in make_videos(cfg, progress, task):
-        rows += time_kind(kind, decoders, cfg, advance)
+    # One worker process per decoder, forked as DataLoader forks its workers where the platform allows.
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    workers = {name: ProcessPoolExecutor(1, mp_context=context) for name in decoders}
+    try:
+        rows = []
+        for kind in make_videos(cfg, progress, task):
+            rows += time_kind(kind, workers, cfg, advance)
+    finally:
+        for worker in workers.values():
+            worker.shutdown()
     return rows, notes
 
 
 def video_table(rows: list[dict]) -> str:
     lines = [
-        "| video | GOP | keyframes / video | kbit/s | decoder | decode CPU ms | augment CPU ms | CPU ms / clip "
-        "| clips/s per worker | / best peer | max diff |",
+        ("| video | GOP | keyframes / video | kbit/s | decoder | decode CPU ms | augment CPU ms | CPU ms / clip "
+         "| clips/s per worker | / best peer | max diff |"),
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
@@ -373,8 +426,8 @@ def run(args: argparse.Namespace, command: str) -> None:
     print(video_table(rows))
     print("\nswinssl's decode time, split (cProfile):")
     print(profile_table(rows))
-    print(f"\nOne process, one thread, CPU time, medians of {cfg.clips} clips per row, the decoders taking turns; Kinetics: "
-          f"{cfg.num_frames} frames x {cfg.frame_interval} -> {cfg.img_size} px from {cfg.videos} videos of "
+    print(f"\nOne process, one thread, CPU time, medians of {cfg.clips} clips per row, one process per decoder; "
+          f"Kinetics: {cfg.num_frames} frames x {cfg.frame_interval} -> {cfg.img_size} px from {cfg.videos} videos of "
           f"{cfg.seconds:g} s at {cfg.fps} fps; SSv2: {cfg.num_frames} segments of {cfg.ssv2_seconds:g} s at "
           f"{cfg.ssv2_fps} fps. '/ best peer': clips/s over the fastest peer's; 'max diff': the largest "
           f"pixel difference from the first decoder's frames ({next(iter(cfg.decoders))}) on one clip.")
