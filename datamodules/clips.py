@@ -85,7 +85,8 @@ def read_frames(data: bytes, indices_for: Callable[[int], np.ndarray]) -> np.nda
     every frame is, exactly, whatever the container metadata says (AVI's x264 timestamps start at 1, MKV
     and WebM store no count) and at any frame rate. The decoder is then fed those packets from the
     keyframe before the first needed frame and stops once every needed frame is out. A frame no clip needs
-    that no other frame references (most B-frames of H.264) is discarded before it is decoded, and only
+    that no other frame references (most B-frames of H.264) is discarded before it is decoded (should that
+    lose a needed frame, as a packet holding two frames can, the run is decoded again in full), and only
     the needed frames are converted to RGB, all by one converter (``to_ndarray`` on each frame would set
     up a new swscale context per frame). The pixels are those of a full decode, bit for bit. Both loops
     run over the finite bytes in memory, so a broken file ends in an exception (a skipped sample), never
@@ -118,15 +119,20 @@ def read_frames(data: bytes, indices_for: Callable[[int], np.ndarray]) -> np.nda
                 if needed[index]:
                     frames[index] = converter.reformat(frame, format="rgb24", threads=DECODE_THREADS).to_ndarray()
 
-        count = int(needed.sum())
-        for packet, index in zip(packets[start:], shown_at[start:]):
-            codec.skip_frame = "DEFAULT" if needed[index] else "NONREF"
-            keep(codec.decode(packet))
-            if len(frames) == count:
-                break
-        else:
+        def decode(skip: bool) -> None:
+            for packet, index in zip(packets[start:], shown_at[start:]):
+                codec.skip_frame = "NONREF" if skip and not needed[index] else "DEFAULT"
+                keep(codec.decode(packet))
+                if len(frames) == count:
+                    return
             codec.skip_frame = "DEFAULT"
             keep(codec.decode(None))  # the frames the decoder still holds back for reordering
+
+        count = int(needed.sum())
+        decode(skip=True)
+        if len(frames) < count:  # a skipped packet held a needed frame too (packed B-frames in old AVIs): again
+            codec.flush_buffers()
+            decode(skip=False)
     missing = set(np.flatnonzero(needed).tolist()) - frames.keys()
     if missing:
         raise ValueError(f"frames {sorted(missing)[:4]} of {len(timestamps)} did not decode")

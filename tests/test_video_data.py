@@ -138,11 +138,14 @@ def test_clips_of_every_sampling_are_the_frames_of_a_full_decode(codec, containe
 
 
 class RecordingDecoder:
-    """Wraps a codec context: which packets it was fed, with which skip setting, and what came out."""
+    """Wraps a codec context: which packets it was fed, with which skip setting, and what came out. With ``packed``,
+    until it is flushed, it loses what the packet after a skipped one decodes to, as when the skipped packet
+    also carried that frame (packed B-frames)."""
 
-    def __init__(self, codec):
+    def __init__(self, codec, packed: bool = False):
         object.__setattr__(self, "codec", codec)
         object.__setattr__(self, "fed", [])
+        object.__setattr__(self, "packed", packed)
 
     def __getattr__(self, name):
         return getattr(self.codec, name)
@@ -150,28 +153,29 @@ class RecordingDecoder:
     def __setattr__(self, name, value):
         setattr(self.codec, name, value)
 
+    def flush_buffers(self):
+        object.__setattr__(self, "packed", False)
+        self.fed.append("flush")
+        self.codec.flush_buffers()
+
     def decode(self, packet):
         frames = self.codec.decode(packet)
+        after_skip = self.fed and self.fed[-1] != "flush" and self.fed[-1][1] == "NONREF"
+        if self.packed and after_skip and self.codec.skip_frame == "DEFAULT":
+            frames = []
         self.fed.append((None if packet is None else packet.pts, self.codec.skip_frame, [f.pts for f in frames]))
         return frames
 
 
-def test_decoding_starts_at_the_keyframe_before_the_clip_and_skips_unneeded_b_frames(monkeypatch):
-    data = encode_video(moving_frames(48), gop=16)
-    with av.open(io.BytesIO(data)) as container:
-        decoded = list(container.decode(video=0))
-    timestamps = [frame.pts for frame in decoded]
-    keyframes = [i for i, frame in enumerate(decoded) if frame.key_frame]
-    assert keyframes == [0, 16, 32]
-    types = [str(frame.pict_type) for frame in decoded]
-    assert types.count("3") > 10  # B-frames (PictureType.B)
+def recording_open(monkeypatch, packed: bool = False) -> list[RecordingDecoder]:
+    """Make ``av.open`` hand out containers whose video decoder records; the decoders, as they are made."""
     real_open, decoders = av.open, []
 
     class Recording:
         def __init__(self, *args, **kwargs):
             self.container = real_open(*args, **kwargs)
             self.stream = self.container.streams.video[0]
-            decoders.append(RecordingDecoder(self.stream.codec_context))
+            decoders.append(RecordingDecoder(self.stream.codec_context, packed))
             self.streams = SimpleNamespace(video=[SimpleNamespace(codec_context=decoders[-1])])
 
         def demux(self, _stream):
@@ -184,6 +188,19 @@ def test_decoding_starts_at_the_keyframe_before_the_clip_and_skips_unneeded_b_fr
             self.container.close()
 
     monkeypatch.setattr(av, "open", Recording)
+    return decoders
+
+
+def test_decoding_starts_at_the_keyframe_before_the_clip_and_skips_unneeded_b_frames(monkeypatch):
+    data = encode_video(moving_frames(48), gop=16)
+    with av.open(io.BytesIO(data)) as container:
+        decoded = list(container.decode(video=0))
+    timestamps = [frame.pts for frame in decoded]
+    keyframes = [i for i, frame in enumerate(decoded) if frame.key_frame]
+    assert keyframes == [0, 16, 32]
+    types = [str(frame.pict_type) for frame in decoded]
+    assert types.count("3") > 10  # B-frames (PictureType.B)
+    decoders = recording_open(monkeypatch)
     wanted = [20, 22, 24, 26]
     read_frames(data, lambda length: np.array(wanted))
     fed = decoders[0].fed
@@ -195,6 +212,18 @@ def test_decoding_starts_at_the_keyframe_before_the_clip_and_skips_unneeded_b_fr
     lost = {timestamps.index(pts) for pts, *_ in fed[:-1] if pts < timestamps[max(out)]} - set(out)
     assert lost and not lost & set(wanted)
     assert all(skip == "DEFAULT" for pts, skip, _ in fed[:-1] if timestamps.index(pts) in wanted)
+    assert "flush" not in fed  # one pass
+
+
+def test_a_needed_frame_lost_with_a_skipped_packet_is_decoded_again_in_full(monkeypatch):
+    data = encode_video(moving_frames(48), gop=16)
+    reference = decode_all(data)
+    decoders = recording_open(monkeypatch, packed=True)
+    wanted = [20, 22, 24, 26]
+    np.testing.assert_array_equal(read_frames(data, lambda length: np.array(wanted)), reference[wanted])
+    fed = decoders[0].fed
+    again = fed[fed.index("flush") + 1 :]
+    assert again[0][0] == fed[0][0] and all(skip == "DEFAULT" for _, skip, _ in again)
 
 
 # ---------------------------------------------------------------------------------------- augmentation
