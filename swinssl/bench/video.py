@@ -175,6 +175,8 @@ def available_decoders(names: list[str], probe: bytes) -> tuple[list[str], list[
 
 
 def make_videos(cfg: VideoBenchConfig, progress: Progress | None, task) -> list[VideoKind]:
+    import av
+
     from swinssl.demo_videos import encode_video, photo_rgb
     from swinssl.make_shards import reencode_video
 
@@ -203,8 +205,8 @@ def make_videos(cfg: VideoBenchConfig, progress: Progress | None, task) -> list[
         for video in source.videos:
             advance(f"make_shards --short-side {short_side} --gop {gop}")
             videos.append(reencode_video(video, short_side, gop))
-        scale = min(1.0, short_side / min(source.width, source.height))
-        width, height = (2 * round(side * scale / 2) for side in (source.width, source.height))
+        with av.open(io.BytesIO(videos[0])) as container:
+            width, height = container.streams.video[0].width, container.streams.video[0].height
         label = f"{source.label} -> {width}x{height} (make_shards --short-side {short_side} --gop {gop})"
         kinds.append(VideoKind(label, width, height, "h264", gop, "stride", source.seconds, videos))
     if cfg.ssv2_seconds > 0:
@@ -240,9 +242,8 @@ def training_stage(kind: VideoKind, cfg: VideoBenchConfig):
     from swinssl.datamodules import SkipCounter
     from swinssl.datamodules.video import VideoShardDataModule
 
-    recipe = {} if kind.sampling == "stride" else dict(
-        hflip=0.0, rand_augment={"num_ops": 4, "magnitude": 7}, re_prob=0.25
-    )  # fmt: skip
+    ssv2 = {"hflip": 0.0, "rand_augment": {"num_ops": 4, "magnitude": 7}, "re_prob": 0.25}  # recipe video_v2_b_ssv2
+    recipe = {} if kind.sampling == "stride" else ssv2
     dm = VideoShardDataModule(
         num_frames=cfg.num_frames, sampling=kind.sampling, frame_interval=cfg.frame_interval,
         img_size=cfg.img_size, short_side=cfg.short_side, test_clips=1, **recipe,
