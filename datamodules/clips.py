@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 VIDEO_KEYS = ("mp4", "webm", "avi", "mkv")
 SAMPLINGS = ("stride", "uniform")
@@ -80,37 +81,59 @@ def video_bytes(sample: dict) -> bytes:
 def read_frames(data: bytes, indices_for: Callable[[int], np.ndarray]) -> np.ndarray:
     """RGB frames ``indices_for(length)`` of an encoded video: uint8 ``(*indices.shape, H, W, 3)``.
 
-    The packets are demuxed first (no decoding): their sorted timestamps give the frame count and where
+    The packets are demuxed once (no decoding): their sorted timestamps give the frame count and where
     every frame is, exactly, whatever the container metadata says (AVI's x264 timestamps start at 1, MKV
-    and WebM store no count) and at any frame rate. Decoding then seeks to the keyframe before the first
-    needed frame and stops after the last one. Both loops run over the finite bytes in memory, so a
-    broken file ends in an exception (a skipped sample), never in a hang; a needed frame that does not
-    decode raises too.
+    and WebM store no count) and at any frame rate. The decoder is then fed those packets from the
+    keyframe before the first needed frame and stops once every needed frame is out. A frame no clip needs
+    that no other frame references (most B-frames of H.264) is discarded before it is decoded (should that
+    lose a needed frame, as a packet holding two frames can, the run is decoded again in full), and only
+    the needed frames are converted to RGB, all by one converter (``to_ndarray`` on each frame would set
+    up a new swscale context per frame). The pixels are those of a full decode, bit for bit. Both loops
+    run over the finite bytes in memory, so a broken file ends in an exception (a skipped sample), never
+    in a hang; a needed frame that does not decode raises too.
     """
     with av.open(io.BytesIO(data)) as container:
         if not container.streams.video:
             raise ValueError("no video stream")
         stream = container.streams.video[0]
-        stream.codec_context.thread_count = DECODE_THREADS
-        packets = sorted((p.pts, p.is_keyframe) for p in container.demux(stream) if p.pts is not None and p.size)
+        codec = stream.codec_context
+        codec.thread_count = DECODE_THREADS
+        packets = [p for p in container.demux(stream) if p.pts is not None and p.size]  # in decode order
         if not packets:
             raise ValueError("the video stream has no frames")
-        timestamps = np.array([pts for pts, _ in packets])
+        timestamps = np.sort([p.pts for p in packets])
+        shown_at = np.searchsorted(timestamps, [p.pts for p in packets], side="right") - 1
         indices = np.asarray(indices_for(len(timestamps)))
-        wanted = set(indices.ravel().tolist())
-        first, last = min(wanted), max(wanted)
-        keyframe = max((i for i, (_, key) in enumerate(packets[: first + 1]) if key), default=0)
-        container.seek(int(timestamps[keyframe]), stream=stream, backward=True, any_frame=False)
-        frames = {}
-        for frame in container.decode(stream):
-            if frame.pts is None:
-                raise ValueError("decoded a frame without a timestamp")
-            index = int(np.searchsorted(timestamps, frame.pts, side="right")) - 1
-            if index in wanted:
-                frames[index] = frame.to_ndarray(format="rgb24")
-            if index >= last:
-                break
-    missing = wanted - frames.keys()
+        needed = np.zeros(len(timestamps), bool)
+        needed[indices.ravel()] = True
+        first = int(indices.min())
+        start = max((i for i, p in enumerate(packets) if p.is_keyframe and shown_at[i] <= first), default=0)
+        converter = VideoReformatter()
+        frames: dict[int, np.ndarray] = {}
+
+        def keep(decoded: list[av.VideoFrame]) -> None:
+            for frame in decoded:
+                if frame.pts is None:
+                    raise ValueError("decoded a frame without a timestamp")
+                index = int(np.searchsorted(timestamps, frame.pts, side="right")) - 1
+                if needed[index]:
+                    frames[index] = converter.reformat(frame, format="rgb24", threads=DECODE_THREADS).to_ndarray()
+
+        def decode(skip: bool) -> None:
+            for packet, index in zip(packets[start:], shown_at[start:]):
+                codec.skip_frame = "NONREF" if skip and not needed[index] else "DEFAULT"
+                keep(codec.decode(packet))
+                if len(frames) == count:
+                    return
+            codec.skip_frame = "DEFAULT"
+            keep(codec.decode(None))  # the frames the decoder still holds back for reordering
+
+        count = int(needed.sum())
+        decode(skip=True)
+        if len(frames) < count:  # a skipped packet held a needed frame too (packed B-frames in old AVIs): again
+            codec.flush_buffers()
+            decode(skip=False)
+    missing = set(np.flatnonzero(needed).tolist()) - frames.keys()
     if missing:
         raise ValueError(f"frames {sorted(missing)[:4]} of {len(timestamps)} did not decode")
     return np.stack([frames[i] for i in indices.ravel()]).reshape(*indices.shape, *frames[first].shape)

@@ -8,7 +8,6 @@ notebooks run on a CPU. :func:`encode_video` also serves tests that need arbitra
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,13 +16,11 @@ import numpy as np
 from PIL import Image
 
 from swinssl.demo_data import PHOTOS, cache_root, cached_shards
-from swinssl.make_shards import ShardItem
+from swinssl.make_shards import ShardItem, encode_frames
 
 CLASSES = ["pan_left", "pan_right"]
 CACHE_NAME = "demo-videos-v2"  # bump when the content changes, so stale caches are not reused
 GOP = 8  # a keyframe every 8 frames, so loading a clip exercises seeking even in these short videos
-CONTAINERS = {"libx264": "mp4", "libvpx-vp9": "webm", "mpeg4": "avi"}  # each codec's usual file format
-FORMAT_NAMES = {"mkv": "matroska"}  # file extension -> FFmpeg muxer name, where they differ
 
 
 def encode_video(
@@ -40,19 +37,8 @@ def encode_video(
     height, width = frames.shape[1:3]
     if height % 2 or width % 2:
         raise ValueError(f"yuv420p needs an even frame size, got {height} x {width}")
-    extension = container or CONTAINERS.get(codec)
-    if extension is None:
-        raise ValueError(f"no default container for codec {codec!r}; pass container=")
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format=FORMAT_NAMES.get(extension, extension)) as output:
-        stream = output.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        if gop is not None:
-            stream.codec_context.gop_size = gop
-        for pixels in frames:
-            output.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
-        output.mux(stream.encode())  # flush the frames the encoder still holds
-    return buffer.getvalue()
+    video = (av.VideoFrame.from_ndarray(pixels, format="rgb24") for pixels in frames)
+    return encode_frames(video, (width, height), fps, codec, gop, container)
 
 
 def pan(photo: np.ndarray, num_frames: int, size: tuple[int, int], right: bool, rng: np.random.Generator) -> np.ndarray:

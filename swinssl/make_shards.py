@@ -6,8 +6,11 @@ with its source path in the sample's ``json``; files that do not decode are skip
 The shards form one *set* of OUT, ``<prefix>-NNNNNN.tar``, described by ``<prefix>.manifest.json``
 (shard list, sample count, class names, source, tool version; :mod:`swinssl.datamodules.shards`). A
 folder can hold several sets; a set never replaces another, and a set whose class names differ from
-those of a set already there is refused unless ``--allow-other-classes``. The writer core,
-:func:`write_shards`, takes samples from any source (demo photos, demo videos).
+those of a set already there is refused unless ``--allow-other-classes``. ``--short-side`` and ``--gop``
+re-encode videos (H.264 in mp4) to at most that short side and a keyframe every that many frames, the
+preprocessing mmaction2 recommends for Video Swin: smaller frames decode faster, and a clip starts
+decoding at most a GOP before its first frame. The writer core, :func:`write_shards`, takes samples from
+any source (demo photos, demo videos).
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import NamedTuple
 
 import av
 import webdataset as wds
+from av.video.reformatter import VideoReformatter
 from PIL import Image
 from rich.progress import track
 
@@ -33,6 +38,8 @@ from swinssl.datamodules.shards import SET_NAME, ShardSet, describe_classes, man
 IMAGE_EXTENSIONS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
 VIDEO_EXTENSIONS = {".mp4": "mp4", ".webm": "webm", ".avi": "avi", ".mkv": "mkv"}
 EXTENSIONS = {"image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS}  # file suffix -> sample key
+CONTAINERS = {"libx264": "mp4", "libvpx-vp9": "webm", "mpeg4": "avi"}  # each codec's usual file format
+FORMAT_NAMES = {"mkv": "matroska"}  # file extension -> FFmpeg muxer name, where they differ
 
 
 class ShardItem(NamedTuple):
@@ -69,13 +76,14 @@ def write_shards(
     maxsize: float = 1e9,
     classes: list[str] | None = None,
     check: Callable[[ShardItem], object] | None = None,
+    convert: Callable[[ShardItem], ShardItem] | None = None,
     total: int | None = None,
     kind: str | None = None,
     source: str | None = None,
     allow_other_classes: bool = False,
 ) -> ShardSummary:
-    """Write ``items`` in order as the set ``prefix`` of ``out`` (shards and manifest); items that ``check``
-    raises on are skipped.
+    """Write ``items`` in order as the set ``prefix`` of ``out`` (shards and manifest), each through ``convert``
+    if given; items that ``check`` or ``convert`` raises on are skipped.
 
     Keys are a running index, because webdataset cuts a key at its first dot and file names have dots.
     The manifest is written last, in one rename: a set without one was interrupted.
@@ -95,6 +103,8 @@ def write_shards(
             try:
                 if check is not None:
                     check(item)
+                if convert is not None:
+                    item = convert(item)
             except Exception:  # noqa: BLE001 - an unreadable source file is reported, not fatal
                 skipped.append(item.name)
                 continue
@@ -189,6 +199,62 @@ def verify_video(item: ShardItem) -> None:
 VERIFY = {"image": verify_image, "video": verify_video}
 
 
+def encode_frames(
+    frames: Iterable[av.VideoFrame],
+    size: tuple[int, int],
+    fps: float | Fraction = 25,
+    codec: str = "libx264",
+    gop: int | None = None,
+    container: str | None = None,
+) -> bytes:
+    """Encode ``frames`` (any pixel format, converted to yuv420p) at ``size`` (width, height, both even) into the
+    bytes of a video file. ``gop`` is the keyframe interval (None: the encoder's default); ``container`` a file
+    extension (``mp4``, ``webm``, ``avi``, ``mkv``), by default the codec's usual one."""
+    extension = container or CONTAINERS.get(codec)
+    if extension is None:
+        raise ValueError(f"no default container for codec {codec!r}; pass container=")
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=FORMAT_NAMES.get(extension, extension)) as output:
+        stream = output.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
+        if gop is not None:
+            stream.codec_context.gop_size = gop
+        for frame in frames:
+            output.mux(stream.encode(frame))
+        output.mux(stream.encode())  # flush the frames the encoder still holds
+    return buffer.getvalue()
+
+
+def reencode_video(data: bytes, short_side: int | None = None, gop: int | None = None) -> bytes:
+    """A video file's bytes as H.264 in mp4 (video only) with the short side at most ``short_side`` (bicubic,
+    as FFmpeg's ``scale`` filter; the aspect ratio kept, sides rounded to even) and a keyframe every ``gop``
+    frames (None: x264's default, 250). Every frame is kept, at the source's average frame rate."""
+    with av.open(io.BytesIO(data)) as source:
+        if not source.streams.video:
+            raise ValueError("no video stream")
+        stream = source.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        scale = min(1.0, short_side / min(width, height)) if short_side else 1.0
+        size = (2 * max(1, round(width * scale / 2)), 2 * max(1, round(height * scale / 2)))
+        rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+        converter = VideoReformatter()
+
+        def scaled() -> Iterable[av.VideoFrame]:
+            for index, frame in enumerate(source.decode(stream)):
+                out = converter.reformat(frame, *size, "yuv420p", interpolation="BICUBIC", threads=1)
+                out.pts, out.time_base = index, 1 / rate  # numbered anew, one tick a frame
+                yield out
+
+        return encode_frames(scaled(), size, rate, gop=gop)
+
+
+def reencoder(short_side: int | None, gop: int | None) -> Callable[[ShardItem], ShardItem]:
+    def convert(item: ShardItem) -> ShardItem:
+        return item._replace(data=reencode_video(item.data, short_side, gop), ext="mp4")
+
+    return convert
+
+
 def write_folder_shards(
     src: str | Path,
     out: str | Path,
@@ -199,13 +265,22 @@ def write_folder_shards(
     seed: int = 0,
     shuffle: bool = True,
     allow_other_classes: bool = False,
+    short_side: int | None = None,
+    gop: int | None = None,
 ) -> ShardSummary:
     """Shard the ``kind`` ("image" or "video") files of a folder as the set ``prefix`` of ``out``; files that
     do not decode are skipped and listed.
 
-    Files are stored as they are under their extension's key; the order is shuffled with ``seed`` so
-    every shard mixes classes.
+    Files are stored as they are under their extension's key, or, for videos with ``short_side`` or
+    ``gop``, re-encoded (:func:`reencode_video`, key ``mp4``); the order is shuffled with ``seed`` so every
+    shard mixes classes.
     """
+    reencode = short_side is not None or gop is not None
+    if reencode and kind != "video":
+        raise ValueError("--short-side and --gop re-encode videos; the source folder holds images")
+    for name, value in (("--short-side", short_side), ("--gop", gop)):
+        if value is not None and value < 2:
+            raise ValueError(f"{name} must be at least 2, got {value}")
     src = Path(src)
     files, classes = find_files(src, kind)
     if shuffle:
@@ -224,6 +299,7 @@ def write_folder_shards(
         maxsize=maxsize,
         classes=classes,
         check=VERIFY[kind],
+        convert=reencoder(short_side, gop) if reencode else None,
         total=len(files),
         kind=kind,
         source=str(src.resolve()),
@@ -246,12 +322,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-shuffle", action="store_true", help="keep the sorted file order")
     parser.add_argument("--allow-other-classes", action="store_true",
                         help="allow class names that differ from those of a set already in OUT")
+    parser.add_argument("--short-side", type=int,
+                        help="re-encode videos (H.264, mp4) with at most this short side, e.g. 256")
+    parser.add_argument("--gop", type=int,
+                        help="re-encode videos (H.264, mp4) with a keyframe every GOP frames, e.g. 16")
     args = parser.parse_args(argv)
     try:
         kind = media_kind(Path(args.src))
         summary = write_folder_shards(
             args.src, args.out, kind, args.prefix, args.maxcount, args.maxsize, args.seed, not args.no_shuffle,
-            args.allow_other_classes,
+            args.allow_other_classes, args.short_side, args.gop,
         )
     except (OSError, ValueError) as exn:
         print(f"make_shards: error: {exn}", file=sys.stderr)

@@ -119,3 +119,49 @@ def test_demo_video_shards_built_once_then_reused(tmp_path, monkeypatch):
 
     monkeypatch.setattr(demo_data, "write_shards", no_rebuild)
     assert demo_videos.demo_video_shards() == pattern
+
+
+def test_reencoding_sets_short_side_and_gop_and_keeps_every_frame(tmp_path):
+    """``--short-side 32 --gop 4``: H.264 mp4 with keyframes every 4 frames, at most 32 px on the short side (a
+    smaller video is not upscaled), every frame kept and still the same picture; the sample json keeps the source."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    smooth = cv2.GaussianBlur(rng.integers(0, 256, (48, 96, 3), dtype=np.uint8), (9, 9), 3)
+    wide = np.stack([np.roll(smooth, 2 * t, axis=1)[:, :64] for t in range(12)])  # 48 x 64, panning
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "wide.webm").write_bytes(encode_video(wide, codec="libvpx-vp9"))
+    (src / "a" / "small.mkv").write_bytes(encode_video(wide[:5, :24, :28], container="mkv"))
+    result = make_shards_cli(src, tmp_path / "out", "--short-side", 32, "--gop", 4, "--no-shuffle")
+    assert result.returncode == 0, result.stderr
+    samples = {json.loads(s["json"])["path"]: s for s in read_back(str(tmp_path / "out" / "train-000000.tar"))}
+    assert set(samples) == {"a/wide.webm", "a/small.mkv"}
+    for path, (height, width, count) in {"a/wide.webm": (32, 42, 12), "a/small.mkv": (24, 28, 5)}.items():
+        data = samples[path]["mp4"]
+        with av.open(io.BytesIO(data)) as container:
+            stream = container.streams.video[0]
+            assert (stream.codec_context.name, stream.height, stream.width) == ("h264", height, width)
+            keyframes = [i for i, p in enumerate(container.demux(stream)) if p.size and p.is_keyframe]
+        assert keyframes == list(range(0, count, 4))
+        frames = decode_all(data)
+        assert len(frames) == count
+    # Frame 7 re-encoded is frame 7 of the source scaled down, closer to it than to its neighbours.
+    source = decode_all((src / "a" / "wide.webm").read_bytes())
+    frame = decode_all(samples["a/wide.webm"]["mp4"])[7].astype(float)
+    errors = [np.abs(frame - cv2.resize(source[t], (42, 32), interpolation=cv2.INTER_AREA)).mean() for t in (6, 7, 8)]
+    assert errors[1] < 3.5 and errors[1] < min(errors[0], errors[2])
+
+
+def test_reencoding_options_are_checked(tmp_path):
+    photos, videos = tmp_path / "photos", tmp_path / "videos"
+    photos.mkdir()
+    videos.mkdir()
+    (photos / "x.png").write_bytes(b"png")
+    (videos / "v.mp4").write_bytes(encode_video(np.zeros((2, 8, 8, 3), np.uint8)))
+    for src, args, message in [
+        (photos, ["--gop", "16"], "re-encode videos; the source folder holds images"),
+        (videos, ["--short-side", "0"], "--short-side must be at least 2, got 0"),
+    ]:
+        result = make_shards_cli(src, tmp_path / "out", *args)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr

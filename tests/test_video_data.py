@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -107,21 +108,78 @@ def test_seeking_returns_exactly_the_frames_of_a_full_decode(codec, container):
         np.testing.assert_array_equal(frames, reference[np.array(indices)])
 
 
-def test_seeking_decodes_from_the_keyframe_before_the_first_frame(monkeypatch):
-    data = encode_video(noise_frames(32), gop=8)
-    with av.open(io.BytesIO(data)) as container:
-        keyframes = [i for i, frame in enumerate(container.decode(video=0)) if frame.key_frame]
-    start = max(i for i in keyframes if i <= 26)
-    assert start > 0
-    decoded = []
-    real_open = av.open
+def moving_frames(count: int, height: int = 48, width: int = 64, seed: int = 0) -> np.ndarray:
+    """A textured ramp sliding 2 px a frame, with mild noise: motion x264 codes with B-frames."""
+    rng = np.random.default_rng(seed)
+    texture = rng.integers(0, 256, (height, width + 2 * count, 3)).astype(float)
+    texture = (texture + np.roll(texture, 1, 1) + np.roll(texture, 1, 0)) / 3
+    frames = np.stack([texture[:, 2 * t : 2 * t + width] for t in range(count)])
+    return np.clip(frames + rng.normal(0, 4, frames.shape), 0, 255).astype(np.uint8)
 
-    class Counting:
+
+@pytest.mark.parametrize(
+    "codec, container, gop",
+    [("libx264", "mp4", None), ("libx264", "mp4", 16), ("libx264", "mkv", 16), ("libvpx-vp9", "webm", None)],
+)
+def test_clips_of_every_sampling_are_the_frames_of_a_full_decode(codec, container, gop):
+    """The clip path against PyAV's plain full decode (each frame converted on its own): identical pixels for
+    Kinetics strides (training draws, 4 test clips, a short video replayed), SSv2 segments, with B-frames."""
+    data = encode_video(moving_frames(70), codec=codec, gop=gop, container=container)
+    reference = decode_all(data)
+    assert len(reference) == 70
+    rng = np.random.default_rng(0)
+    stride, uniform = ClipSampler("stride", 8, 4), ClipSampler("uniform", 16, 1)
+    wrapped = ClipSampler("stride", 24, 4)  # span 96 > 70 frames: indices wrap
+    draws = [stride.train(70, rng) for _ in range(3)] + [stride.spread(70, 4), uniform.train(70, rng)]
+    draws += [uniform.spread(70, 1), wrapped.train(70, rng)]
+    for indices in draws:
+        frames = read_frames(data, lambda length, indices=indices: indices)
+        np.testing.assert_array_equal(frames, reference[indices])
+
+
+class RecordingDecoder:
+    """Wraps a codec context: which packets it was fed, with which skip setting, and what came out. With ``packed``,
+    until it is flushed, it loses what the packet after a skipped one decodes to, as when the skipped packet
+    also carried that frame (packed B-frames)."""
+
+    def __init__(self, codec, packed: bool = False):
+        object.__setattr__(self, "codec", codec)
+        object.__setattr__(self, "fed", [])
+        object.__setattr__(self, "packed", packed)
+
+    def __getattr__(self, name):
+        return getattr(self.codec, name)
+
+    def __setattr__(self, name, value):
+        setattr(self.codec, name, value)
+
+    def flush_buffers(self):
+        object.__setattr__(self, "packed", False)
+        self.fed.append("flush")
+        self.codec.flush_buffers()
+
+    def decode(self, packet):
+        frames = self.codec.decode(packet)
+        after_skip = self.fed and self.fed[-1] != "flush" and self.fed[-1][1] == "NONREF"
+        if self.packed and after_skip and self.codec.skip_frame == "DEFAULT":
+            frames = []
+        self.fed.append((None if packet is None else packet.pts, self.codec.skip_frame, [f.pts for f in frames]))
+        return frames
+
+
+def recording_open(monkeypatch, packed: bool = False) -> list[RecordingDecoder]:
+    """Make ``av.open`` hand out containers whose video decoder records; the decoders, as they are made."""
+    real_open, decoders = av.open, []
+
+    class Recording:
         def __init__(self, *args, **kwargs):
             self.container = real_open(*args, **kwargs)
+            self.stream = self.container.streams.video[0]
+            decoders.append(RecordingDecoder(self.stream.codec_context, packed))
+            self.streams = SimpleNamespace(video=[SimpleNamespace(codec_context=decoders[-1])])
 
-        def __getattr__(self, name):
-            return getattr(self.container, name)
+        def demux(self, _stream):
+            return self.container.demux(self.stream)
 
         def __enter__(self):
             return self
@@ -129,14 +187,43 @@ def test_seeking_decodes_from_the_keyframe_before_the_first_frame(monkeypatch):
         def __exit__(self, *exc):
             self.container.close()
 
-        def decode(self, *args, **kwargs):
-            for frame in self.container.decode(*args, **kwargs):
-                decoded.append(frame.pts)
-                yield frame
+    monkeypatch.setattr(av, "open", Recording)
+    return decoders
 
-    monkeypatch.setattr(av, "open", Counting)
-    read_frames(data, lambda length: np.array([26, 28]))
-    assert len(decoded) == 28 - start + 1  # from the keyframe to the last frame needed, not from frame 0
+
+def test_decoding_starts_at_the_keyframe_before_the_clip_and_skips_unneeded_b_frames(monkeypatch):
+    data = encode_video(moving_frames(48), gop=16)
+    with av.open(io.BytesIO(data)) as container:
+        decoded = list(container.decode(video=0))
+    timestamps = [frame.pts for frame in decoded]
+    keyframes = [i for i, frame in enumerate(decoded) if frame.key_frame]
+    assert keyframes == [0, 16, 32]
+    types = [str(frame.pict_type) for frame in decoded]
+    assert types.count("3") > 10  # B-frames (PictureType.B)
+    decoders = recording_open(monkeypatch)
+    wanted = [20, 22, 24, 26]
+    read_frames(data, lambda length: np.array(wanted))
+    fed = decoders[0].fed
+    assert fed[0][0] == timestamps[16]  # the keyframe before frame 20, not frame 0
+    out = [timestamps.index(pts) for *_, frames in fed for pts in frames]
+    assert set(wanted) <= set(out) and max(out) < 32  # stopped before the next GOP
+    # Frames come out in presentation order, so a frame fed before the last one out that never came out was
+    # discarded undecoded: some were, none of them needed, and those were fed to be decoded.
+    lost = {timestamps.index(pts) for pts, *_ in fed[:-1] if pts < timestamps[max(out)]} - set(out)
+    assert lost and not lost & set(wanted)
+    assert all(skip == "DEFAULT" for pts, skip, _ in fed[:-1] if timestamps.index(pts) in wanted)
+    assert "flush" not in fed  # one pass
+
+
+def test_a_needed_frame_lost_with_a_skipped_packet_is_decoded_again_in_full(monkeypatch):
+    data = encode_video(moving_frames(48), gop=16)
+    reference = decode_all(data)
+    decoders = recording_open(monkeypatch, packed=True)
+    wanted = [20, 22, 24, 26]
+    np.testing.assert_array_equal(read_frames(data, lambda length: np.array(wanted)), reference[wanted])
+    fed = decoders[0].fed
+    again = fed[fed.index("flush") + 1 :]
+    assert again[0][0] == fed[0][0] and all(skip == "DEFAULT" for _, skip, _ in again)
 
 
 # ---------------------------------------------------------------------------------------- augmentation
