@@ -56,6 +56,12 @@ def test_video_quick_compares_decoders_on_the_same_clips_and_writes_json(tmp_pat
     header = next(i for i, line in enumerate(lines) if line.startswith("| video | GOP |"))
     table = lines[header + 2 : header + 2 + len(rows)]
     assert [line.split(" | ")[4] for line in table] == [row["decoder"] for row in rows]
+    pretraining = record["pretraining_rows"]  # the masked pretraining pipeline, on the Kinetics-like kinds
+    assert [(row["video"], row["gop"]) for row in pretraining] == [(k[0], k[2]) for k in KINDS if k[3] == "stride"]
+    for row in pretraining:
+        assert row["recipe"] == "simmim_video_v2_b" and row["decode_ms"] > 0 and row["augment_ms"] > 0
+        assert row["clips_per_s"] == pytest.approx(1000 / row["ms_per_clip"], rel=0.01)
+    assert "masked video pretraining pipeline (recipe simmim_video_v2_b" in printed
     assert "command: python -m swinssl.bench video --quick --json" in printed
     assert record["versions"]["PyAV"] and record["config"]["clips"] == 2
 

@@ -14,6 +14,10 @@ pipeline: 32 uniform segments, no flip, RandAugment(4, 7), random erasing. Times
 ``clips/s`` clips a second. Each decoder runs in a worker process of its own, as in a data loader; the
 decoders take turns a block of clips at a time, and the table shows medians. Divide a GPU's
 clips/s by the per-worker rate to size num_workers.
+
+A second table times masked video pretraining's pipeline on the Kinetics-like videos, with swinssl's decode:
+the clip sampling, crop and tube masks of recipe ``simmim_video_v2_b`` (read from the recipe), a mask drawn
+per clip as the loader workers draw it.
 """
 
 from __future__ import annotations
@@ -253,27 +257,61 @@ def training_stage(kind: VideoKind, cfg: VideoBenchConfig):
     return stage
 
 
-_STAGES: dict = {}  # in a decoder's worker process: the training stage of each kind of video
+
+PRETRAINING_RECIPE = "simmim_video_v2_b"
 
 
-def time_clips(name: str, kind: VideoKind, cfg: VideoBenchConfig, clips: list[tuple[int, np.ndarray]]) -> list:
-    """In the decoder's worker process: (decode, augment) CPU seconds of each clip ``(video number, indices)``."""
+def pretraining_stage(cfg: VideoBenchConfig):
+    """The masked video pretraining stage of ``PRETRAINING_RECIPE`` (its clips, crop and masks), started as in a
+    worker."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from swinssl.datamodules import SkipCounter
+    from swinssl.datamodules.video import VideoShardDataModule
+    from swinssl.masking import VideoMaskGenerator
+    from swinssl.training.recipe_checks import RECIPES
+
+    with initialize_config_module(config_module=RECIPES, version_base="1.3"):
+        recipe = compose(config_name="pretrain", overrides=[f"recipe={PRETRAINING_RECIPE}"])
+    model, simmim = recipe.model, recipe.simmim
+    masks = VideoMaskGenerator(model.num_frames, model.img_size, simmim.mask_patch_size, (2, 4, 4), simmim.mask_ratio,
+                               simmim.mask_mode, simmim.mask_frames)
+    data = OmegaConf.to_container(recipe.data)
+    dm = VideoShardDataModule(
+        num_frames=model.num_frames, img_size=model.img_size, masks=masks,
+        **{key: data[key] for key in ("sampling", "frame_interval", "short_side", "crop_scale", "crop_ratio", "hflip")},
+    )  # fmt: skip
+    stage = dm.decoder(SkipCounter(), train=True)
+    stage.start()
+    return stage
+
+
+_STAGES: dict = {}  # in a decoder's worker process: the stage of each kind of video and pipeline
+
+
+def time_clips(name: str, kind: VideoKind, cfg: VideoBenchConfig, clips: list[tuple[int, np.ndarray]],
+               pretraining: bool = False) -> list:
+    """In the decoder's worker process: (decode, augment) CPU seconds of each clip ``(video number, indices)``;
+    ``pretraining``: the masked pretraining pipeline, whose augment time includes drawing the clip's mask."""
     import cv2
 
     decode = decoder_function(name)
-    if (kind.label, kind.gop) not in _STAGES:
+    key = (kind.label, kind.gop, pretraining)
+    if key not in _STAGES:
         torch.set_num_threads(1)
         cv2.setNumThreads(0)  # OpenCV single-threaded, as in a loader worker
-        _STAGES[kind.label, kind.gop] = training_stage(kind, cfg)
-        stage = _STAGES[kind.label, kind.gop]
-        stage.views(decode(kind.videos[0], lambda length: clips[0][1]))  # first-call costs are not per-clip costs
-    stage = _STAGES[kind.label, kind.gop]
+        _STAGES[key] = pretraining_stage(cfg) if pretraining else training_stage(kind, cfg)
+        _STAGES[key].views(decode(kind.videos[0], lambda length: clips[0][1]))  # first-call costs are not per-clip
+    stage = _STAGES[key]
     times = []
     for video, indices in clips:
         start = time.process_time()
         frames = decode(kind.videos[video % len(kind.videos)], lambda length, indices=indices: indices)
         middle = time.process_time()
         stage.views(frames)
+        if pretraining:
+            stage.masks()
         times.append((middle - start, time.process_time() - middle))
     return times
 
@@ -339,13 +377,29 @@ def time_kind(kind: VideoKind, workers: dict, cfg: VideoBenchConfig, advance) ->
     return rows
 
 
-def run_video(cfg: VideoBenchConfig, progress: Progress | None = None) -> tuple[list[dict], list[str]]:
-    """Rows per kind of video and decoder, and a note for each decoder skipped."""
+def time_pretraining(kind: VideoKind, worker, cfg: VideoBenchConfig, advance) -> dict:
+    """swinssl's masked pretraining pipeline on one kind of Kinetics-like video: its own clips, in swinssl's worker."""
+    lengths, _ = video_facts(kind.videos)
+    stage = pretraining_stage(cfg)
+    clips = [(i, stage.indices(lengths[i % len(lengths)])) for i in range(cfg.clips)]
+    advance(f"{kind.label}, GOP {kind.gop or 'default'}: swinssl, masked pretraining")
+    pairs = worker.submit(time_clips, "swinssl", kind, cfg, clips, True).result()
+    decode_ms, augment_ms = (np.median(column) * 1e3 for column in zip(*pairs))
+    total_ms = round(decode_ms, 1) + round(augment_ms, 1)
+    return {"video": kind.label, "gop": kind.gop, "recipe": PRETRAINING_RECIPE, "decode_ms": round(decode_ms, 1),
+            "augment_ms": round(augment_ms, 1), "ms_per_clip": round(total_ms, 1),
+            "clips_per_s": round(1e3 / total_ms, 2)}
+
+
+def run_video(cfg: VideoBenchConfig, progress: Progress | None = None) -> tuple[list[dict], list[dict], list[str]]:
+    """Rows per kind of video and decoder, masked pretraining rows per Kinetics-like kind (with swinssl's decode),
+    and a note for each decoder skipped."""
     from swinssl.demo_videos import encode_video
 
     decoders, notes = available_decoders(cfg.decoders, encode_video(np.zeros((4, 64, 64, 3), np.uint8)))
     kinds_count = len(cfg.sizes) * len(cfg.gops) + 2
-    task = progress.add_task("video", total=kinds_count * (cfg.videos + 4 * len(decoders))) if progress else None
+    total = kinds_count * (cfg.videos + 4 * len(decoders) + 1)
+    task = progress.add_task("video", total=total) if progress else None
 
     def advance(text: str) -> None:
         if progress:
@@ -355,13 +409,15 @@ def run_video(cfg: VideoBenchConfig, progress: Progress | None = None) -> tuple[
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
     workers = {name: ProcessPoolExecutor(1, mp_context=context) for name in decoders}
     try:
-        rows = []
+        rows, pretraining = [], []
         for kind in make_videos(cfg, progress, task):
             rows += time_kind(kind, workers, cfg, advance)
+            if kind.sampling == "stride" and "swinssl" in workers:
+                pretraining.append(time_pretraining(kind, workers["swinssl"], cfg, advance))
     finally:
         for worker in workers.values():
             worker.shutdown()
-    return rows, notes
+    return rows, pretraining, notes
 
 
 def video_table(rows: list[dict]) -> str:
@@ -378,6 +434,15 @@ def video_table(rows: list[dict]) -> str:
             f"| {row['decoder']} | {row['decode_ms']:.1f} | {row['augment_ms']:.1f} "
             f"| {row['ms_per_clip']:.1f} | {row['clips_per_s']:.2f} | {ratio} | {row['max_diff']} |"
         )
+    return "\n".join(lines)
+
+
+def pretraining_table(rows: list[dict]) -> str:
+    lines = ["| video | GOP | decode CPU ms | augment + mask CPU ms | CPU ms / clip | clips/s per worker |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['video']} | {row['gop'] or 'default'} | {row['decode_ms']:.1f} | {row['augment_ms']:.1f} "
+                     f"| {row['ms_per_clip']:.1f} | {row['clips_per_s']:.2f} |")
     return "\n".join(lines)
 
 
@@ -420,13 +485,17 @@ def run(args: argparse.Namespace, command: str) -> None:
     print("decoders: " + ", ".join(f"{name} {version}" for name, version in versions.items()))
     start = time.perf_counter()
     with progress_bar() as progress:
-        rows, notes = run_video(cfg, progress)
+        rows, pretraining, notes = run_video(cfg, progress)
     wall = time.perf_counter() - start
     for note in notes:
         print(note)
     print(video_table(rows))
     print("\nswinssl's decode time, split (cProfile):")
     print(profile_table(rows))
+    if pretraining:
+        print(f"\nmasked video pretraining pipeline (recipe {PRETRAINING_RECIPE}: its clips, crop and tube masks), "
+              "swinssl's decode:")
+        print(pretraining_table(pretraining))
     print(f"\nOne process, one thread, CPU time, medians of {cfg.clips} clips per row, one process per decoder; "
           f"Kinetics: {cfg.num_frames} frames x {cfg.frame_interval} -> {cfg.img_size} px from {cfg.videos} videos of "
           f"{cfg.seconds:g} s at {cfg.fps} fps; SSv2: {cfg.num_frames} segments of {cfg.ssv2_seconds:g} s at "
@@ -435,7 +504,7 @@ def run(args: argparse.Namespace, command: str) -> None:
     print(f"command: {command}\nwall time: {wall:.0f} s")
     if args.json:
         write_json(args.json, {"command": command, "wall_s": round(wall, 1), "versions": versions,
-                               "config": cfg.__dict__, "notes": notes, "rows": rows})
+                               "config": cfg.__dict__, "notes": notes, "rows": rows, "pretraining_rows": pretraining})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
