@@ -429,7 +429,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, help=f"rounds; the median is reported (default {default.repeats})")
     parser.add_argument("--drop-path-rate", type=float, help=f"for every contender (default {default.drop_path_rate})")
     parser.add_argument("--video-frames", type=int, help="add a masked video pretraining row: frames a clip (e.g. 16)")
-    parser.add_argument("--video-batch", type=int, help=f"clips a step in the video row (default {default.video_batch})")
+    parser.add_argument("--video-batch", type=int, help=f"clips per step, video row (default {default.video_batch})")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
