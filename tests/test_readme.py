@@ -144,8 +144,10 @@ def caps(module: str, argv: list[str]) -> dict[str, str]:
         return RUN
     if "video" not in recipe:
         return {**RUN, **TINY_ENCODER, **SIZE[task]}
-    masks = {"simmim.mask_patch_size": SIZE["pretrain"]["simmim.mask_patch_size"]} if task == "pretrain" else {}
-    return {**RUN, **TINY_ENCODER, **SIZE["video"], **masks}
+    if task == "finetune":
+        return {**RUN, **TINY_ENCODER, **SIZE["video"]}
+    clips = {key: value for key, value in SIZE["video"].items() if not key.startswith("data.test_")}  # no test views
+    return {**RUN, **TINY_ENCODER, **clips, "simmim.mask_patch_size": SIZE["pretrain"]["simmim.mask_patch_size"]}
 
 
 class Workspace:
