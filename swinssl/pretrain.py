@@ -69,8 +69,8 @@ def pretrain(cfg: DictConfig) -> None:
     from swinssl.training.callbacks import ReconstructionImages
     from swinssl.training.runs import run_training
 
-    callbacks = [ReconstructionImages(every_n_steps=cfg.images_every_n_steps), *probe_callbacks(cfg)]
-    run_training(cfg, "pretrain", build, callbacks)
+    run_training(cfg, "pretrain", build, [ReconstructionImages(every_n_steps=cfg.images_every_n_steps)],
+                 data_callbacks=probe_callbacks)
 
 
 def main() -> None:

@@ -159,6 +159,19 @@ def test_swinv2_base_recipe_runs_real_steps_on_the_cpu(shard_dir, tmp_path):
     assert sum(v.numel() for v in weights.values()) == 86_893_944 + 1024 * 3072 + 3072  # timm's B + decoder
 
 
+def test_a_probe_on_unlabeled_shards_is_one_line_before_a_run_directory_exists(shard_dir, tmp_path):
+    flat = tmp_path / "flat"  # images with no class folders: shards without labels
+    flat.mkdir()
+    for index in range(3):
+        Image.fromarray(np.full((40, 40, 3), 60 * index, np.uint8)).save(flat / f"{index}.png")
+    assert run_cli("swinssl.make_shards", str(flat), str(tmp_path / "unlabeled")).returncode == 0
+    done = run_cli("swinssl.pretrain", *TINY, f"data.shards={shard_dir}", f"probe.shards={tmp_path / 'unlabeled'}",
+                   f"out_dir={tmp_path / 'run'}")
+    assert done.returncode == 2 and not (tmp_path / "run").exists()
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "has no class labels" in last
+
+
 def test_a_folder_of_two_sets_is_refused_before_a_run_directory_exists(shard_dir, tmp_path):
     """Today's main trained on train-*.tar and val-*.tar together when the folder held both."""
     folder = tmp_path / "both"

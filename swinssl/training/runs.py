@@ -161,10 +161,12 @@ def train(cfg: DictConfig, run: Run, model: LightningModule, datamodule: Lightni
 
 
 def run_training(cfg: DictConfig, task: str, build: Callable[[DictConfig, Path | None], tuple[LightningModule, Any]],
-                 callbacks: list[Callback] = ()) -> None:
+                 callbacks: list[Callback] = (),
+                 data_callbacks: Callable[[DictConfig], list[Callback]] | None = None) -> None:
     """What ``pretrain`` and ``finetune`` do with a checked recipe: under ``cluster=slurm`` on a login node,
-    submit the job; otherwise seed, pick the run directory, ``build(cfg, resume_from)`` the model and data (bad
-    data, sizes or checkpoints fail here, before the run directory exists), and :func:`train`."""
+    submit the job; otherwise seed, pick the run directory, ``build(cfg, resume_from)`` the model and data and
+    ``data_callbacks(cfg)`` the callbacks that read data of their own (bad data, sizes or checkpoints fail here,
+    in one line, before the run directory exists), and :func:`train`."""
     from hydra.core.hydra_config import HydraConfig
     from lightning.pytorch import seed_everything
 
@@ -175,4 +177,5 @@ def run_training(cfg: DictConfig, task: str, build: Callable[[DictConfig, Path |
         seed_everything(cfg.seed, workers=True)
         run = prepare_run(recipe, cfg.out_dir, cfg.resume)
         model, datamodule = build(cfg, run.resume_from)
+        callbacks = [*callbacks, *(data_callbacks(cfg) if data_callbacks else [])]
     train(cfg, run, model, datamodule, callbacks=callbacks)
