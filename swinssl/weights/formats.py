@@ -13,7 +13,8 @@ Formats are told apart by their keys, never by file names:
   keys, downsample at the end of a stage; mmaction2 1.x names the final norm ``norm3``);
 - ``hf``: HF transformers Swin V1/V2 (``embeddings.patch_embeddings.projection.weight``, under ``swinv2.``/``swin.``
   in the task models; separate query/key/value; downsample at the end of a stage), a file or a ``save_pretrained``
-  folder whose ``config.json`` gives image size, window and pretrained windows;
+  folder whose ``config.json`` gives image size, window and pretrained windows (names and config:
+  :mod:`swinssl.weights.hf`);
 - ``torchvision``: ``swin_t/s/b``, ``swin_v2_t/s/b`` (``features.0.0.weight``) and ``swin3d_t/s/b``
   (``patch_embed.proj.weight`` and ``features.0.0.attn.*``): stages and merges alternate in ``features``.
 
@@ -32,6 +33,7 @@ from typing import Any
 import torch
 
 from swinssl.models.registry import EncoderSpec
+from swinssl.weights.hf import HF_ANCHOR, from_hf, hf_config
 from swinssl.weights.io import EXPORT_RECORD, HF_CONFIG, CheckpointError
 
 FORMAT_NAMES = {
@@ -44,36 +46,8 @@ FORMAT_NAMES = {
     "torchvision": "torchvision Swin state dict",
 }
 ANCHOR = "patch_embed.proj.weight"  # every Swin encoder has it, whatever the prefix
-HF_ANCHOR = "embeddings.patch_embeddings.projection.weight"
 TORCHVISION_ANCHORS = ("features.0.0.weight", "features.0.0.attn.qkv.weight")  # image, video
 REBUILT_BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mask")
-# Inside a block: (Microsoft/timm name, HF transformers name); query/key/value are split from qkv apart.
-HF_BLOCK_NAMES = (
-    ("attn.cpb_mlp.", "attention.self.continuous_position_bias_mlp."),
-    ("attn.logit_scale", "attention.self.logit_scale"),
-    ("attn.relative_coords_table", "attention.self.relative_coords_table"),
-    ("attn.relative_position_index", "attention.self.relative_position_index"),
-    ("attn.relative_position_bias_table", "attention.self.relative_position_bias_table"),
-    ("attn.proj.", "attention.output.dense."),
-    ("norm1.", "layernorm_before."),
-    ("norm2.", "layernorm_after."),
-    ("mlp.fc1.", "intermediate.dense."),
-    ("mlp.fc2.", "output.dense."),
-)
-# transformers 5 renamed Swin V1 blocks; its loader still reads the names above, so exports keep those.
-HF5_SWIN_NAMES = (
-    ("attention.relative_position_bias.relative_position_bias_table", "attention.self.relative_position_bias_table"),
-    ("attention.relative_position_bias.relative_position_index", "attention.self.relative_position_index"),
-    ("attention.q_proj.", "attention.self.query."), ("attention.k_proj.", "attention.self.key."),
-    ("attention.v_proj.", "attention.self.value."), ("attention.o_proj.", "attention.output.dense."),
-    ("mlp.fc1.", "intermediate.dense."), ("mlp.fc2.", "output.dense."),
-)
-HF_TOP_NAMES = (
-    ("patch_embed.proj.", "embeddings.patch_embeddings.projection."),
-    ("patch_embed.norm.", "embeddings.norm."),
-    ("mask_token", "embeddings.mask_token"),
-    ("norm.", "layernorm."),
-)
 
 
 @dataclass
@@ -125,9 +99,9 @@ def parse_checkpoint(raw: Mapping[str, Any], source: str = "<state dict>") -> Ch
         notes.append(f"took the backbone ('backbone.' prefix removed){renamed}")
     elif hf_keys := [key for key in state if key.endswith(HF_ANCHOR)]:
         fmt = "hf"
-        state, decoder, hf_notes = _from_hf(state, min(hf_keys, key=len)[: -len(HF_ANCHOR)])
+        state, decoder, hf_notes = from_hf(state, min(hf_keys, key=len)[: -len(HF_ANCHOR)])
         notes += hf_notes
-        hparams, windows = _hf_config(raw.get(HF_CONFIG), state)
+        hparams, windows = hf_config(raw.get(HF_CONFIG), state)
     elif any(".attn.meta_mlp." in key for key in state):
         raise CheckpointError(
             f"{source} is a timm swinv2_cr_* state dict: another architecture (its position bias comes from raw log "
@@ -192,80 +166,6 @@ def _from_mmaction(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.T
     return {**out, **head}, " and the classification head (cls_head.fc_cls -> head)" if head else ""
 
 
-def _from_hf(state: Mapping[str, torch.Tensor], prefix: str
-             ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[str]]:
-    """HF transformers keys -> the Microsoft layout (merges at the end of a stage, ``head.``), which
-    :func:`_canonical_keys` then moves to timm's; query/key/value joined to ``qkv`` (V2: ``q_bias``/``v_bias``, its
-    key has no bias). ``decoder.*`` of ``Swinv2ForMaskedImageModeling`` is the SimMIM decoder."""
-    out, decoder, split, dropped = {}, {}, {}, []
-    for key, value in state.items():
-        if key.startswith("decoder."):
-            decoder[key[len("decoder."):]] = value
-            continue
-        if key.startswith("classifier."):
-            out[f"head.{key[len('classifier.'):]}"] = value
-            continue
-        name = key.removeprefix(prefix)
-        if match := re.fullmatch(r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.(.+)", name):
-            block, rest = f"layers.{match[1]}.blocks.{match[2]}.", _renamed(match[3], HF5_SWIN_NAMES, 0, 1)
-            if qkv := re.fullmatch(r"attention\.self\.(query|key|value)\.(weight|bias)", rest):
-                split.setdefault(block, {})[f"{qkv[1]}.{qkv[2]}"] = value
-            else:
-                out[block + _renamed(rest, HF_BLOCK_NAMES, 1, 0)] = value
-        elif match := re.fullmatch(r"encoder\.layers\.(\d+)\.downsample\.(.+)", name):
-            out[f"layers.{match[1]}.downsample.{match[2]}"] = value
-        elif (renamed := _renamed(name, HF_TOP_NAMES, 1, 0)) != name:
-            out[renamed] = value
-        else:
-            dropped.append(key)
-    for block, parts in split.items():
-        out[f"{block}attn.qkv.weight"] = torch.cat([parts[f"{p}.weight"] for p in ("query", "key", "value")])
-        if "key.bias" in parts:
-            out[f"{block}attn.qkv.bias"] = torch.cat([parts[f"{p}.bias"] for p in ("query", "key", "value")])
-        elif "query.bias" in parts:
-            out[f"{block}attn.q_bias"], out[f"{block}attn.v_bias"] = parts["query.bias"], parts["value.bias"]
-    notes = [(f"renamed HF transformers keys{f' under {prefix!r}' if prefix else ''} to timm's and joined "
-              f"query/key/value into qkv ({len(split)} blocks)")]
-    if decoder:
-        notes.append(f"took the masked-image-modeling decoder ({len(decoder)} keys)")
-    if dropped:
-        groups = sorted({key.partition(".stage")[0] for key in dropped})
-        notes.append(f"left out {', '.join(groups)} ({len(dropped)} keys), which the encoder has no place for")
-    return out, decoder, notes
-
-
-def _renamed(name: str, table: tuple[tuple[str, str], ...], source: int, target: int) -> str:
-    """``name`` with the first of ``table``'s ``source`` prefixes that starts it replaced by its ``target``."""
-    for pair in table:
-        if name.startswith(pair[source]):
-            return pair[target] + name[len(pair[source]):]
-    return name
-
-
-def _hf_config(config: Mapping[str, Any] | None, state: Mapping[str, torch.Tensor]
-               ) -> tuple[dict[str, Any] | None, list[int] | None]:
-    """Image size, window and class names (as swinssl hyper-parameters) and the pretrained windows of a Swin V2
-    (per stage: the configured one, else the stage's window clipped to its feature size) from ``config.json``."""
-    if not config:
-        return None, None
-    size = config.get("image_size", 224)
-    height = size if isinstance(size, int) else int(size[0])
-    window = int(config.get("window_size", 7))
-    hparams: dict[str, Any] = {"img_size": size if isinstance(size, int) else [int(s) for s in size],
-                               "window_size": window}
-    labels = config.get("id2label") or {}
-    names = [str(labels.get(str(i), labels.get(i, ""))) for i in range(len(labels))]
-    if "head.weight" in state and len(names) == state["head.weight"].shape[0] and names != [f"LABEL_{i}" for i in
-                                                                                          range(len(names))]:
-        hparams["class_names"] = names
-    if config.get("model_type") != "swinv2":
-        return hparams, None
-    stages = len(config.get("depths") or ())
-    grids = [height // int(config.get("patch_size", 4)) // 2**stage for stage in range(stages)]
-    pretrained = list(config.get("pretrained_window_sizes") or [0] * stages)
-    return hparams, [int(p) if p > 0 else min(window, grid) for p, grid in zip(pretrained, grids, strict=False)]
-
-
 def _from_export_record(record: Mapping[str, Any], notes: list[str]
                         ) -> tuple[dict[str, Any], list[int] | None]:
     """What ``python -m swinssl.export --to timm`` recorded beside its weights: size, window, pretrained windows
@@ -295,7 +195,7 @@ def _from_torchvision(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torc
             index = int(match[1]) + (1 if video else 0)  # odd: a stage, even: the merge before stage index / 2
             if index % 2:
                 block = re.fullmatch(r"(\d+)\.(.+)", match[2])
-                rest = _renamed(block[2], (("mlp.0.", "mlp.fc1."), ("mlp.3.", "mlp.fc2.")), 0, 1)
+                rest = re.sub(r"^mlp\.0\.", "mlp.fc1.", re.sub(r"^mlp\.3\.", "mlp.fc2.", block[2]))
                 prefix = f"layers.{index // 2}.blocks.{block[1]}."
                 if rest == "attn.qkv.bias" and f"{key[:-len('qkv.bias')]}cpb_mlp.0.weight" in state:
                     out[f"{prefix}attn.q_bias"], _, out[f"{prefix}attn.v_bias"] = value.chunk(3)
@@ -453,57 +353,6 @@ def to_timm(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, 
     if checkpoint.family == "swinv2" and checkpoint.pretrained_window_sizes:
         kwargs["pretrained_window_sizes"] = tuple(checkpoint.pretrained_window_sizes)
     return state, kwargs
-
-
-def to_hf(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The state dict of HF transformers' ``Swinv2ForImageClassification`` (V1: ``SwinForImageClassification``) and
-    its config arguments: image size, window, per-stage pretrained windows (those the position bias was trained
-    at), and ``id2label`` from the class names a swinssl classifier recorded. The mask token is left out."""
-    if checkpoint.family.startswith("video_"):
-        raise CheckpointError(f"{checkpoint.source}: HF transformers has no Video Swin; keep video checkpoints in the "
-                              "swinssl format")
-    if "extra_norm_period" in checkpoint.arch:
-        raise CheckpointError(
-            f"{checkpoint.source}: the paper's extra LayerNorms (H/G models) have no place in HF transformers' "
-            "Swin V2; keep this checkpoint in the swinssl format"
-        )
-    settings = checkpoint.encoder_settings
-    if "img_size" not in settings or "window_size" not in settings:
-        raise CheckpointError(f"{checkpoint.source} records no image size and window, which an HF config needs; "
-                              "export a swinssl checkpoint, or load this one with create_encoder and train or save it")
-    prefix = "swinv2." if checkpoint.family == "swinv2" else "swin."
-    qkv_parts = {"attn.qkv.weight": ("query.weight", "key.weight", "value.weight"),
-                 "attn.qkv.bias": ("query.bias", "key.bias", "value.bias"),
-                 "attn.q_bias": ("query.bias",), "attn.v_bias": ("value.bias",)}
-    state = {}
-    for key, value in checkpoint.state.items():
-        if match := re.fullmatch(r"layers\.(\d+)\.downsample\.(.+)", key):
-            state[f"{prefix}encoder.layers.{int(match[1]) - 1}.downsample.{match[2]}"] = value
-        elif match := re.fullmatch(r"(layers\.\d+\.blocks\.\d+\.)(.+)", key):
-            block = f"{prefix}encoder.{match[1]}"
-            if match[2] in qkv_parts:
-                names = qkv_parts[match[2]]
-                for name, part in zip(names, value.chunk(len(names)), strict=True):
-                    state[f"{block}attention.self.{name}"] = part.contiguous()
-            else:
-                state[block + _renamed(match[2], HF_BLOCK_NAMES, 0, 1)] = value
-        elif key.startswith("head.fc."):
-            state[f"classifier.{key[len('head.fc.'):]}"] = value
-        elif key != "mask_token":
-            state[prefix + _renamed(key, HF_TOP_NAMES, 0, 1)] = value
-    arch = checkpoint.arch
-    config: dict[str, Any] = {"image_size": settings["img_size"], "window_size": int(settings["window_size"]),
-                              "patch_size": arch["patch_size"], "embed_dim": arch["embed_dim"],
-                              "depths": list(arch["depths"]), "num_heads": list(arch["num_heads"])}
-    if checkpoint.family == "swinv2":
-        config["pretrained_window_sizes"] = list(checkpoint.pretrained_window_sizes or [0] * len(arch["depths"]))
-    names = (checkpoint.hparams or {}).get("class_names")
-    if checkpoint.num_classes:
-        count = checkpoint.num_classes
-        labels = names if names and len(names) == count else [f"LABEL_{i}" for i in range(count)]
-        config["id2label"] = dict(enumerate(labels))
-        config["label2id"] = {label: i for i, label in enumerate(labels)}
-    return state, config
 
 
 def swinssl_metadata(encoder: torch.nn.Module) -> dict[str, Any]:
