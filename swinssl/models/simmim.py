@@ -155,9 +155,6 @@ class MaskedVideoModel(MaskedImageModel):
     (B, T', H', W') token mask from :class:`swinssl.masking.VideoMaskGenerator`; targets are normalized
     within each frame."""
 
-    def __init__(self, encoder: VideoSwinEncoder, norm_target_window: int | None = NORM_TARGET_WINDOW) -> None:
-        super().__init__(encoder, norm_target_window)
-
     def make_decoder(self, encoder: VideoSwinEncoder) -> nn.Module:
         return SimMIMVideoDecoder(encoder.num_features, encoder.stride)
 
