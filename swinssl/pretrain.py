@@ -48,6 +48,7 @@ def probe_callbacks(cfg: DictConfig) -> list:
     if cfg.probe.shards is None:
         return []
     from swinssl.datamodules import ClassificationShardDataModule, VideoShardDataModule
+    from swinssl.models.registry import is_video
     from swinssl.training.probe import KNNProbe
 
     encoder = cli.encoder_spec(cfg)
@@ -56,7 +57,7 @@ def probe_callbacks(cfg: DictConfig) -> list:
         if shards is None:
             return None
         stream = dict(val_shards=shards, batch_size=cfg.probe.batch_size, num_workers=cfg.probe.num_workers)
-        if encoder.arch.startswith("video_"):
+        if is_video(encoder.family):
             clips = {key: cfg.data[key] for key in ("sampling", "frame_interval", "short_side")}
             return VideoShardDataModule(img_size=encoder.img_size, num_frames=encoder.num_frames, **clips, **stream)
         return ClassificationShardDataModule(img_size=encoder.img_size, **stream)

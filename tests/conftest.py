@@ -102,6 +102,11 @@ def decode_all(data: bytes) -> np.ndarray:
     with av.open(io.BytesIO(data)) as container:
         return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
 
+def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    """Largest absolute difference over the reference's largest magnitude."""
+    return float((ours - reference).abs().max() / reference.abs().max())
+
+
 def trained_like(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Perturb every parameter: fresh Swin V2 blocks are identities, which would hide transfer errors."""
     generator = torch.Generator().manual_seed(seed)

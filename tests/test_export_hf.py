@@ -15,7 +15,7 @@ import torch
 import transformers
 from timm.data import resolve_data_config
 
-from conftest import run_cli, trained_like
+from conftest import relative_error, run_cli, trained_like
 
 from swinssl import ImageClassifier, create_encoder
 from swinssl.export import export
@@ -45,10 +45,6 @@ def classifier_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def images():
     return torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(1))
-
-
-def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((ours - reference).abs().max() / reference.abs().max())
 
 
 def test_hf_export_loads_in_transformers_as_model_classifier_and_backbone(classifier_checkpoint, tmp_path, images):

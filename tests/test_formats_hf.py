@@ -14,7 +14,7 @@ import torch
 import transformers
 from safetensors.torch import save_file
 
-from conftest import trained_like
+from conftest import relative_error, trained_like
 
 from swinssl import create_encoder
 from swinssl.models.simmim import MaskedImageModel
@@ -29,10 +29,6 @@ def hf_model(name: str, image_size: int = 64, window_size: int = 4, **config):
     torch.manual_seed(0)
     model = getattr(transformers, name)(config_class(image_size=image_size, window_size=window_size, **SIZES, **config))
     return trained_like(model)
-
-
-def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((ours - reference).abs().max() / reference.abs().max())
 
 
 @pytest.fixture(scope="module")

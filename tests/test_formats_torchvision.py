@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
 from torchvision.models.video.swin_transformer import SwinTransformer3d
 
-from conftest import trained_like
+from conftest import relative_error, trained_like
 
 from swinssl import create_encoder, create_video_encoder
 from swinssl.weights import CheckpointError, load_checkpoint
@@ -31,10 +31,6 @@ def torchvision_swin(v2: bool, window: int) -> torch.nn.Module:
     blocks = dict(block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2) if v2 else {}
     model = SwinTransformer(patch_size=[4, 4], window_size=[window, window], num_classes=3, **SIZES, **blocks)
     return trained_like(model)
-
-
-def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((ours - reference).abs().max() / reference.abs().max())
 
 
 @pytest.fixture(scope="module")

@@ -203,7 +203,8 @@ def test_knn_probe_separates_separable_features():
 
     centers = torch.eye(4)
     labels = torch.arange(4).repeat_interleave(5)
-    features = torch.nn.functional.normalize(centers[labels] + 0.1 * torch.randn(20, 4), dim=1)
+    noise = 0.1 * torch.randn(20, 4, generator=torch.Generator().manual_seed(0))
+    features = torch.nn.functional.normalize(centers[labels] + noise, dim=1)
     assert torch.equal(knn_predict(features, labels, features, 4, k=3, exclude_self=True), labels)
 
 

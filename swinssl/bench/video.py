@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import io
 import multiprocessing
 import pstats
@@ -261,25 +262,31 @@ def training_stage(kind: VideoKind, cfg: VideoBenchConfig):
 PRETRAINING_RECIPE = "simmim_video_v2_b"
 
 
-def pretraining_stage(cfg: VideoBenchConfig):
-    """The masked video pretraining stage of ``PRETRAINING_RECIPE`` (its clips, crop and masks), started as in a
-    worker."""
+@functools.cache
+def pretraining_recipe() -> tuple[dict, dict, dict]:
+    """The ``model``, ``simmim`` and ``data`` groups of ``PRETRAINING_RECIPE``, composed once per process."""
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from swinssl.datamodules import SkipCounter
-    from swinssl.datamodules.video import VideoShardDataModule
-    from swinssl.masking import VideoMaskGenerator
     from swinssl.training.recipe_checks import RECIPES
 
     with initialize_config_module(config_module=RECIPES, version_base="1.3"):
         recipe = compose(config_name="pretrain", overrides=[f"recipe={PRETRAINING_RECIPE}"])
-    model, simmim = recipe.model, recipe.simmim
-    masks = VideoMaskGenerator(model.num_frames, model.img_size, simmim.mask_patch_size, (2, 4, 4), simmim.mask_ratio,
-                               simmim.mask_mode, simmim.mask_frames)
-    data = OmegaConf.to_container(recipe.data)
+    return tuple(OmegaConf.to_container(recipe[group]) for group in ("model", "simmim", "data"))
+
+
+def pretraining_stage(cfg: VideoBenchConfig):
+    """The masked video pretraining stage of ``PRETRAINING_RECIPE`` (its clips, crop and masks), started as in a
+    worker."""
+    from swinssl.datamodules import SkipCounter
+    from swinssl.datamodules.video import VideoShardDataModule
+    from swinssl.masking import VideoMaskGenerator
+
+    model, simmim, data = pretraining_recipe()
+    masks = VideoMaskGenerator(model["num_frames"], model["img_size"], simmim["mask_patch_size"], (2, 4, 4),
+                               simmim["mask_ratio"], simmim["mask_mode"], simmim["mask_frames"])
     dm = VideoShardDataModule(
-        num_frames=model.num_frames, img_size=model.img_size, masks=masks,
+        num_frames=model["num_frames"], img_size=model["img_size"], masks=masks,
         **{key: data[key] for key in ("sampling", "frame_interval", "short_side", "crop_scale", "crop_ratio", "hflip")},
     )  # fmt: skip
     stage = dm.decoder(SkipCounter(), train=True)
