@@ -68,6 +68,7 @@ class Checkpoint:
     hparams: dict[str, Any] | None = None
     conversions: list[str] = field(default_factory=list)
     source: str = "<state dict>"
+    sha256: str | None = None  # of the file a hub name or URL resolved to, recorded by the runs that load it
 
     @property
     def encoder_settings(self) -> dict[str, Any]:
