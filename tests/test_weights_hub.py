@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 import swinssl
 from swinssl.weights import CheckpointError, load_checkpoint
-from tests.conftest import official_layout, run_cli, trained_like
+from conftest import official_layout, run_cli, trained_like
 
 TINY = dict(img_size=32, window_size=4, patch_size=4, embed_dim=8, depths=(1, 1), num_heads=(1, 2), num_classes=3)
 
