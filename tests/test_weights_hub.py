@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 import swinssl
 from swinssl.weights import CheckpointError, load_checkpoint
-from conftest import official_layout, run_cli, trained_like
+from conftest import official_layout, relative_error, run_cli, trained_like
 
 TINY = dict(img_size=32, window_size=4, patch_size=4, embed_dim=8, depths=(1, 1), num_heads=(1, 2), num_classes=3)
 
@@ -107,7 +107,7 @@ def hub_cache(cache: Path, repo: str, files: dict[str, bytes], refs: tuple[str, 
 def timm_repo_files(model, tmp_path: Path) -> dict[str, bytes]:
     weights = tmp_path / "w.safetensors"
     save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(weights))
-    config = {"architecture": "swinv2_tiny_window8_256", "num_classes": 3, "pretrained_cfg": {"input_size": [3, 32, 32]}}
+    config = {"architecture": "swinv2_tiny_window4_32", "num_classes": 3, "pretrained_cfg": {"input_size": [3, 32, 32]}}
     return {"model.safetensors": weights.read_bytes(), "config.json": json.dumps(config).encode()}
 
 
@@ -122,7 +122,10 @@ def test_hub_name_from_the_cache_offline(tiny, tmp_path, monkeypatch):
         assert model.load_report.source == name and model.load_report.format == "timm"
         torch.testing.assert_close(model(x), tiny(x))
     weights = next((cache / "models--org--tiny-swinv2" / "blobs").glob("?" * 64))
-    assert load_checkpoint("hf-hub:org/tiny-swinv2").sha256 == weights.name
+    loaded = load_checkpoint("hf-hub:org/tiny-swinv2")
+    assert loaded.sha256 == weights.name
+    assert loaded.pretrained_window_sizes == [4, 4]  # from timm's model name: window 4 at 32 px (grids 8, 4)
+    assert loaded.hparams == {"img_size": 32, "window_size": 4}
 
     with pytest.raises(CheckpointError, match=r"^hf-hub:org/other is not in the HF cache .*hub and the hub cannot be "
                                               r"reached \(offline\); fill the cache .*: hf download org/other "):
@@ -144,3 +147,23 @@ def test_cli_offline_hub_miss_is_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"error: hf-hub:org/absent is not in the HF cache {tmp_path / 'hf' / 'hub'} and the hub cannot be reached "
         "(offline); fill the cache where there is network: hf download org/absent model.safetensors config.json"]
+
+
+def test_timm_hub_config_gives_the_windows_timm_built_with():
+    """timm's ``*to*`` models (``swinv2_base_window12to16_192to256``) normalize position coordinates by the windows of
+    their pretraining: read from the name in config.json, the load computes timm's function. A tiny model named in
+    timm's pattern: window 4 at 32 px moved to window 8 at 64 px."""
+    from timm.models.swin_transformer_v2 import SwinTransformerV2
+
+    from swinssl.weights import parse_checkpoint
+    from swinssl.weights.io import HF_CONFIG
+
+    reference = trained_like(SwinTransformerV2(img_size=64, window_size=8, embed_dim=8, depths=(1, 1), num_heads=(1, 2),
+                                               num_classes=3, pretrained_window_sizes=(4, 4)))
+    config = {"architecture": "swinv2_tiny_window4to8_32to64", "num_classes": 3}
+    parsed = parse_checkpoint({**reference.state_dict(), HF_CONFIG: config})
+    assert parsed.pretrained_window_sizes == [4, 4] and parsed.hparams == {"img_size": 64, "window_size": 8}
+    model = swinssl.create_encoder("swinv2", img_size=64, window_size=8, num_classes=3, checkpoint=parsed)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert relative_error(model.eval()(x), reference(x)) < 1e-5
