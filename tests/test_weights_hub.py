@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 import swinssl
 from swinssl.weights import CheckpointError, load_checkpoint
-from conftest import official_layout, relative_error, run_cli, trained_like
+from conftest import hub_cache, official_layout, relative_error, run_cli, trained_like
 
 TINY = dict(img_size=32, window_size=4, patch_size=4, embed_dim=8, depths=(1, 1), num_heads=(1, 2), num_classes=3)
 
@@ -79,29 +79,12 @@ def test_url_offline_miss_404_web_page_and_not_a_checkpoint(server, monkeypatch)
         load_checkpoint(f"{base}/page.pth")
     with pytest.raises(CheckpointError, match=r"notes.pth: cannot read the checkpoint"):
         load_checkpoint(f"{base}/notes.pth")
+    with pytest.raises(CheckpointError, match=r"^http://127.0.0.1:1/x.pth: download failed \(.*refused\); run again"):
+        load_checkpoint("http://127.0.0.1:1/x.pth")  # nothing listens on port 1
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     with pytest.raises(CheckpointError, match=r"missing2.pth is not in the torch hub cache .*checkpoints and downloads "
                                               r"are off .*curl -L -o "):
         load_checkpoint(f"{base}/missing2.pth")
-
-
-def hub_cache(cache: Path, repo: str, files: dict[str, bytes], refs: tuple[str, ...] = ("main",)) -> str:
-    """``files`` in ``cache`` as huggingface_hub lays out a download: blobs named by sha256 (weights) or git sha1
-    (small files), a snapshot folder of links per commit, refs naming the commit."""
-    folder = cache / f"models--{repo.replace('/', '--')}"
-    commit = hashlib.sha1(repo.encode()).hexdigest()
-    for name, data in files.items():
-        blob = (hashlib.sha256(data).hexdigest() if name.endswith((".safetensors", ".bin"))
-                else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest())
-        (folder / "blobs").mkdir(parents=True, exist_ok=True)
-        (folder / "blobs" / blob).write_bytes(data)
-        link = folder / "snapshots" / commit / name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(Path("../../blobs") / blob)
-    (folder / "refs").mkdir(exist_ok=True)
-    for ref in refs:
-        (folder / "refs" / ref).write_text(commit)
-    return commit
 
 
 def timm_repo_files(model, tmp_path: Path) -> dict[str, bytes]:

@@ -157,9 +157,9 @@ def _download(url: str, path: Path) -> None:
         status = getattr(error.response, "status_code", None)
         raise CheckpointError(f"{url}: the server answered HTTP {status}, not a checkpoint" if status else
                               f"{url}: download failed ({str(error).splitlines()[0]})") from None
-    except OSError as error:  # no route, refused, DNS: the partial file stays for a resumed try
-        raise CheckpointError(f"{url}: download failed ({str(error).splitlines()[0] or type(error).__name__}); "
-                              f"run again to resume, or set HF_HUB_OFFLINE=1 to use the cache only") from None
+    except Exception as error:  # noqa: BLE001 - no route, refused, DNS, cut (the HTTP client's own classes)
+        raise CheckpointError(f"{url}: download failed ({(str(error).splitlines() or [type(error).__name__])[0]}); "
+                              "run again to resume, or set HF_HUB_OFFLINE=1 to use the cache only") from None
     with partial.open("rb") as handle:
         head = handle.read(512).lstrip().lower()
     if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<")):
