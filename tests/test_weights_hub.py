@@ -150,3 +150,15 @@ def test_timm_hub_config_gives_the_windows_timm_built_with():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert relative_error(model.eval()(x), reference(x)) < 1e-5
+
+
+def test_evaluate_writes_the_result_of_a_named_checkpoint_in_the_working_folder():
+    from omegaconf import OmegaConf
+
+    from swinssl.evaluate import result_path
+
+    cfg = OmegaConf.create({"out": None, "overwrite": False})
+    assert str(result_path(cfg, "hf-hub:timm/swinv2_tiny_window8_256.ms_in1k", "val", 256)) == \
+        "hf-hub_timm_swinv2_tiny_window8_256_ms_in1k.eval-val-256px.json"
+    assert str(result_path(cfg, "https://host/v2.0.0/swinv2_tiny_patch4_window8_256.pth", "val", 256)) == \
+        "host_v2_0_0_swinv2_tiny_patch4_window8_256_pth.eval-val-256px.json"
