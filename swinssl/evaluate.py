@@ -74,9 +74,15 @@ def check_classes(data, model) -> None:
 
 
 def result_path(cfg: DictConfig, checkpoint: str, data_name: str, img_size: int) -> Path:
-    """``out=``, else ``<checkpoint>.eval-<data set>-<size>px.json``; never an existing file unless ``overwrite``."""
-    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", data_name.replace(":", ".")).strip("_")
-    out = Path(cfg.out) if cfg.out else Path(checkpoint).with_suffix(f".eval-{label}-{img_size}px.json")
+    """``out=``, else ``<checkpoint>.eval-<data set>-<size>px.json`` (a hub name or URL: in the working folder, named
+    after it); never an existing file unless ``overwrite``."""
+    from swinssl.weights.hub import is_remote
+
+    def label(name: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace(":", ".")).strip("_")
+
+    base = Path(label(checkpoint.split("://")[-1]).replace(".", "_")) if is_remote(checkpoint) else Path(checkpoint)
+    out = Path(cfg.out) if cfg.out else base.with_suffix(f".eval-{label(data_name)}-{img_size}px.json")
     if out.exists() and not cfg.overwrite:
         raise FileExistsError(f"{out} already holds a result; pass overwrite=true to replace it, or out=<file>")
     return out

@@ -8,6 +8,12 @@
 - ``--to hf``: an HF ``save_pretrained`` folder OUT (``config.json`` + ``model.safetensors``) that ``Swinv2Model``,
   ``Swinv2ForImageClassification`` (labels from the training shards' class names) and ``Swinv2Backbone`` load with
   ``from_pretrained``; writing the config needs transformers (``pip install 'swinssl[interop]'``).
+- ``--to onnx``: an ONNX file OUT (``pip install 'swinssl[onnx]'``) of the classifier (logits), the encoder
+  (``--encoder-only``: pooled features) or its stage maps (``--features-only``), image or video, with a dynamic batch
+  at the checkpoint's size and window (or ``--img-size``/``--window-size``/``--num-frames``, moved through log-CPB as
+  on any load); the opset, class names and preprocessing are in the file's metadata, and onnxruntime must compute
+  what PyTorch does before the file is written (:mod:`swinssl.weights.onnx`). A SimMIM pretraining checkpoint
+  exports only its encoder (``--encoder-only`` or ``--features-only``).
 
 Exported files are world-readable (0644), as files made to be shared should be.
 """
@@ -25,6 +31,7 @@ import torch
 from swinssl.normalization import IMAGENET_MEAN, IMAGENET_STD
 from swinssl.weights import Checkpoint, CheckpointError, load_checkpoint, to_hf, to_timm
 from swinssl.weights.factories import CheckpointLike
+from swinssl.weights.onnx import OPSET
 
 TIMM_CLASSES = {"swinv2": "timm.models.swin_transformer_v2.SwinTransformerV2",
                 "swin": "timm.models.swin_transformer.SwinTransformer"}
@@ -33,13 +40,22 @@ HF_CLASSES = {"swinv2": ("Swinv2Config", "Swinv2ForImageClassification", "Swinv2
 SHARED = 0o644
 
 
-def export(checkpoint: CheckpointLike, out: str | Path, to: str = "timm", trust_checkpoint: bool = False
-           ) -> dict[str, Any]:
-    """Write ``checkpoint`` (any supported format: a path, a loaded dict) as ``to`` at ``out``; returns what was
-    recorded about it."""
+def export(checkpoint: CheckpointLike, out: str | Path, to: str = "timm", trust_checkpoint: bool = False,
+           **onnx_options: Any) -> dict[str, Any]:
+    """Write ``checkpoint`` (any supported format: a path, a hub name or URL, a loaded dict) as ``to`` at ``out``;
+    returns what was recorded about it. ``onnx_options``: those of :func:`export_onnx`."""
+    if to != "onnx" and any(onnx_options.values()):
+        raise CheckpointError(f"{', '.join(k for k, v in onnx_options.items() if v)} apply to --to onnx only")
+    if to == "onnx":
+        from swinssl.weights.onnx import require_onnxruntime
+
+        require_onnxruntime()
     source = load_checkpoint(checkpoint, trust_checkpoint)
     out = Path(out)
-    written, meta = export_hf(source, out) if to == "hf" else export_timm(source, out)
+    if to == "onnx":
+        written, meta = export_onnx(source, out, **onnx_options)
+    else:
+        written, meta = export_hf(source, out) if to == "hf" else export_timm(source, out)
     for path in written:
         path.chmod(SHARED)
     return meta
@@ -102,17 +118,75 @@ def export_hf(source: Checkpoint, out: Path) -> tuple[list[Path], dict[str, Any]
     return [out / "config.json", weights], {"class": f"transformers.{config.architectures[0]}", "config": config_args}
 
 
+def export_onnx(source: Checkpoint, out: Path, img_size: int | None = None, window_size: Any = None,
+                num_frames: int | None = None, encoder_only: bool = False, features_only: bool = False
+                ) -> tuple[list[Path], dict[str, Any]]:
+    """The model ``source`` holds (its head: logits; ``encoder_only``: pooled features; ``features_only``: stage maps)
+    at its recorded size and window, or the given ones, as a verified ONNX file."""
+    from swinssl.models.backbone import features_only as stage_maps
+    from swinssl.models.registry import EncoderSpec, is_video
+    from swinssl.weights import encoder_from_spec
+    from swinssl.weights.onnx import exportable_kernel, to_onnx
+
+    if source.decoder is not None and not (encoder_only or features_only):
+        raise CheckpointError(f"{source.source} is a SimMIM pretraining checkpoint: its decoder serves only training; "
+                              "export the encoder with --encoder-only (pooled features) or --features-only (stage maps)")
+    video = is_video(source.family)
+    given = {key: value for key, value in
+             {"img_size": img_size, "window_size": window_size, "num_frames": num_frames}.items() if value is not None}
+    settings = source.encoder_settings
+    missing = [key for key in ("img_size", "window_size", *(["num_frames"] if video else []))
+               if key not in settings and key not in given]
+    if missing:
+        raise CheckpointError(f"{source.source} does not record its {', '.join(missing)}; pass "
+                              + " ".join(f"--{key.replace('_', '-')}" for key in missing))
+    spec = EncoderSpec(arch=source.family).updated(settings, given, grad_checkpointing=False, compile=False)
+    spec = spec.updated(attn_kernel=exportable_kernel(spec.attn_kernel))
+    num_classes = 0 if encoder_only or features_only else source.num_classes
+    model = encoder_from_spec(spec, num_classes=num_classes, checkpoint=source)
+    if features_only:
+        model = stage_maps(model)
+    size = tuple(spec.img_size) if isinstance(spec.img_size, (list, tuple)) else (spec.img_size, spec.img_size)
+    example = torch.randn(2, 3, *([spec.num_frames] if video else []), *size)
+    outputs = ([f"stage{index}" for index in range(len(model.feature_info.channels()))] if features_only
+               else ["logits" if num_classes else "features"])
+    preprocessing = timm_pretrained_cfg(source, {"img_size": spec.img_size, "num_classes": num_classes})
+    metadata = {"source": source.source, **({"checkpoint_sha256": source.sha256} if source.sha256 else {}),
+                "arch": spec.arch, "input": f"{'video' if video else 'image'} {list(example.shape[1:])}, any batch",
+                "outputs": outputs, "img_size": spec.img_size, "window_size": spec.window_size,
+                **({"num_frames": spec.num_frames} if video else {}),
+                "class_names": preprocessing.pop("label_names", None) if num_classes else None,
+                "preprocessing": preprocessing}
+    error = to_onnx(model, example, out, "video" if video else "image", outputs, metadata)
+    return [out], {**metadata, "relative_error": error}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m swinssl.export", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="any supported checkpoint, or a run folder (its newest last.ckpt)")
     parser.add_argument("out", help="--to timm: output file (.pth, or .safetensors); --to hf: output folder")
-    parser.add_argument("--to", choices=["timm", "hf"], default="timm", help="target library")
+    parser.add_argument("--to", choices=["timm", "hf", "onnx"], default="timm", help="target library")
     parser.add_argument("--trust-checkpoint", action="store_true", help="allow pickled objects (trusted files only)")
+    onnx = parser.add_argument_group("--to onnx")
+    onnx.add_argument("--encoder-only", action="store_true", help="the encoder's pooled features, without the head")
+    onnx.add_argument("--features-only", action="store_true", help="the encoder's stage maps (NCHW / NCTHW)")
+    onnx.add_argument("--img-size", type=int, help="image size (default: the checkpoint's)")
+    onnx.add_argument("--window-size", type=lambda text: [int(v) for v in text.split(",")],
+                      help="window, e.g. 8 (video: 2,7,7; default: the checkpoint's)")
+    onnx.add_argument("--num-frames", type=int, help="video frames per clip (default: the checkpoint's)")
     args = parser.parse_args(argv)
+    window = args.window_size[0] if args.window_size and len(args.window_size) == 1 else args.window_size
+    options = dict(img_size=args.img_size, window_size=window, num_frames=args.num_frames,
+                   encoder_only=args.encoder_only, features_only=args.features_only)
     try:
-        meta = export(args.checkpoint, args.out, args.to, args.trust_checkpoint)
-    except (CheckpointError, FileNotFoundError) as error:
+        meta = export(args.checkpoint, args.out, args.to, args.trust_checkpoint, **options)
+    except (ValueError, FileNotFoundError, ImportError) as error:
         sys.exit(f"error: {error}")
+    if args.to == "onnx":
+        print(f"wrote {args.out} (opset {OPSET}, input {meta['input']}, outputs {', '.join(meta['outputs'])}; "
+              f"onnxruntime matches PyTorch to {meta['relative_error']:.1e} relative)\n"
+              f"run it: onnxruntime.InferenceSession({args.out!r}).run(None, {{{meta['input'].split()[0]!r}: batch}})")
+        return
     if args.to == "hf":
         print(f"wrote {args.out}/ (config.json, model.safetensors)\n"
               f"load in transformers: {meta['class']}.from_pretrained({args.out!r}), or its Model and Backbone classes")

@@ -1,6 +1,7 @@
 """What several test modules share: running the real ``python -m swinssl.*`` CLIs, a tiny model's overrides,
 shards and videos made on the spot, models perturbed away from their identity initialization, and figure checks."""
 
+import hashlib
 import io
 import json
 import os
@@ -105,6 +106,25 @@ def decode_all(data: bytes) -> np.ndarray:
 def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
     """Largest absolute difference over the reference's largest magnitude."""
     return float((ours - reference).abs().max() / reference.abs().max())
+
+
+def hub_cache(cache: Path, repo: str, files: dict[str, bytes], refs: tuple[str, ...] = ("main",)) -> str:
+    """``files`` in ``cache`` as huggingface_hub lays out a download: blobs named by sha256 (weights) or git sha1
+    (small files), a snapshot folder of links per commit, refs naming the commit."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    commit = hashlib.sha1(repo.encode()).hexdigest()
+    for name, data in files.items():
+        blob = (hashlib.sha256(data).hexdigest() if name.endswith((".safetensors", ".bin"))
+                else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest())
+        (folder / "blobs").mkdir(parents=True, exist_ok=True)
+        (folder / "blobs" / blob).write_bytes(data)
+        link = folder / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path("../../blobs") / blob)
+    (folder / "refs").mkdir(exist_ok=True)
+    for ref in refs:
+        (folder / "refs" / ref).write_text(commit)
+    return commit
 
 
 def trained_like(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -10,6 +10,9 @@ which keep the suite fast and offline:
   for two steps (``caps``); benchmarks add ``--quick``; ``trainer.devices=8`` becomes 2 CPU processes;
 - ``sbatch`` is a stand-in on PATH, and ``tensorboard`` adds ``--inspect`` instead of serving;
 - ``python -m pytest -m gpu ...`` needs CUDA: its tests are collected (the marker and paths are right), not run;
+- a hub name given as ``checkpoint=`` is served offline (``HF_HUB_OFFLINE=1``) from the huggingface_hub cache, which
+  the workspace fills with a tiny stand-in in the repo's layout (a timm repo with its ``config.json``), so the name
+  resolves as it would after a download (URLs: tests/test_weights_hub.py, with a local server);
 - a command followed by a ``# error: ...`` line must fail with exactly that line, its numbers masked
   (the checkpoints here are tiny, so sizes in messages differ from the README's);
 - a ``$ command`` of a ```console transcript must print the lines shown under it.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -36,10 +40,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import fake_command
+from conftest import fake_command, hub_cache, trained_like
 from conftest import FIGURES, check_figure
 from swinssl import make_shards
 from swinssl.demo_videos import write_demo_videos
+from swinssl.weights.hub import is_remote
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -169,6 +174,27 @@ class Workspace:
         write_images(root / "photos", per_class=5)  # the make_shards transcripts: 10 photos and a broken file,
         (root / "photos" / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
         write_images(root / "photos-val", per_class=2)  # then 4 more as a second set
+        self.env.update(HF_HOME=str(root / "hf"), HF_HUB_OFFLINE="1", TORCH_HOME=str(root / "torch"))
+        for name in {arg.split("=", 1)[1] for command in COMMANDS for arg in command.argv
+                     if arg.startswith("checkpoint=") and is_remote(arg.split("=", 1)[1])}:
+            self.cache_stand_in(name)
+
+    def cache_stand_in(self, name: str) -> None:
+        """A tiny Swin V2 of the capped recipes' sizes where the cache would hold ``name`` after a download."""
+        from safetensors.torch import save_file
+
+        import swinssl
+
+        sizes = {key.rpartition(".")[2]: json.loads(value) for key, value in TINY_ENCODER.items()}
+        model = trained_like(swinssl.create_encoder("swinv2", img_size=64, window_size=2, num_classes=10, **sizes))
+        if not name.startswith("hf-hub:"):
+            pytest.fail(f"no stand-in for {name}: add the layout of its source here")
+        repo = name.removeprefix("hf-hub:").partition("@")[0]
+        weights = self.root / "stand-in.safetensors"
+        save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(weights))
+        config = {"architecture": repo.split("/")[1].split(".")[0], "num_classes": 10}
+        hub_cache(self.root / "hf" / "hub", repo, {"model.safetensors": weights.read_bytes(),
+                                                   "config.json": json.dumps(config).encode()})
 
     def data(self, arg: str) -> str:
         return re.sub(r"(^|=)/data/", rf"\g<1>{self.root}/data/", arg).replace("<folder>", "data/in1k")

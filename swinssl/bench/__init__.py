@@ -12,4 +12,5 @@ BENCHMARKS = {
     "transfer": "position-bias transfer to larger windows without training",
     "video": "video clips per second per data-loading worker",
     "threads": "demo training images/s for loader workers x torch threads: where the default lands",
+    "onnx": "CPU inference images/s: onnxruntime on the exported file against eager PyTorch, same threads",
 }

@@ -104,6 +104,7 @@ class SwinTask(LightningModule):
         source = load_checkpoint(checkpoint, trust_checkpoint) if checkpoint is not None else None
         self.save_hyperparameters({"encoder": self.encoder_spec.to_dict(), **arguments,
                                    "checkpoint": source.source if source is not None else None,
+                                   **({"checkpoint_sha256": source.sha256} if source is not None and source.sha256 else {}),
                                    "trust_checkpoint": trust_checkpoint})
         return source
 

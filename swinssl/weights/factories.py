@@ -66,7 +66,8 @@ def create_encoder(
     out_indices: int | Sequence[int] | None = None,
     **overrides: Any,
 ) -> nn.Module:
-    """A Swin V1/V2 encoder at ``img_size``/``window_size``, loaded from any supported checkpoint.
+    """A Swin V1/V2 encoder at ``img_size``/``window_size``, loaded from any supported checkpoint (a file, a folder,
+    ``hf-hub:ORG/NAME[@REVISION]`` or a URL: :mod:`swinssl.weights.hub`).
 
     ``arch`` is a preset (``swinv2_base``, ``swin_tiny``, ...) whose sizes the checkpoint must match, or a
     family (``swinv2``, ``swin``) whose sizes (and patch size) are read off the checkpoint; explicit

@@ -68,6 +68,7 @@ class Checkpoint:
     hparams: dict[str, Any] | None = None
     conversions: list[str] = field(default_factory=list)
     source: str = "<state dict>"
+    sha256: str | None = None  # of the file a hub name or URL resolved to, recorded by the runs that load it
 
     @property
     def encoder_settings(self) -> dict[str, Any]:
@@ -121,6 +122,8 @@ def parse_checkpoint(raw: Mapping[str, Any], source: str = "<state dict>") -> Ch
         decoder = None
         if fmt == "timm" and isinstance(raw.get(EXPORT_RECORD), Mapping):
             hparams, windows = _from_export_record(raw[EXPORT_RECORD], notes)
+        elif fmt == "timm" and isinstance(raw.get(HF_CONFIG), Mapping) and "architecture" in raw[HF_CONFIG]:
+            hparams, windows = _from_timm_config(raw[HF_CONFIG]["architecture"], state, notes)
     else:
         sample = ", ".join(list(state or raw)[:4]) or "none"
         raise CheckpointError(
@@ -178,6 +181,25 @@ def _from_export_record(record: Mapping[str, Any], notes: list[str]
     windows = kwargs.get("pretrained_window_sizes")
     notes.append("read image size, window and pretrained windows from the swinssl export record beside the weights")
     return hparams, [int(w) for w in windows] if windows else None
+
+
+TIMM_SIZES = re.compile(r"_window(\d+)(?:to(\d+))?_(\d+)(?:to(\d+))?$")
+
+
+def _from_timm_config(architecture: str, state: Mapping[str, torch.Tensor], notes: list[str]
+                      ) -> tuple[dict[str, Any] | None, list[int] | None]:
+    """What a timm hub repo's ``config.json`` names: ``swinv2_base_window12to16_192to256`` is 256 px / window 16 with
+    the position bias trained at window 12 and 192 px, i.e. at windows min(12, stage grid at 192) per stage (timm
+    builds its ``*to*`` models with these, and normalizes the others by their own clipped windows, the same rule)."""
+    match = TIMM_SIZES.search(architecture)
+    if not match:
+        return None, None
+    trained, trained_size = int(match[1]), int(match[3])
+    patch = int(state[ANCHOR].shape[-1])
+    stages = len({key.split(".")[1] for key in state if key.startswith("layers.")})
+    windows = [min(trained, trained_size // patch // 2**stage) for stage in range(stages)]
+    notes.append(f"read image size, window and pretrained windows from the timm model name {architecture}")
+    return {"img_size": int(match[4] or match[3]), "window_size": int(match[2] or match[1])}, windows
 
 
 def _from_torchvision(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:

@@ -82,7 +82,7 @@ def inflate_checkpoint(image: Checkpoint, model: VideoSwinEncoder, patch_init: s
         notes.append(f"kept the initialization of {len(fresh)} temporal-attention tensors (identity at start)")
     return Checkpoint(
         format=image.format, family=f"video_{image.family}", state=state, arch=image.arch, pretrained_window_sizes=image.pretrained_window_sizes,
-        conversions=image.conversions + notes, source=image.source,
+        conversions=image.conversions + notes, source=image.source, sha256=image.sha256,
     )
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from swinssl.models.registry import FAMILY_NAMES
 from swinssl.models.windows import resize_bias_table
 from swinssl.weights.formats import FORMAT_NAMES, Checkpoint, parse_checkpoint
+from swinssl.weights.hub import fetch, is_remote
 from swinssl.weights.io import CheckpointError, checkpoint_file, non_finite_tensors, read_checkpoint
 
 log = logging.getLogger("swinssl.weights")
@@ -52,12 +53,17 @@ class LoadReport:
 
 
 def load_checkpoint(checkpoint: str | Path | Mapping[str, Any] | Checkpoint, trust_checkpoint: bool = False) -> Checkpoint:
-    """Any supported checkpoint (a file, a run folder: its newest ``last.ckpt``, a loaded dict or state dict)
-    in canonical form."""
+    """Any supported checkpoint (a file, a run folder: its newest ``last.ckpt``, a hub name or URL:
+    :mod:`swinssl.weights.hub`, a loaded dict or state dict) in canonical form."""
     if isinstance(checkpoint, Checkpoint):
         return checkpoint
     if isinstance(checkpoint, Mapping):
         parsed = parse_checkpoint(checkpoint)
+    elif is_remote(checkpoint):
+        fetched = fetch(checkpoint)
+        parsed = parse_checkpoint(read_checkpoint(fetched.path, trust_checkpoint), source=fetched.name)
+        parsed.sha256 = fetched.sha256
+        parsed.conversions.insert(0, f"read {fetched.path} (sha256 {fetched.sha256})")
     else:
         path = checkpoint_file(checkpoint)
         parsed = parse_checkpoint(read_checkpoint(path, trust_checkpoint), source=str(path))
