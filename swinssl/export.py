@@ -7,7 +7,9 @@
   reads that record back with the weights, so a re-imported export computes what was exported.
 - ``--to hf``: an HF ``save_pretrained`` folder OUT (``config.json`` + ``model.safetensors``) that ``Swinv2Model``,
   ``Swinv2ForImageClassification`` (labels from the training shards' class names) and ``Swinv2Backbone`` load with
-  ``from_pretrained``; writing the config needs transformers (``pip install 'swinssl[interop]'``).
+  ``from_pretrained``, with ``preprocessor_config.json`` (size, crop, interpolation, mean and std of the run's
+  evaluation) for ``AutoImageProcessor`` and ``pipeline("image-classification")``; writing them needs
+  transformers (``pip install 'swinssl[interop]'``).
 
 Exported files are world-readable (0644), as files made to be shared should be.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -106,9 +109,28 @@ def export_hf(source: Checkpoint, out: Path) -> tuple[list[Path], dict[str, Any]
     config.architectures = [classifier if source.num_classes else base]
     out.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(out)
+    preprocessing = timm_pretrained_cfg(source, {"img_size": config_args["image_size"], "num_classes": source.num_classes})
+    hf_image_processor(preprocessing).save_pretrained(out)
     weights = out / "model.safetensors"
     save_file({key: value.contiguous() for key, value in state.items()}, str(weights), metadata={"format": "pt"})
-    return [out / "config.json", weights], {"class": f"transformers.{config.architectures[0]}", "config": config_args}
+    return ([out / "config.json", out / "preprocessor_config.json", weights],
+            {"class": f"transformers.{config.architectures[0]}", "config": config_args})
+
+
+def hf_image_processor(cfg: dict[str, Any]):
+    """The HF image processor that reads an image as evaluation did (timm ``pretrained_cfg`` fields): "center" scales
+    the shorter side to size / crop_pct (rounded down, as timm) and crops the centre (``BitImageProcessor``);
+    "squash" resizes to the size (``ViTImageProcessor``); then ImageNet mean and std."""
+    import transformers
+    from transformers.image_utils import PILImageResampling
+
+    height, width = cfg["input_size"][1:]
+    interpolation = "bicubic" if cfg["interpolation"] == "random" else cfg["interpolation"]
+    common = dict(resample=PILImageResampling[interpolation.upper()], image_mean=cfg["mean"], image_std=cfg["std"])
+    if cfg["crop_mode"] == "squash":
+        return transformers.ViTImageProcessor(size={"height": height, "width": width}, **common)
+    return transformers.BitImageProcessor(size={"shortest_edge": math.floor(min(height, width) / cfg["crop_pct"])},
+                                          crop_size={"height": height, "width": width}, **common)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     except (CheckpointError, FileNotFoundError, ValueError) as error:
         fail(str(error))
     if args.to == "hf":
-        print(f"wrote {args.out}/ (config.json, model.safetensors)\n"
+        print(f"wrote {args.out}/ (config.json, preprocessor_config.json, model.safetensors)\n"
               f"load in transformers: {meta['class']}.from_pretrained({args.out!r}), or its Model and Backbone classes")
         return
     arguments = ", ".join(f"{key}={value!r}" for key, value in meta["kwargs"].items())
