@@ -253,7 +253,7 @@ RULES: dict[str, Rule] = {
     # data
     "data.batch_size": integer(1),
     "data.num_workers": integer(0),
-    "data.epoch_size": integer(1),
+    "data.epoch_size": integer(1, nullable=True),  # null: one pass over the training set (its manifest count)
     "data.shuffle_buffer": integer(0),
     "data.crop_scale": pair(0, 1),
     "data.crop_ratio": pair(0, math.inf),
