@@ -344,8 +344,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"make_shards: error: {exn}", file=sys.stderr)
         raise SystemExit(2) from None
     others = other_files(Path(args.src), kind)
-    print(f"wrote {summary.samples} samples in {summary.shards} shards; skipped {len(summary.skipped)} unreadable; "
-          f"left out {len(others)} other file(s) (not {kind}s: {', '.join(EXTENSIONS[kind])})")
+    print(f"wrote {summary.samples} samples in {summary.shards} shards; skipped {len(summary.skipped)} unreadable"
+          + (f"; left out {len(others)} other file(s) (not {kind}s: {', '.join(EXTENSIONS[kind])})" if others else ""))
     for what, names in (("unreadable", summary.skipped), (f"not {'an' if kind == 'image' else 'a'} {kind}", others)):
         for name in names[:10]:
             print(f"  {what}: {name}")

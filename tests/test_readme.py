@@ -168,6 +168,7 @@ class Workspace:
         make_shards.main([str(root / "data" / "imagenet" / "train"), str(root / "data" / "in1k"), "--maxcount", "4"])
         write_images(root / "photos", per_class=5)  # the make_shards transcripts: 10 photos and a broken file,
         (root / "photos" / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
+        (root / "photos" / "notes.txt").write_text("where the photos come from\n")  # no image: left out, named
         write_images(root / "photos-val", per_class=2)  # then 4 more as a second set
 
     def data(self, arg: str) -> str:
