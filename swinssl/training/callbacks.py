@@ -95,6 +95,8 @@ class ValidationSchedule(Callback):
 
     def __init__(self) -> None:
         self.metrics: dict[str, float] = {}
+        self.every: int | None = None  # the recipe's interval while the last step's validation is forced
+        self.forced = False
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if getattr(trainer.datamodule, "val_data", None) is None:
@@ -113,14 +115,26 @@ class ValidationSchedule(Callback):
         last_step = 0 < trainer.max_steps <= trainer.global_step
         last_batch = (trainer.current_epoch + 1 == trainer.max_epochs
                       and batch_idx + 1 == trainer.num_training_batches)
-        if last_step or last_batch:  # Lightning validates a stopping run in any epoch when none is skipped
-            trainer.should_stop = True
-            trainer.check_val_every_n_epoch = None
+        if not (last_step or last_batch):
+            return
+        trainer.should_stop = True  # Lightning validates a run that stops, in an epoch that validates
+        every = trainer.check_val_every_n_epoch
+        if every and (trainer.current_epoch + 1) % every:
+            self.every, self.forced = every, True
+            trainer.check_val_every_n_epoch = None  # every epoch validates; put back before checkpoints look at it
+
+    def _restore(self, trainer: Trainer) -> None:
+        if self.forced:
+            trainer.check_val_every_n_epoch, self.forced = self.every, False
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._restore(trainer)
         if not trainer.sanity_checking:
             self.metrics = {"step": trainer.global_step, **{
                 key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")}}
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._restore(trainer)  # no validation data: nothing ran
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         if self.metrics:
