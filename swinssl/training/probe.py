@@ -122,9 +122,8 @@ class KNNProbe(Callback):
         loo = self.queries is None
         top1 = knn_top1(bank, bank_labels, queries, labels, self.bank.num_classes, self.k, self.temperature, loo)
         k = min(self.k, neighbours(bank_labels, loo))
-        log.info("probe at step %d: %d-NN top-1 %.3f on %d samples (bank %d%s, %.1f s)", trainer.global_step, k, top1,
-                 len(labels), len(bank_labels), "" if k == self.k else f"; k={self.k} capped at the smallest class",
-                 time.perf_counter() - start)
+        log.info("probe at step %d: k-NN top-1 %.3f on %d samples (bank %d, k=%d%s, %.1f s)", trainer.global_step, top1,
+                 len(labels), len(bank_labels), k, "" if k == self.k else ": the smallest class", time.perf_counter() - start)
         if trainer.logger is not None:  # straight to the logger: a probe step need not be a logging step
             trainer.logger.log_metrics({"probe/top1": top1}, step=trainer.global_step)
         return top1

@@ -386,8 +386,9 @@ def own_data(cfg: DictConfig, command_line: set[str], recipe: str) -> list[str]:
     set, from its manifest), unless the command line sets them; returns what changed, to be logged."""
     if "data.shards" not in command_line or "data" not in cfg:
         return []
-    recipe_data = OmegaConf.load(files(RECIPES) / "recipe" / f"{recipe}.yaml").get("data") or {}
-    if not str(OmegaConf.to_container(recipe_data).get("shards", "")).startswith(DEMO_DATA):
+    written = OmegaConf.to_container(OmegaConf.load(files(RECIPES) / "recipe" / f"{recipe}.yaml"), resolve=False)
+    recipe_data = written.get("data") or {}  # as the recipe file writes it: the demo data's interpolations unresolved
+    if not str(recipe_data.get("shards", "")).startswith(DEMO_DATA):
         return []
     notes = []
     if "data.val_shards" not in command_line and str(cfg.data._get_node("val_shards")._value()).startswith(DEMO_DATA):
@@ -395,7 +396,7 @@ def own_data(cfg: DictConfig, command_line: set[str], recipe: str) -> list[str]:
         notes.append(f"data.shards is your own data: recipe={recipe}'s demo validation set is dropped "
                      "(give data.val_shards=... to validate)")
     if "data.epoch_size" not in command_line and "epoch_size" in recipe_data:
-        notes.append(f"data.shards is your own data: recipe={recipe}'s data.epoch_size={recipe_data.epoch_size} "
+        notes.append(f"data.shards is your own data: recipe={recipe}'s data.epoch_size={recipe_data['epoch_size']} "
                      "(sized for the demo set) is dropped; an epoch is one pass over your set "
                      "(give data.epoch_size=... to choose)")
         cfg.data.epoch_size = None
