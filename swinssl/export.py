@@ -21,13 +21,15 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, NoReturn
 
+import torch
+
+from swinssl.normalization import IMAGENET_MEAN, IMAGENET_STD
 from swinssl.training.cli import quiet_broken_pipe
-
-if TYPE_CHECKING:  # torch and the weights are imported once the command line is checked
-    from swinssl.weights import Checkpoint
-    from swinssl.weights.factories import CheckpointLike
+from swinssl.training.recipe_checks import REMOTE_CHECKPOINTS
+from swinssl.weights import Checkpoint, CheckpointError, load_checkpoint, to_hf, to_timm
+from swinssl.weights.factories import CheckpointLike
 
 TIMM_CLASSES = {"swinv2": "timm.models.swin_transformer_v2.SwinTransformerV2",
                 "swin": "timm.models.swin_transformer.SwinTransformer"}
@@ -40,8 +42,6 @@ def export(checkpoint: CheckpointLike, out: str | Path, to: str = "timm", trust_
            ) -> dict[str, Any]:
     """Write ``checkpoint`` (any supported format: a path, a loaded dict) as ``to`` at ``out``; returns what was
     recorded about it."""
-    from swinssl.weights import load_checkpoint
-
     source = load_checkpoint(checkpoint, trust_checkpoint)
     out = Path(out)
     written, meta = export_hf(source, out) if to == "hf" else export_timm(source, out)
@@ -51,10 +51,6 @@ def export(checkpoint: CheckpointLike, out: str | Path, to: str = "timm", trust_
 
 
 def export_timm(source: Checkpoint, out: Path) -> tuple[list[Path], dict[str, Any]]:
-    import torch
-
-    from swinssl.weights import to_timm
-
     state, kwargs = to_timm(source)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".safetensors":
@@ -74,7 +70,6 @@ def timm_pretrained_cfg(source: Checkpoint, kwargs: dict[str, Any]) -> dict[str,
     """timm's preprocessing fields: the input size, ImageNet mean/std, and the crop fraction, crop mode and
     interpolation fine-tuning validated with (else the official evaluation's), with the classes."""
     from swinssl.evaluate import IMAGE_EVALUATION
-    from swinssl.normalization import IMAGENET_MEAN, IMAGENET_STD
 
     hparams = source.hparams or {}
     evaluation = {**IMAGE_EVALUATION, **(hparams.get("evaluation") or {})}
@@ -91,8 +86,6 @@ def timm_pretrained_cfg(source: Checkpoint, kwargs: dict[str, Any]) -> dict[str,
 
 
 def export_hf(source: Checkpoint, out: Path) -> tuple[list[Path], dict[str, Any]]:
-    from swinssl.weights import CheckpointError, to_hf
-
     state, config_args = to_hf(source)
     try:
         import transformers
@@ -140,13 +133,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--to", choices=["timm", "hf"], default="timm", help="target library")
     parser.add_argument("--trust-checkpoint", action="store_true", help="allow pickled objects (trusted files only)")
     args = parser.parse_args(argv)
-    if not Path(args.checkpoint).exists():  # before torch is imported: a typo answers at once
+    if not args.checkpoint.startswith(REMOTE_CHECKPOINTS) and not Path(args.checkpoint).exists():
         fail(f"checkpoint not found: {args.checkpoint}")
-    from swinssl.weights import CheckpointError
-
     try:
         meta = export(args.checkpoint, args.out, args.to, args.trust_checkpoint)
-    except (CheckpointError, FileNotFoundError, ValueError) as error:
+    except (CheckpointError, FileNotFoundError, ValueError, ImportError) as error:
         fail(str(error))
     if args.to == "hf":
         print(f"wrote {args.out}/ (config.json, preprocessor_config.json, model.safetensors)\n"
@@ -157,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
           f"load in timm: model = {meta['class']}({arguments}); model.load_state_dict(<the weights>)")
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Every refusal: one ``error:`` line, exit code 2 (as argparse's own usage errors)."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
