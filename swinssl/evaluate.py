@@ -76,7 +76,7 @@ def check_classes(data, model) -> None:
 def result_path(cfg: DictConfig, checkpoint: str, data_name: str, img_size: int) -> Path:
     """``out=``, else ``<checkpoint>.eval-<data set>-<size>px.json`` (a hub name or URL: in the working folder, named
     after it); never an existing file unless ``overwrite``."""
-    from swinssl.weights.hub import is_remote
+    from swinssl.checkpoint_names import is_remote
 
     def label(name: str) -> str:
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace(":", ".")).strip("_")

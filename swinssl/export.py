@@ -7,7 +7,9 @@
   reads that record back with the weights, so a re-imported export computes what was exported.
 - ``--to hf``: an HF ``save_pretrained`` folder OUT (``config.json`` + ``model.safetensors``) that ``Swinv2Model``,
   ``Swinv2ForImageClassification`` (labels from the training shards' class names) and ``Swinv2Backbone`` load with
-  ``from_pretrained``; writing the config needs transformers (``pip install 'swinssl[interop]'``).
+  ``from_pretrained``, with ``preprocessor_config.json`` (size, crop, interpolation, mean and std of the run's
+  evaluation) for ``AutoImageProcessor`` and ``pipeline("image-classification")``; writing them needs
+  transformers (``pip install 'swinssl[interop]'``).
 - ``--to onnx``: an ONNX file OUT (``pip install 'swinssl[onnx]'``) of the classifier (logits), the encoder
   (``--encoder-only``: pooled features) or its stage maps (``--features-only``), image or video, with a dynamic batch
   at the checkpoint's size and window (or ``--img-size``/``--window-size``/``--num-frames``, moved through log-CPB as
@@ -22,13 +24,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
+from swinssl.checkpoint_names import is_remote
 from swinssl.normalization import IMAGENET_MEAN, IMAGENET_STD
+from swinssl.training.cli import quiet_broken_pipe
 from swinssl.weights import Checkpoint, CheckpointError, load_checkpoint, to_hf, to_timm
 from swinssl.weights.factories import CheckpointLike
 from swinssl.weights.onnx import OPSET
@@ -113,9 +118,28 @@ def export_hf(source: Checkpoint, out: Path) -> tuple[list[Path], dict[str, Any]
     config.architectures = [classifier if source.num_classes else base]
     out.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(out)
+    preprocessing = timm_pretrained_cfg(source, {"img_size": config_args["image_size"], "num_classes": source.num_classes})
+    hf_image_processor(preprocessing).save_pretrained(out)
     weights = out / "model.safetensors"
     save_file({key: value.contiguous() for key, value in state.items()}, str(weights), metadata={"format": "pt"})
-    return [out / "config.json", weights], {"class": f"transformers.{config.architectures[0]}", "config": config_args}
+    return ([out / "config.json", out / "preprocessor_config.json", weights],
+            {"class": f"transformers.{config.architectures[0]}", "config": config_args})
+
+
+def hf_image_processor(cfg: dict[str, Any]):
+    """The HF image processor that reads an image as evaluation did (timm ``pretrained_cfg`` fields): "center" scales
+    the shorter side to size / crop_pct (rounded down, as timm) and crops the centre (``BitImageProcessor``);
+    "squash" resizes to the size (``ViTImageProcessor``); then ImageNet mean and std."""
+    import transformers
+    from transformers.image_utils import PILImageResampling
+
+    height, width = cfg["input_size"][1:]
+    interpolation = "bicubic" if cfg["interpolation"] == "random" else cfg["interpolation"]
+    common = dict(resample=PILImageResampling[interpolation.upper()], image_mean=cfg["mean"], image_std=cfg["std"])
+    if cfg["crop_mode"] == "squash":
+        return transformers.ViTImageProcessor(size={"height": height, "width": width}, **common)
+    return transformers.BitImageProcessor(size={"shortest_edge": math.floor(min(height, width) / cfg["crop_pct"])},
+                                          crop_size={"height": height, "width": width}, **common)
 
 
 def export_onnx(source: Checkpoint, out: Path, img_size: int | None = None, window_size: Any = None,
@@ -175,20 +199,22 @@ def main(argv: list[str] | None = None) -> None:
                       help="window, e.g. 8 (video: 2,7,7; default: the checkpoint's)")
     onnx.add_argument("--num-frames", type=int, help="video frames per clip (default: the checkpoint's)")
     args = parser.parse_args(argv)
+    if not is_remote(args.checkpoint) and not Path(args.checkpoint).exists():
+        fail(f"checkpoint not found: {args.checkpoint}")
     window = args.window_size[0] if args.window_size and len(args.window_size) == 1 else args.window_size
     options = dict(img_size=args.img_size, window_size=window, num_frames=args.num_frames,
                    encoder_only=args.encoder_only, features_only=args.features_only)
     try:
         meta = export(args.checkpoint, args.out, args.to, args.trust_checkpoint, **options)
     except (ValueError, FileNotFoundError, ImportError) as error:
-        sys.exit(f"error: {error}")
+        fail(str(error))
     if args.to == "onnx":
         print(f"wrote {args.out} (opset {OPSET}, input {meta['input']}, outputs {', '.join(meta['outputs'])}; "
               f"onnxruntime matches PyTorch to {meta['relative_error']:.1e} relative)\n"
               f"run it: onnxruntime.InferenceSession({args.out!r}).run(None, {{{meta['input'].split()[0]!r}: batch}})")
         return
     if args.to == "hf":
-        print(f"wrote {args.out}/ (config.json, model.safetensors)\n"
+        print(f"wrote {args.out}/ (config.json, preprocessor_config.json, model.safetensors)\n"
               f"load in transformers: {meta['class']}.from_pretrained({args.out!r}), or its Model and Backbone classes")
         return
     arguments = ", ".join(f"{key}={value!r}" for key, value in meta["kwargs"].items())
@@ -196,5 +222,12 @@ def main(argv: list[str] | None = None) -> None:
           f"load in timm: model = {meta['class']}({arguments}); model.load_state_dict(<the weights>)")
 
 
+def fail(message: str) -> NoReturn:
+    """Every refusal: one ``error:`` line, exit code 2 (as argparse's own usage errors)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 if __name__ == "__main__":
-    main()
+    with quiet_broken_pipe():
+        main()

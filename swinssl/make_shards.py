@@ -168,6 +168,13 @@ def find_files(src: Path, kind: str) -> tuple[list[tuple[Path, int | None]], lis
     return [(path, None) for path in loose], None
 
 
+def other_files(src: Path, kind: str) -> list[str]:
+    """The files under ``src`` that are not ``kind`` files (notes, labels, other media), which shards leave out."""
+    extensions = EXTENSIONS[kind]
+    return sorted(p.relative_to(src).as_posix() for p in Path(src).rglob("*")
+                  if p.is_file() and p.suffix.lower() not in extensions)
+
+
 def media_kind(src: Path) -> str:
     """"video" when ``src`` holds video files, else "image" (whose search reports an empty folder)."""
     suffixes = {p.suffix.lower() for p in Path(src).rglob("*") if p.is_file()}
@@ -336,16 +343,21 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, ValueError) as exn:
         print(f"make_shards: error: {exn}", file=sys.stderr)
         raise SystemExit(2) from None
-    skipped = len(summary.skipped)
-    print(f"wrote {summary.samples} samples in {summary.shards} shards; skipped {skipped} unreadable")
-    for name in summary.skipped[:10]:
-        print(f"  unreadable: {name}")
-    if skipped > 10:
-        print(f"  ... and {skipped - 10} more")
+    others = other_files(Path(args.src), kind)
+    print(f"wrote {summary.samples} samples in {summary.shards} shards; skipped {len(summary.skipped)} unreadable"
+          + (f"; left out {len(others)} other file(s) (not {kind}s: {', '.join(EXTENSIONS[kind])})" if others else ""))
+    for what, names in (("unreadable", summary.skipped), (f"not {'an' if kind == 'image' else 'a'} {kind}", others)):
+        for name in names[:10]:
+            print(f"  {what}: {name}")
+        if len(names) > 10:
+            print(f"  ... and {len(names) - 10} more")
     # A folder with one set means that set; with several, the set is named after a colon.
     print(f"shards: {summary.pattern}")
     print("train with: data.shards=" + (args.out if len(summary.sets) == 1 else f"{args.out}:{args.prefix}"))
 
 
 if __name__ == "__main__":
-    main()
+    from swinssl.training.cli import quiet_broken_pipe
+
+    with quiet_broken_pipe():
+        main()

@@ -52,7 +52,7 @@ def test_hf_export_loads_in_transformers_as_model_classifier_and_backbone(classi
     done = run_cli("swinssl.export", str(classifier_checkpoint), str(out), "--to", "hf")
     assert done.returncode == 0, done.stderr[-3000:]
     assert {path.name: path.stat().st_mode & 0o777 for path in out.iterdir()} == {
-        "config.json": 0o644, "model.safetensors": 0o644}
+        "config.json": 0o644, "preprocessor_config.json": 0o644, "model.safetensors": 0o644}
     ours = create_encoder("swinv2", img_size=128, window_size=8, num_classes=3, checkpoint=classifier_checkpoint).eval()
     classifier = transformers.Swinv2ForImageClassification.from_pretrained(out).eval()
     assert classifier.config.id2label == dict(enumerate(CLASSES))
@@ -164,3 +164,66 @@ def test_hf_export_needs_the_image_size_and_window(tmp_path):
                           num_heads=(1, 2, 2, 4))
     with pytest.raises(CheckpointError, match="records no image size and window, which an HF config needs"):
         export(model.state_dict(), tmp_path / "hf", to="hf")
+
+
+@pytest.fixture(scope="module")
+def center_crop_run(tmp_path_factory):
+    """A classifier run that trained with drop path 0.05 and evaluated with a bicubic centre crop of 0.875."""
+    from lightning.pytorch import Trainer
+
+    evaluation = {"eval_crop_pct": 0.875, "eval_crop_mode": "center", "interpolation": "bicubic"}
+    task = ImageClassifier(encoder={**ENCODER, "drop_path_rate": 0.05}, num_classes=3, class_names=CLASSES,
+                           evaluation=evaluation, mixup=None)
+    trained_like(task.model, seed=3)
+    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
+    trainer.strategy.connect(task)
+    path = tmp_path_factory.mktemp("run") / "last.ckpt"
+    trainer.save_checkpoint(path)
+    out = tmp_path_factory.mktemp("export") / "hf"
+    export(path, out, to="hf")
+    return path, out, evaluation
+
+
+def test_hf_export_config_is_the_runs(center_crop_run):
+    """Today's main: HF's default drop_path_rate 0.1 where the run used 0.05."""
+    _, out, _ = center_crop_run
+    config = json.loads((out / "config.json").read_text())
+    expected = {"image_size": 128, "patch_size": 4, "num_channels": 3, "embed_dim": 16, "depths": [1, 1, 2, 1],
+                "num_heads": [1, 2, 2, 4], "window_size": 8, "pretrained_window_sizes": [4, 4, 4, 2], "mlp_ratio": 4.0,
+                "qkv_bias": True, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+                "drop_path_rate": 0.05, "hidden_act": "gelu", "use_absolute_embeddings": False, "layer_norm_eps": 1e-5,
+                "encoder_stride": 32}
+    assert {key: config[key] for key in expected} == expected
+    # the same modules: stochastic depth per block, LayerNorm eps, MLP width
+    hf = transformers.Swinv2ForImageClassification.from_pretrained(out).swinv2
+    ours = ImageClassifier.from_checkpoint(center_crop_run[0]).model
+    theirs_blocks = [block for stage in hf.encoder.layers for block in stage.blocks]
+    our_blocks = [block for stage in ours.layers for block in stage.blocks]
+    assert [getattr(b.drop_path, "drop_prob", 0.0) for b in theirs_blocks] == pytest.approx(
+        [getattr(b.drop_path1, "drop_prob", 0.0) for b in our_blocks])
+    assert hf.layernorm.eps == ours.norm.eps
+    assert theirs_blocks[0].intermediate.dense.out_features == our_blocks[0].mlp.fc1.out_features
+
+
+def test_hf_export_works_with_transformers_pipeline_and_auto_image_processor(center_crop_run, tmp_path):
+    """Today's main: no preprocessor_config.json, so pipeline() and AutoImageProcessor fail on the folder."""
+    from PIL import Image
+    from skimage import data
+
+    from swinssl.datamodules import ClassificationShardDataModule
+
+    checkpoint, out, evaluation = center_crop_run
+    image = Image.fromarray(data.astronaut()).resize((200, 150))  # not square: the crop matters
+    processor = transformers.AutoImageProcessor.from_pretrained(out)
+    ours = ClassificationShardDataModule(img_size=128, **evaluation).eval_transform(image)
+    theirs = processor(image, return_tensors="pt").pixel_values[0]
+    assert theirs.shape == ours.shape == (3, 128, 128)
+    assert (theirs - ours).abs().mean() < 0.02  # PIL vs torchvision resampling of the same geometry
+    model = ImageClassifier.from_checkpoint(checkpoint).eval()
+    with torch.no_grad():
+        scores = model(ours[None]).softmax(-1)[0]
+    classify = transformers.pipeline("image-classification", model=str(out))
+    result = classify(image, top_k=3)
+    assert result[0]["label"] == CLASSES[int(scores.argmax())]
+    assert {item["label"]: item["score"] for item in result} == pytest.approx(
+        {name: float(score) for name, score in zip(CLASSES, scores, strict=True)}, abs=0.02)

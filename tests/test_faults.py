@@ -31,7 +31,7 @@ BAD_CONFIGS = [
     ("data.batch_size=-1", "data.batch_size must be an integer >= 1, got -1"),
     ("data.batch_size=0", "data.batch_size must be an integer >= 1, got 0"),
     ("data.num_workers=-2", "data.num_workers must be an integer >= 0, got -2"),
-    ("data.epoch_size=0", "data.epoch_size must be an integer >= 1, got 0"),
+    ("data.epoch_size=0", "data.epoch_size must be an integer >= 1 or null, got 0"),
     ("data.hflip=2", "data.hflip must be a number in [0, 1], got 2"),
     ("trainer.max_steps=-5", "trainer.max_steps must be -1 (no limit) or an integer >= 1 or null, got -5"),
     ("trainer.max_steps=0", "trainer.max_steps must be -1 (no limit) or an integer >= 1 or null, got 0"),

@@ -100,6 +100,21 @@ def test_torchvision_swin3d_loads_into_video_swin(tmp_path):
         assert relative_error(ours(clips), source(clips)) <= 1e-5
 
 
+def test_torchvision_swin3d_with_a_temporal_window_longer_than_the_clip_runs_its_clips():
+    """Today's main: "temporal window 8 is larger than the clip". swin3d_t's window is 8 in time; on 8-frame clips
+    (4 time steps) torchvision clips it to 4 and reads the official slice of its 15-row-deep bias table."""
+    torch.manual_seed(0)
+    source = trained_like(SwinTransformer3d(patch_size=[2, 4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 2],
+                                            window_size=[8, 4, 4], num_classes=3)).eval()
+    ours = create_video_encoder("video_swin", num_frames=8, img_size=32, window_size=(8, 4, 4), num_classes=3,
+                                checkpoint=source.state_dict()).eval()
+    table = ours.layers[0].blocks[0].attn.relative_position_bias_table
+    assert table.shape[0] == 15 * 7 * 7  # the checkpoint's table, as it is
+    clips = torch.randn(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert relative_error(ours(clips), source(clips)) <= 1e-5
+
+
 def test_timm_swinv2_cr_is_refused_by_name():
     from timm.models.swin_transformer_v2_cr import SwinTransformerV2Cr
 

@@ -44,7 +44,7 @@ from conftest import fake_command, hub_cache, trained_like
 from conftest import FIGURES, check_figure
 from swinssl import make_shards
 from swinssl.demo_videos import write_demo_videos
-from swinssl.weights.hub import is_remote
+from swinssl.checkpoint_names import is_remote
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -173,6 +173,7 @@ class Workspace:
         make_shards.main([str(root / "data" / "imagenet" / "train"), str(root / "data" / "in1k"), "--maxcount", "4"])
         write_images(root / "photos", per_class=5)  # the make_shards transcripts: 10 photos and a broken file,
         (root / "photos" / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
+        (root / "photos" / "notes.txt").write_text("where the photos come from\n")  # no image: left out, named
         write_images(root / "photos-val", per_class=2)  # then 4 more as a second set
         self.env.update(HF_HOME=str(root / "hf"), HF_HUB_OFFLINE="1", TORCH_HOME=str(root / "torch"))
         for name in {arg.split("=", 1)[1] for command in COMMANDS for arg in command.argv
@@ -368,3 +369,74 @@ def test_readme_pictures_are_notebook_figures_and_small():
         assert path.stem in FIGURES[path.parent.name], picture
         check_figure(path)
         assert path.stat().st_size < 250_000, f"{picture} is {path.stat().st_size} bytes"
+
+
+# The presets the README's Python snippets name, at the tiny sizes that stand in for them here.
+SNIPPET_PRESETS = ("swinv2_base", "video_swinv2_base", "video_swin_tiny")
+TINY_SIZES = {"embed_dim": 16, "depths": (1, 1, 1, 1), "num_heads": (1, 2, 2, 4)}
+
+
+# Sizes in the snippets that cost minutes even on tiny models -> what runs instead (windows clip to smaller inputs).
+SNIPPET_SCALED = {
+    "torch.randn(2, 3, 512, 640)": "torch.randn(2, 3, 128, 160)",
+    "torch.randn(2, 3, 192, 192), torch.randint(0, 150, (2, 192, 192))":
+        "torch.randn(2, 3, 64, 64), torch.randint(0, 150, (2, 64, 64))",
+    "hidden_size=512": "hidden_size=32",
+    "num_frames=32, img_size=224": "num_frames=8, img_size=112",
+    "torch.randn(1, 3, 32, 224, 224)": "torch.randn(1, 3, 8, 112, 112)",
+    'VideoClassifier(arch="video_swin_tiny",': 'VideoClassifier(arch="video_swin_tiny", num_frames=8, img_size=112,',
+    "VideoMaskGenerator(num_frames=16, input_size=192": "VideoMaskGenerator(num_frames=8, input_size=128",
+    "num_frames=16, img_size=192": "num_frames=8, img_size=128",
+    "torch.randn(1, 3, 16, 192, 192)": "torch.randn(1, 3, 8, 128, 128)",
+}
+
+
+def readme_python() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+
+
+def snippet_files(root: Path) -> None:
+    """The files the snippets name, each made the way its source makes it (a run's checkpoint, an official
+    release's layout, an HF export), from tiny models."""
+    import torch
+    from lightning.pytorch import Trainer
+
+    from official_video_swin import OfficialI3DHead, OfficialSwinTransformer3D, official_checkpoint
+    from swinssl import ImageClassifier, SimMIM
+    from swinssl.export import export
+    from test_video_simmim import official_simmim_checkpoint
+
+    def save_run(task, folder: str) -> None:
+        trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
+        trainer.strategy.connect(task)
+        trainer.save_checkpoint(root / folder / "checkpoints" / "last.ckpt")
+
+    torch.manual_seed(0)
+    pretrained = SimMIM(arch="swinv2_base", img_size=192, window_size=12)
+    save_run(pretrained, "runs/simmim_v2_b/20261121-203015")
+    torch.save(official_simmim_checkpoint(pretrained.model), root / "simmim_swinv2_base_img192_window12_800ep.pth")
+    save_run(ImageClassifier(encoder={"arch": "swinv2_base", "img_size": 224, "window_size": 14}, num_classes=3,
+                             mixup=None), "runs/ft_v2_b_192to224/20261201-101500")
+    export(root / "runs" / "simmim_v2_b", root / "exported", to="hf")
+    backbone = OfficialSwinTransformer3D(window_size=(8, 7, 7), **TINY_SIZES)
+    torch.save(official_checkpoint(backbone, OfficialI3DHead(400, backbone.num_features)),
+               root / "swin_tiny_patch244_window877_kinetics400_1k.pth")
+
+
+def test_readme_python_snippets_run_in_order(tmp_path, monkeypatch):
+    """Every ```python block runs as printed, in README order in one namespace (a section's snippets continue one
+    another), in a folder holding the files they name; the presets they name are tiny here, and the inputs that
+    would cost minutes smaller (``SNIPPET_SCALED``), as the commands' sizes are."""
+    from swinssl.models import registry
+
+    for name in SNIPPET_PRESETS:
+        monkeypatch.setitem(registry.PRESETS, name, {**registry.PRESETS[name], **TINY_SIZES})
+    monkeypatch.chdir(tmp_path)
+    snippet_files(tmp_path)
+    snippets = "\n".join(readme_python())
+    assert [text for text in SNIPPET_SCALED if text not in snippets] == []  # every rule still finds its text
+    for text, scaled in SNIPPET_SCALED.items():
+        snippets = snippets.replace(text, scaled)
+    namespace: dict = {}
+    exec(compile(snippets, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+    assert namespace["logits"].shape == (1, 400) and namespace["out"].logits.shape == (2, 150, 64, 64)

@@ -118,7 +118,6 @@ def test_official_video_swin_recipe_composes_with_its_sourced_values():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["model.window_size=[16,4,4]"], "temporal window 16 is larger than the clip"),
         (["model.arch=video_swinv3_base"], "unknown video arch 'video_swinv3_base'"),
         (["model.attention=divided"], "attention must be one of"),
         (["finetune.head_lr_ratio=0"], "finetune.head_lr_ratio must be a number > 0, got 0"),

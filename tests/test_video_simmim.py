@@ -1,5 +1,6 @@
 """Masked video pretraining: clip masks, the 3D decoder, inflation from an image SimMIM model, the task and its data."""
 
+import logging
 import math
 
 import pytest
@@ -206,6 +207,34 @@ def test_knn_probe_separates_separable_features():
     noise = 0.1 * torch.randn(20, 4, generator=torch.Generator().manual_seed(0))
     features = torch.nn.functional.normalize(centers[labels] + noise, dim=1)
     assert torch.equal(knn_predict(features, labels, features, 4, k=3, exclude_self=True), labels)
+
+
+def test_knn_probe_on_a_tiny_balanced_set_is_not_outvoted_by_class_sizes():
+    """Today's main: with k=20 and 4 samples per class, leave-one-out votes over the whole bank, where a sample's own
+    class has 3 members and the other 4: every sample is labeled wrong although its 3 nearest are its own class."""
+    from swinssl.training.probe import knn_predict
+
+    labels = torch.arange(2).repeat_interleave(4)
+    noise = 0.005 * torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+    features = torch.nn.functional.normalize(torch.eye(3)[0] + 0.05 * torch.eye(3)[1 + labels] + noise, dim=1)
+    assert torch.equal(knn_predict(features, labels, features, 2, k=20, exclude_self=True), labels)
+
+
+def test_knn_probe_warns_below_chance_on_a_set_that_pairs_samples_across_classes(caplog):
+    """As the demo videos: every photo once per class, features that see the photo. Each sample's nearest is its twin
+    of the other class, so leave-one-out scores 0 of 16, which is reported, not only logged as a number."""
+    from swinssl.training.probe import knn_top1
+
+    photos = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+    twins = photos.repeat_interleave(2, dim=0) + 0.01 * torch.randn(16, 16, generator=torch.Generator().manual_seed(1))
+    features, labels = torch.nn.functional.normalize(twins, dim=1), torch.arange(2).repeat(8)
+    with caplog.at_level(logging.WARNING, logger="swinssl.training.probe"):
+        top1 = knn_top1(features, labels, features, labels, 2, k=20, exclude_self=True)
+    assert top1 == 0.0
+    assert "probe/top1 0.000 is below chance (0.500 for 2 balanced classes)" in caplog.text
+    caplog.clear()
+    centers = torch.nn.functional.normalize(torch.eye(2)[labels] + 0.1 * twins[:, :2], dim=1)
+    assert knn_top1(centers, labels, centers, labels, 2, k=3, exclude_self=True) == 1.0 and not caplog.records
 
 
 def test_a_mask_that_hides_every_unit_is_refused():

@@ -193,7 +193,9 @@ def test_timm_state_dict_without_windows_warns(caplog):
     model = build_encoder("swinv2", img_size=64, window_size=4, **TINY)
     with caplog.at_level(logging.WARNING, logger="swinssl.weights"):
         create_encoder("swinv2", img_size=128, window_size=8, checkpoint=model.state_dict())
-    assert "pretrained_window_sizes" in caplog.text
+    # the command line's key as well as the API's (today's main named only the API's)
+    assert "model.encoder.pretrained_window_sizes=[12,12,12,6] on the command line" in caplog.text
+    assert "pretrained_window_sizes=[12, 12, 12, 6] in the API" in caplog.text
 
 
 def test_head_of_another_size_is_reinitialized_with_a_warning(caplog):

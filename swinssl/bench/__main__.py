@@ -28,4 +28,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from swinssl.training.cli import quiet_broken_pipe
+
+    with quiet_broken_pipe():
+        main()

@@ -9,7 +9,6 @@ V2 or V1 attention style). A preset is ``<family>_<size>``; the bare family take
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -131,19 +130,12 @@ def check_image_geometry(img_size: tuple[int, int], patch_size: int, window_size
 
 def check_video_geometry(num_frames: int, img_size: int, patch: Triple, window: Triple, depths: Sequence[int],
                          embed_dim: int, num_heads: Sequence[int]) -> None:
-    """Widths the heads divide, and windows no larger than the clip's first-stage token grid."""
+    """Widths the heads divide, and a clip of at least one patch. A window larger than the clip's token grid is
+    clipped to it on every axis, time included (as the official code and torchvision do), so a checkpoint's window
+    and position-bias table serve shorter clips."""
     _check_widths(embed_dim, depths, num_heads)
     if num_frames < 1 or img_size < patch[1]:
         raise ValueError(f"a clip needs at least 1 frame and {patch[1]} px, got {num_frames} frames at {img_size} px")
-    frames = math.ceil(num_frames / patch[0])
-    if window[0] > frames:
-        raise ValueError(
-            f"temporal window {window[0]} is larger than the clip: {num_frames} frames with temporal patch {patch[0]} "
-            f"give {frames} time steps; use a window of at most {frames} or more frames"
-        )
-    grid = math.ceil(img_size / patch[1])
-    if max(window[1:]) > grid:
-        raise ValueError(f"spatial window {window[1:]} is larger than the {grid}x{grid} patch grid of {img_size} px clips")
 
 
 def check_model_geometry(arch: str, img_size: int, window_size: int | Sequence[int], patch_size: Any,

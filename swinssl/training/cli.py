@@ -9,6 +9,8 @@ once. A bad input ends the program with one ``error:`` line and exit code 2.
 from __future__ import annotations
 
 import inspect
+import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,8 +18,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from swinssl.training.recipe_checks import RECIPES, check_arguments, check_config
+from swinssl.training.recipe_checks import RECIPES, check_arguments, check_config, own_data
 
+log = logging.getLogger(__name__)
 
 
 def main(task: str, run: Callable[[DictConfig], None]) -> None:
@@ -35,10 +38,42 @@ def main(task: str, run: Callable[[DictConfig], None]) -> None:
     @hydra.main(config_path=f"pkg://{RECIPES}", config_name=task, version_base="1.3")
     def checked_run(cfg: DictConfig) -> None:
         with user_errors():
+            if task != "evaluate":
+                for note in own_data(cfg, _command_line_keys(), recipe_name()):
+                    log.info(note)
             check_config(cfg)
+        one_handler_for_lightning()
         run(cfg)
 
-    checked_run()
+    with quiet_broken_pipe():
+        checked_run()
+
+
+def _command_line_keys() -> set[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return {line.partition("=")[0].lstrip("+~") for line in HydraConfig.get().overrides.task}
+
+
+def one_handler_for_lightning() -> None:
+    """Lightning gives its ``lightning`` logger a console handler of its own and lets its records reach the root
+    logger too, where Hydra's handler prints them again: with a root handler, Lightning's own one goes."""
+    import lightning  # noqa: F401 - adds the handler
+
+    if logging.getLogger().handlers:
+        for handler in list(logging.getLogger("lightning").handlers):
+            logging.getLogger("lightning").removeHandler(handler)
+
+
+@contextmanager
+def quiet_broken_pipe() -> Iterator[None]:
+    """A reader that stops early (``| head -1``) ends the program quietly, as other command-line tools do."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would fail again
+        raise SystemExit(1) from None
 
 
 def register_resolvers() -> None:

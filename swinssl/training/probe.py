@@ -7,6 +7,12 @@ logged as ``probe/top1``. Without a query set each bank sample is labeled by the
 
 Masked-modeling features score low on k-NN and linear probes (the SimMIM and MAE papers report far lower
 probe than fine-tune accuracy): the trend over a run says whether the representation improves, not the level.
+
+On a tiny set ``k`` is capped at the smallest class's size (less the sample itself, leave-one-out): with more
+neighbours than a class has, the vote counts class sizes, and leaving a sample out makes its own class the smallest,
+so a balanced set would score below chance. A result below chance on a balanced set is logged as a warning: the
+neighbours belong to other classes more often than at random, which says the set pairs samples across classes
+(the demo videos pan every photo both ways, and pooled features see the photo, not the direction) or is too small.
 """
 
 from __future__ import annotations
@@ -30,11 +36,33 @@ def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Te
     similarity = queries @ bank.T
     if exclude_self:
         similarity.fill_diagonal_(-torch.inf)
-    k = min(k, bank.shape[0] - int(exclude_self))
+    k = max(1, min(k, neighbours(bank_labels, exclude_self)))
     top, index = similarity.topk(k, dim=1)
     votes = torch.zeros(queries.shape[0], num_classes, dtype=torch.float64)
     votes.scatter_add_(1, bank_labels[index], (top.double() / temperature).exp())
     return votes.argmax(dim=1)
+
+
+def neighbours(bank_labels: torch.Tensor, exclude_self: bool) -> int:
+    """The most neighbours a vote may take: the smallest class of the bank (less the left-out sample)."""
+    counts = torch.bincount(bank_labels)
+    return int(counts[counts > 0].min()) - int(exclude_self)
+
+
+def knn_top1(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, labels: torch.Tensor,
+             num_classes: int, k: int = 20, temperature: float = 0.07, exclude_self: bool = False) -> float:
+    """Top-1 accuracy of :func:`knn_predict` on ``queries``; a warning when it is below chance on a balanced set."""
+    predicted = knn_predict(bank, bank_labels, queries, num_classes, k, temperature, exclude_self)
+    top1 = float((predicted == labels).double().mean())
+    counts = torch.bincount(labels)
+    present = counts[counts > 0]
+    if len(present) > 1 and bool((present == present[0]).all()) and top1 < 1 / len(present):
+        log.warning("probe/top1 %.3f is below chance (%.3f for %d balanced classes): the nearest samples belong to "
+                    "other classes more often than at random. The set may pair samples across classes (the demo "
+                    "videos pan every photo both ways, and pooled features see the photo, not the direction) or be too "
+                    "small; probe with a set whose classes differ in what the features see", top1, 1 / len(present),
+                    len(present))
+    return top1
 
 
 def pooled_features(encoder: torch.nn.Module, batches: Iterable[dict]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,11 +119,11 @@ class KNNProbe(Callback):
                     queries, labels = pooled_features(encoder, self.queries.val_dataloader())
         finally:
             encoder.train(training)
-        predicted = knn_predict(bank, bank_labels, queries, self.bank.num_classes, self.k, self.temperature,
-                                exclude_self=self.queries is None)
-        top1 = float((predicted == labels).double().mean())
-        log.info("probe at step %d: k-NN top-1 %.3f on %d samples (bank %d, %.1f s)", trainer.global_step, top1,
-                 len(labels), len(bank_labels), time.perf_counter() - start)
+        loo = self.queries is None
+        top1 = knn_top1(bank, bank_labels, queries, labels, self.bank.num_classes, self.k, self.temperature, loo)
+        k = min(self.k, neighbours(bank_labels, loo))
+        log.info("probe at step %d: k-NN top-1 %.3f on %d samples (bank %d, k=%d%s, %.1f s)", trainer.global_step, top1,
+                 len(labels), len(bank_labels), k, "" if k == self.k else ": the smallest class", time.perf_counter() - start)
         if trainer.logger is not None:  # straight to the logger: a probe step need not be a logging step
             trainer.logger.log_metrics({"probe/top1": top1}, step=trainer.global_step)
         return top1

@@ -27,9 +27,11 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from swinssl.models.registry import ATTENTION_KERNELS
+from swinssl.checkpoint_names import is_remote
 from swinssl.training import slurm
 
 RECIPES = "swinssl.recipes"
+DEMO_DATA = "${swinssl_demo"  # the demo recipes' data: interpolations built on first use (training/cli.py)
 GROUPS = ("recipe", "cluster")  # config groups: their overrides choose a file, not a value
 # Maps whose keys are their consumer's, not the recipe's; the names they accept.
 FREE_MAPS: dict[str, Callable[[], Iterable[str]]] = {
@@ -251,7 +253,7 @@ RULES: dict[str, Rule] = {
     # data
     "data.batch_size": integer(1),
     "data.num_workers": integer(0),
-    "data.epoch_size": integer(1),
+    "data.epoch_size": integer(1, nullable=True),  # null: one pass over the training set (its manifest count)
     "data.shuffle_buffer": integer(0),
     "data.crop_scale": pair(0, 1),
     "data.crop_ratio": pair(0, math.inf),
@@ -372,8 +374,39 @@ def check_config(cfg: DictConfig) -> None:
         _check_devices(cfg.accelerator, 1)
     if cfg.get("out_dir"):
         _check_writable(Path(cfg.out_dir), "out_dir")
-    if not submitting:  # the shards of a submitted job are read on the compute nodes
+    if not submitting:  # the shards and checkpoint of a submitted job are read on the compute nodes
+        _check_checkpoint(cfg.get("checkpoint"))
         _check_shards(cfg)
+
+
+def own_data(cfg: DictConfig, command_line: set[str], recipe: str) -> list[str]:
+    """A demo recipe run on the user's ``data.shards``: the demo's validation set and epoch size, sized for the
+    demo photos or clips, do not follow. ``data.val_shards`` drops to null (the demo's classes are not the user's,
+    and validating on them would only fail or mislead) and ``data.epoch_size`` to null (one pass over the user's
+    set, from its manifest), unless the command line sets them; returns what changed, to be logged."""
+    if "data.shards" not in command_line or "data" not in cfg:
+        return []
+    written = OmegaConf.to_container(OmegaConf.load(files(RECIPES) / "recipe" / f"{recipe}.yaml"), resolve=False)
+    recipe_data = written.get("data") or {}  # as the recipe file writes it: the demo data's interpolations unresolved
+    if not str(recipe_data.get("shards", "")).startswith(DEMO_DATA):
+        return []
+    notes = []
+    if "data.val_shards" not in command_line and str(cfg.data._get_node("val_shards")._value()).startswith(DEMO_DATA):
+        cfg.data.val_shards = None
+        notes.append(f"data.shards is your own data: recipe={recipe}'s demo validation set is dropped "
+                     "(give data.val_shards=... to validate)")
+    if "data.epoch_size" not in command_line and "epoch_size" in recipe_data:
+        notes.append(f"data.shards is your own data: recipe={recipe}'s data.epoch_size={recipe_data['epoch_size']} "
+                     "(sized for the demo set) is dropped; an epoch is one pass over your set "
+                     "(give data.epoch_size=... to choose)")
+        cfg.data.epoch_size = None
+    return notes
+
+
+def _check_checkpoint(value: Any) -> None:
+    """A local ``checkpoint=`` exists (what it holds is read when the model is built)."""
+    if isinstance(value, str) and not is_remote(value) and not Path(value).exists():
+        raise FileNotFoundError(f"checkpoint not found: {value}")
 
 
 def _check_masking(cfg: DictConfig) -> None:

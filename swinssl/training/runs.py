@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from swinssl.models import describe_encoder
 from swinssl.training import slurm
-from swinssl.training.callbacks import SkippedSamples, StopOnPreemption, ThreadTuning
+from swinssl.training.callbacks import SkippedSamples, StopOnPreemption, ThreadTuning, ValidationSchedule
 from swinssl.training.cli import recipe_name, user_errors
 from swinssl.training.nonfinite import NonFiniteGuard, NonFiniteLossError
 from swinssl.training.trainer import CheckpointWriteError, build_trainer, remove_partial_writes, thread_candidates
@@ -134,7 +134,8 @@ def train(cfg: DictConfig, run: Run, model: LightningModule, datamodule: Lightni
     last = run.dir / "checkpoints" / "last.ckpt"
     preemption = StopOnPreemption(last, requeue=slurm.is_slurm_task() and cfg.cluster.requeue)
     tuning = ThreadTuning()
-    callbacks = [NonFiniteGuard(cfg.max_nonfinite_steps), SkippedSamples(), preemption, tuning, *callbacks]
+    callbacks = [NonFiniteGuard(cfg.max_nonfinite_steps), SkippedSamples(), preemption, tuning, ValidationSchedule(),
+                 *callbacks]
     environment = slurm.environment() if slurm.is_slurm_task() else None
     trainer = build_trainer(cfg.trainer, run.dir, cfg.checkpointing, callbacks=callbacks, environment=environment)
     candidates = thread_candidates(cfg.threads, cfg.data.num_workers, trainer.num_devices)

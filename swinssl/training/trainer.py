@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, ThroughputMonitor
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, RichProgressBar, ThroughputMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import ClusterEnvironment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -136,6 +136,21 @@ class RunProgressBar(RichProgressBar):
         return f"{description:{len(self.validation_description)}}"
 
 
+class RunModelSummary(ModelSummary):
+    """Lightning's model summary without its FLOP column and total: FLOPs are counted only on a forward of an
+    ``example_input_array``, which the tasks do not define (a forward of the whole model at start), so they read 0."""
+
+    @staticmethod
+    def summarize(summary_data, total_parameters, trainable_parameters, model_size, total_training_modes, total_flops,
+                  **summarize_kwargs: Any) -> None:
+        from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
+
+        columns = [column for column in summary_data if column[0] != "FLOPs"]
+        table = _format_summary_table(total_parameters, trainable_parameters, model_size, total_training_modes,
+                                      total_flops, *columns)
+        log.info("\n" + "\n".join(line for line in table.splitlines() if not line.endswith("Total Flops")))
+
+
 def build_trainer(trainer_cfg: DictConfig, run_dir: Path, checkpointing: DictConfig,
                   callbacks: list[Callback], environment: ClusterEnvironment | None = None) -> Trainer:
     """Lightning Trainer writing into ``run_dir``; every ``trainer.*`` key passes through as is."""
@@ -159,10 +174,11 @@ def build_trainer(trainer_cfg: DictConfig, run_dir: Path, checkpointing: DictCon
     throughput = ThroughputMonitor(batch_size_fn=samples_in, window_size=max(2, kwargs.get("log_every_n_steps") or 50))
     logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
     progress = [RunProgressBar()] if kwargs.get("enable_progress_bar", True) else []
+    summary = [RunModelSummary()] if kwargs.pop("enable_model_summary", True) else []  # instead of Lightning's
     return Trainer(
         default_root_dir=str(run_dir),
         logger=logger,
-        callbacks=[periodic, last, throughput, *progress, *callbacks],
+        callbacks=[periodic, last, throughput, *progress, *summary, *callbacks], enable_model_summary=False,
         **kwargs,
     )
 

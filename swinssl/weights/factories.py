@@ -46,7 +46,8 @@ def checkpoint_arguments(arch: str, source: Checkpoint, overrides: dict[str, Any
             overrides["pretrained_window_sizes"] = [(0, w, w) for w in trained] if inflating else trained
         else:
             log.warning("%s does not record the windows its position bias was trained at; coordinates are normalized "
-                        "by the new windows. Pass pretrained_window_sizes (e.g. 12,12,12,6 after 192 px / window 12).",
+                        "by the new windows. Give them: model.encoder.pretrained_window_sizes=[12,12,12,6] on the command "
+                        "line (after 192 px / window 12), pretrained_window_sizes=[12, 12, 12, 6] in the API.",
                         source.source)
     return overrides
 

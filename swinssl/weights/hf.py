@@ -37,6 +37,10 @@ HF5_SWIN_NAMES = (
     ("attention.v_proj.", "attention.self.value."), ("attention.o_proj.", "attention.output.dense."),
     ("mlp.fc1.", "intermediate.dense."), ("mlp.fc2.", "output.dense."),
 )
+# What timm's Swin (V1 and V2), and so every swinssl encoder, builds, in HF config fields: MLP width, q/k/v bias, GELU, LayerNorm eps, no dropout, no absolute position embedding.
+TIMM_SWIN = {"num_channels": 3, "mlp_ratio": 4.0, "qkv_bias": True, "hidden_act": "gelu", "layer_norm_eps": 1e-5,
+             "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "drop_path_rate": 0.0,
+             "use_absolute_embeddings": False}
 HF_TOP_NAMES = (
     ("patch_embed.proj.", "embeddings.patch_embeddings.projection."),
     ("patch_embed.norm.", "embeddings.norm."),
@@ -158,7 +162,10 @@ def to_hf(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, An
     arch = checkpoint.arch
     config: dict[str, Any] = {"image_size": settings["img_size"], "window_size": int(settings["window_size"]),
                               "patch_size": arch["patch_size"], "embed_dim": arch["embed_dim"],
-                              "depths": list(arch["depths"]), "num_heads": list(arch["num_heads"])}
+                              "depths": list(arch["depths"]), "num_heads": list(arch["num_heads"]), **TIMM_SWIN}
+    if "drop_path_rate" in settings:  # the run's; a file that does not say: none (not HF's default 0.1)
+        config["drop_path_rate"] = float(settings["drop_path_rate"])
+    config["encoder_stride"] = arch["patch_size"] * 2 ** (len(arch["depths"]) - 1)  # the final feature stride
     if checkpoint.family == "swinv2":
         config["pretrained_window_sizes"] = list(checkpoint.pretrained_window_sizes or [0] * len(arch["depths"]))
     names = (checkpoint.hparams or {}).get("class_names")

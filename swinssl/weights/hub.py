@@ -19,10 +19,9 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from swinssl.checkpoint_names import HUB_PREFIX
 from swinssl.weights.io import HF_CONFIG, HF_WEIGHTS, CheckpointError
 
-HUB_PREFIX = "hf-hub:"
-URL_PREFIXES = ("http://", "https://")
 
 
 @dataclass(frozen=True)
@@ -33,10 +32,6 @@ class Fetched:
     path: Path
     sha256: str
 
-
-def is_remote(checkpoint: object) -> bool:
-    """Whether ``checkpoint`` names weights to fetch rather than a local path."""
-    return isinstance(checkpoint, str) and checkpoint.startswith((HUB_PREFIX, *URL_PREFIXES))
 
 
 def fetch(name: str) -> Fetched:
