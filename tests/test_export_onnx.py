@@ -91,7 +91,7 @@ def test_video_classifier(tmp_path):
     assert logits.shape == (3, 3) and relative_error(logits, model(clips).detach()) <= 1e-4
 
 
-def test_refusals_are_one_line_and_write_nothing(tmp_path, image_run):
+def test_refusals_are_one_line_and_write_nothing(tmp_path, image_run, capsys):
     encoder = trained_like(create_encoder("swinv2", **{k: v for k, v in IMAGE.items() if k != "arch"}))
     simmim = {"model": {**{f"encoder.{k}": v for k, v in official_layout(encoder).items()},
                         "decoder.0.weight": torch.randn(48, 32, 1, 1), "decoder.0.bias": torch.zeros(48)}}
@@ -107,8 +107,8 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path, image_run):
     for args, message in cases:  # the CLI's main in this process (run_cli above runs it as a program)
         with pytest.raises(SystemExit) as stop:
             main([args[0], str(out), "--to", "onnx", *args[1:]])
-        lines = str(stop.value.code).splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+        lines = capsys.readouterr().err.splitlines()
+        assert stop.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
         assert not out.exists()
     export(tmp_path / "simmim.pth", out, to="onnx", encoder_only=True, img_size=32, window_size=4)
     assert out.is_file()
