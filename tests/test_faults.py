@@ -65,10 +65,19 @@ BAD_CONFIGS = [
                                             "it is not a PyTorch checkpoint file"),
     ("checkpoint={shards}/train.manifest.json", "{shards}/train.manifest.json: cannot read the checkpoint; it is not a "
                                                 "PyTorch checkpoint file"),
+    ("trainer.strategy=foo", "unknown trainer.strategy 'foo'; choose one of: auto, ..."),
+    ("+trainer.val_check_interval=0", "trainer.val_check_interval must be a number > 0 or null, got 0"),
+    ("optim.warmup_lr=0.01", "optim.warmup_lr=0.01 is above optim.base_lr=0.002, the peak of the schedule; give "
+                             "optim.warmup_lr <= optim.base_lr"),
+    ("optim.min_lr=0.01", "optim.min_lr=0.01 is above optim.base_lr=0.002, the peak of the schedule; give "
+                          "optim.min_lr <= optim.base_lr"),
+    ("data.epoch_size=2", "data.epoch_size=2 is smaller than one batch (data.batch_size=4); an epoch counts samples of "
+                          "the whole job"),
 ]
 
 
 def masked(line: str) -> str:
+    line = re.sub(r"choose one of: auto, .*", "choose one of: auto, ...", line)  # the strategies Lightning has
     return re.sub(r"has \d+ cores; use at most trainer.devices=\d+", "has N cores; use at most trainer.devices=N", line)
 
 
@@ -113,7 +122,9 @@ def test_a_bad_checkpoint_file_is_one_line(shards, tmp_path):
     truncated = tmp_path / "truncated.ckpt"
     torch.save({"state_dict": state}, truncated)
     truncated.write_bytes(truncated.read_bytes()[:2000])
-    for path, expected in ((pickled, "holds a pickled print, which a weights-only load refuses"), (truncated, "cannot read the checkpoint"),
+    for path, expected in ((pickled, "holds a pickled print, which a weights-only load refuses, and a run resumes only from files that load "
+                       f"weights-only; if you trust the file, start a new run from its weights with checkpoint={pickled} "
+                       "trust_checkpoint=true"), (truncated, "cannot read the checkpoint"),
                            (nan, "is not a Lightning training checkpoint")):
         done = run_cli("swinssl.pretrain", *TINY, f"data.shards={shards}", f"resume={path}", f"out_dir={tmp_path / 'b'}")
         last = done.stderr.strip().splitlines()[-1]

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from swinssl.tasks.base import samples_in
 from swinssl.tasks.optim import plan_steps
+from swinssl.weights.io import non_finite_tensors
 
 log = logging.getLogger(__name__)
 # Expected on every run and not actionable: no val shards (an empty val loader), and no FLOP count for MFU.
@@ -55,6 +56,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        bad = non_finite_tensors(checkpoint.get("state_dict", {})) or non_finite_tensors(optimizer_tensors(checkpoint))
+        if bad:  # never saved, whatever asks for it
+            raise CheckpointWriteError(f"not writing the checkpoint {path}: it holds NaN or inf values (e.g. {bad[0]}); "
+                                       "the checkpoints already written are unchanged")
         if storage_options is not None or "://" in str(path):  # remote storage: Lightning's own way
             super().save_checkpoint(checkpoint, path, storage_options)
             return
@@ -75,6 +80,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 raise CheckpointWriteError(f"cannot write the checkpoint {path} ({error.strerror or error}); the "
                                            "checkpoints already written are unchanged") from error
             raise
+
+
+def optimizer_tensors(saved: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer states of a Lightning checkpoint as one flat {name: tensor} mapping."""
+    flat = {}
+    for index, optimizer in enumerate(saved.get("optimizer_states") or ()):
+        for param, state in (optimizer.get("state") or {}).items():
+            for key, value in state.items():
+                flat[f"optimizer {index} param {param} {key}"] = value
+    return flat
 
 
 def remove_partial_writes(run_dir: Path) -> None:
