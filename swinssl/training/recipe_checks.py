@@ -391,7 +391,7 @@ def _check_orders(cfg: DictConfig) -> None:
             raise ValueError(f"data.epoch_size={cfg.data.epoch_size} is smaller than one batch "
                              f"(data.batch_size={cfg.data.batch_size}); an epoch counts samples of the whole job")
     if _exists(cfg, "data.auto_augment") and cfg.data.auto_augment is not None:
-        from timm.data import transforms_imagenet_train
+        from timm.data.transforms_factory import transforms_imagenet_train
 
         try:
             transforms_imagenet_train(img_size=32, auto_augment=str(cfg.data.auto_augment))
