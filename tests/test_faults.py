@@ -245,6 +245,21 @@ def test_a_full_disk_is_a_clear_error_that_keeps_the_last_checkpoint(shards, tmp
     assert not list((run_dir / "checkpoints").glob(".*"))  # no partial file
 
 
+def test_a_full_disk_while_writing_events_is_a_clear_error(shards, tmp_path):
+    """Today's main: an OSError traceback from TensorBoard's writer thread (exit 1). A file-size limit stands in for
+    the full disk; no checkpoint is due before the event file reaches it."""
+    run_dir = tmp_path / "run"
+    args = [*TINY, f"data.shards={shards}", f"out_dir={run_dir}", "trainer.max_steps=300", "images_every_n_steps=1",
+            "checkpointing.last_every_n_steps=1000"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("SWINSSL_RUN_ID", None)
+    done = subprocess.run([sys.executable, "-m", "swinssl.pretrain", *args], capture_output=True, text=True, env=env,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000)), timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: cannot write in the run directory {run_dir} (File too large). Last good checkpoint: none saved yet")
+
+
 def test_resume_skips_an_unreadable_newest_checkpoint_and_removes_partial_writes(shards, tmp_path):
     """Today's main: an EOFError traceback on a checkpoint left empty by a kill, though an intact one lay beside it."""
     run_dir = tmp_path / "run"

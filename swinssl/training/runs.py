@@ -9,9 +9,11 @@ handed to the ranks it starts through ``SWINSSL_RUN_ID``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from swinssl.training.trainer import (CheckpointWriteError, build_trainer, optim
 
 log = logging.getLogger(__name__)
 RUN_ID_ENV = "SWINSSL_RUN_ID"
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no space, over quota, over a file-size limit
 
 
 def run_id() -> str:
@@ -217,12 +220,20 @@ def train(cfg: DictConfig, run: Run, model: LightningModule, datamodule: Lightni
     log.info("%s torch thread(s) per training process, %d loader worker(s) per process",
              " or ".join(map(str, candidates)) + (" (the faster, measured)" if len(candidates) > 1 else ""),
              cfg.data.num_workers)
+    threading.excepthook = quiet_full_disk(threading.excepthook)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=run.resume_from)
-    except CheckpointWriteError as error:
+    except (CheckpointWriteError, OSError) as error:
+        if not isinstance(error, CheckpointWriteError) and error.errno not in FULL_DISK:
+            raise
+        if not isinstance(error, CheckpointWriteError):  # e.g. TensorBoard's events, written in a thread of their own
+            error = f"cannot write in the run directory {run.dir} ({error.strerror})"
         kept = newest_checkpoint(run.dir)
         print(f"error: {error}. Last good checkpoint: {kept or 'none saved yet'}"
               + (" (resume=auto continues from it)" if kept else ""), file=sys.stderr)
+        if isinstance(error, str):  # the event writer would raise its error again at exit, as a traceback
+            sys.stdout.flush()
+            os._exit(2)
         raise SystemExit(2) from None
     except NonFiniteLossError as error:
         kept = last_good_checkpoint(run.dir, guard.diverged_at)
@@ -241,6 +252,17 @@ def train(cfg: DictConfig, run: Run, model: LightningModule, datamodule: Lightni
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     log.info("done: %s", run.dir)
+
+
+def quiet_full_disk(hook: Callable) -> Callable:
+    """A thread excepthook that leaves a full disk to the training thread, where a writer thread's error (TensorBoard's)
+    is raised again and reported in one line."""
+
+    def excepthook(args) -> None:
+        if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in FULL_DISK):
+            hook(args)
+
+    return excepthook
 
 
 def run_training(cfg: DictConfig, task: str, build: Callable[[DictConfig, Path | None], tuple[LightningModule, Any]],
