@@ -50,6 +50,7 @@ class ShardSet:
     source: str | None = None
     tool: str | None = None
     skipped: list[str] = field(default_factory=list)  # source files make_shards could not read
+    shard_samples: list[int] | None = None  # per shard, in the order of ``shards``
     described: bool = True
 
     @property
@@ -84,8 +85,8 @@ def shard_sets(folder: str | Path) -> dict[str, ShardSet]:
         data = _read_json(path)
         if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or "shards" not in data:
             raise ValueError(f"{path} is not a swinssl shard manifest")
-        fields = {key: data[key] for key in ("shards", "samples", "classes", "kind", "source", "tool", "skipped")
-                  if key in data}
+        fields = {key: data[key] for key in ("shards", "samples", "classes", "kind", "source", "tool", "skipped",
+                                             "shard_samples") if key in data}
         shard_set = ShardSet(folder, path.name[: -len(MANIFEST_SUFFIX)], **fields)
         missing = [shard for shard in shard_set.shards if not os.path.isfile(os.path.join(folder, shard))]
         if missing:
@@ -133,6 +134,7 @@ class Shards:
     name: str
     samples: int | None = None
     labeled: bool | None = None
+    counts: dict[str, int] = field(default_factory=dict)  # samples per URL, where a manifest records them
 
 
 def resolve_shards(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> Shards:
@@ -159,6 +161,7 @@ def resolve_shards(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> Sha
         name=parts[0].name if len(parts) == 1 else f"{parts[0].name} + {len(parts) - 1} more",
         samples=sum(samples) if None not in samples else None,
         labeled=False if False in labeled else labeled.pop() if len(labeled) == 1 else None,
+        counts={url: count for part in parts for url, count in part.counts.items()},
     )
 
 
@@ -227,6 +230,7 @@ def _read(shard_set: ShardSet, urls: list[str] | None = None) -> Shards:
         name=name,
         samples=shard_set.samples if whole and shard_set.described else None,
         labeled=labeled,
+        counts=dict(zip(shard_set.urls, shard_set.shard_samples)) if shard_set.shard_samples else {},
     )
 
 
@@ -294,10 +298,11 @@ class SkipCounter:
         self.record(exn)
         return True
 
-    def record(self, exn: Exception, name: str | None = None) -> None:
-        self.count += 1
+    def record(self, exn: Exception | str, name: str | None = None, count: int = 1) -> None:
+        """``count`` samples lost to ``exn`` (an error, or why as text) in ``name``."""
+        self.count += count
         if len(self.names) < self.names_per_batch:
-            self.names.append((name or "shard data", _reason(exn)))
+            self.names.append((name or "shard data", exn if isinstance(exn, str) else _reason(exn)))
         if self.count > self.limit:
             raise RuntimeError(
                 f"{self.count} unreadable samples since the last batch; check the shards (last: {exn!r})"

@@ -49,6 +49,31 @@ class Decoder:
             yield decoded
 
 
+def tar_samples(counter: SkipCounter, expected: Mapping[str, int]) -> Callable[[Iterable[dict]], Iterator[dict]]:
+    """``wds.tarfile_to_samples`` that counts what a shard should hold and did not give: a tar cut on a 512-byte
+    boundary ends early without an error, one cut inside a member raises (in two places) and loses the samples after
+    the cut. ``expected`` (samples per URL, from the manifest) says how many were lost, and a read error there is
+    named but not counted; in a shard it does not name, each read error counts as one sample."""
+
+    def stage(urls: Iterable[dict]) -> Iterator[dict]:
+        for url in urls:
+            known = url["url"] in expected
+
+            def handler(exn: Exception) -> bool:
+                counter.record(exn, count=0 if known else 1)
+                return True
+
+            read = 0
+            for sample in wds.tariterators.tarfile_samples(iter([url]), handler=handler):
+                read += 1  # a partial sample too: the decode stage counts it
+                yield sample
+            if known and read < expected[url["url"]]:
+                counter.record(f"the shard ended after {read} of its {expected[url['url']]} samples",
+                               os.path.basename(url["url"]), count=expected[url["url"]] - read)
+
+    return stage
+
+
 def collate(samples: list[dict], counter: SkipCounter) -> dict:
     """Stack tensors and turn ints into int64; ``skipped`` is this worker's skip count since its last batch
     and ``skipped_files`` names them."""
@@ -128,6 +153,8 @@ class ShardDataModule(L.LightningDataModule):
         # Resolved here so that a bad path fails before any model is built.
         self.train_data: Shards | None = resolve_shards(stream.shards) if stream.shards is not None else None
         self.val_data: Shards | None = resolve_shards(stream.val_shards) if stream.val_shards is not None else None
+        self.shard_counts = {**(self.train_data.counts if self.train_data else {}),
+                             **(self.val_data.counts if self.val_data else {})}
         self.train_urls = self.train_data.urls if self.train_data is not None else None
         self.val_urls = self.val_data.urls if self.val_data is not None else None
         self.batch_size = stream.batch_size
@@ -168,7 +195,7 @@ class ShardDataModule(L.LightningDataModule):
         pipeline = wds.DataPipeline(
             # Resampling within this rank's shards: disjoint across ranks, endless within one.
             wds.ResampledShards(shards, seed=seed, deterministic=True),
-            wds.tarfile_to_samples(handler=counter.handler),
+            tar_samples(counter, self.shard_counts),
             wds.detshuffle(self.shuffle_buffer, seed=seed),  # before decoding: the buffer holds bytes
             self.decoder(counter, train=True),
             wds.batched(self.batch_size, partial=False, collation_fn=partial(collate, counter=counter)),
@@ -196,7 +223,7 @@ class ShardDataModule(L.LightningDataModule):
         pipeline = wds.DataPipeline(
             wds.SimpleShardList(urls),
             wds.split_by_worker,
-            wds.tarfile_to_samples(handler=counter.handler),
+            tar_samples(counter, self.shard_counts),
             make_decoder(counter),
             partial(batches_reporting_skips, batch_size=self.batch_size, counter=counter),
         )

@@ -98,6 +98,7 @@ def write_shards(
                               f"{manifest_path(out, prefix).name}, or pick another --prefix")
     _check_classes(existing, classes, allow_other_classes)
     skipped, samples, written, writer = [], 0, [], None
+    per_shard: dict[str, int] = {}  # recorded in the manifest: a reader can tell a truncated shard
     try:
         for item in track(items, total=total, description="writing shards"):
             try:
@@ -117,6 +118,7 @@ def write_shards(
             if item.label is not None:
                 sample["cls"] = item.label
             writer.write(sample)
+            per_shard[Path(writer.fname).name] = per_shard.get(Path(writer.fname).name, 0) + 1
             samples += 1
     finally:
         if writer is not None:
@@ -124,7 +126,8 @@ def write_shards(
     if samples == 0:
         raise ValueError(f"no readable samples to write to {out} ({len(skipped)} unreadable)")
     ShardSet(str(out), prefix, written, samples=samples, classes=classes, kind=kind, source=source,
-             tool=f"swinssl {__version__} make_shards", skipped=skipped).write_manifest()
+             tool=f"swinssl {__version__} make_shards", skipped=skipped,
+             shard_samples=[per_shard[name] for name in written]).write_manifest()
     return ShardSummary(samples, len(written), shard_pattern(out, prefix, len(written)), skipped,
                         sets=list(shard_sets(out)))
 

@@ -65,10 +65,19 @@ BAD_CONFIGS = [
                                             "it is not a PyTorch checkpoint file"),
     ("checkpoint={shards}/train.manifest.json", "{shards}/train.manifest.json: cannot read the checkpoint; it is not a "
                                                 "PyTorch checkpoint file"),
+    ("trainer.strategy=foo", "unknown trainer.strategy 'foo'; choose one of: auto, ..."),
+    ("+trainer.val_check_interval=0", "trainer.val_check_interval must be a number > 0 or null, got 0"),
+    ("optim.warmup_lr=0.01", "optim.warmup_lr=0.01 is above optim.base_lr=0.002, the peak of the schedule; give "
+                             "optim.warmup_lr <= optim.base_lr"),
+    ("optim.min_lr=0.01", "optim.min_lr=0.01 is above optim.base_lr=0.002, the peak of the schedule; give "
+                          "optim.min_lr <= optim.base_lr"),
+    ("data.epoch_size=2", "data.epoch_size=2 is smaller than one batch (data.batch_size=4); an epoch counts samples of "
+                          "the whole job"),
 ]
 
 
 def masked(line: str) -> str:
+    line = re.sub(r"choose one of: auto, .*", "choose one of: auto, ...", line)  # the strategies Lightning has
     return re.sub(r"has \d+ cores; use at most trainer.devices=\d+", "has N cores; use at most trainer.devices=N", line)
 
 
@@ -113,7 +122,9 @@ def test_a_bad_checkpoint_file_is_one_line(shards, tmp_path):
     truncated = tmp_path / "truncated.ckpt"
     torch.save({"state_dict": state}, truncated)
     truncated.write_bytes(truncated.read_bytes()[:2000])
-    for path, expected in ((pickled, "holds a pickled print, which a weights-only load refuses"), (truncated, "cannot read the checkpoint"),
+    for path, expected in ((pickled, "holds a pickled print, which a weights-only load refuses, and a run resumes only from files that load "
+                       f"weights-only; if you trust the file, start a new run from its weights with checkpoint={pickled} "
+                       "trust_checkpoint=true"), (truncated, "cannot read the checkpoint"),
                            (nan, "is not a Lightning training checkpoint")):
         done = run_cli("swinssl.pretrain", *TINY, f"data.shards={shards}", f"resume={path}", f"out_dir={tmp_path / 'b'}")
         last = done.stderr.strip().splitlines()[-1]
@@ -232,6 +243,21 @@ def test_a_full_disk_is_a_clear_error_that_keeps_the_last_checkpoint(shards, tmp
     assert line.endswith(f"Last good checkpoint: {last} (resume=auto continues from it)"), line
     assert last.read_bytes() == saved
     assert not list((run_dir / "checkpoints").glob(".*"))  # no partial file
+
+
+def test_a_full_disk_while_writing_events_is_a_clear_error(shards, tmp_path):
+    """Today's main: an OSError traceback from TensorBoard's writer thread (exit 1). A file-size limit stands in for
+    the full disk; no checkpoint is due before the event file reaches it."""
+    run_dir = tmp_path / "run"
+    args = [*TINY, f"data.shards={shards}", f"out_dir={run_dir}", "trainer.max_steps=300", "images_every_n_steps=1",
+            "checkpointing.last_every_n_steps=1000"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("SWINSSL_RUN_ID", None)
+    done = subprocess.run([sys.executable, "-m", "swinssl.pretrain", *args], capture_output=True, text=True, env=env,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000)), timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: cannot write in the run directory {run_dir} (File too large). Last good checkpoint: none saved yet")
 
 
 def test_resume_skips_an_unreadable_newest_checkpoint_and_removes_partial_writes(shards, tmp_path):

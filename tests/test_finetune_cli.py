@@ -107,6 +107,8 @@ def test_chain_make_shards_pretrain_finetune_evaluate_export(photo_shards, pretr
     (["recipe=simmim_v2_b"], "'simmim_v2_b' is a pretrain recipe; run it with python -m swinssl.pretrain recipe=simmim_v2_b"),
     (["checkpoint=/nonexistent/model.pth"], "checkpoint not found: /nonexistent/model.pth"),
     (["data.batch_size=3"], "Mixup/CutMix mixes pairs: data.batch_size must be even, got 3"),
+    (["data.auto_augment=bogus"], "data.auto_augment='bogus' is not a timm augmentation string (e.g. "
+                                  "rand-m9-mstd0.5-inc1, augmix-m5-w3, original, v0, 3a) or null"),
 ])
 def test_finetune_bad_input_fails_in_one_line(photo_shards, tmp_path, args, message):
     done = run_cli("swinssl.finetune", *FINETUNE, *SIZES, "checkpoint=null", f"data.shards={photo_shards}",

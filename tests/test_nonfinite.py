@@ -90,8 +90,33 @@ def test_too_many_bad_steps_in_a_row_raise():
         fit([PoisonBatches({1, 2, 3, 4}, "loss")])
 
 
+class PoisonOptimizerState(Callback):
+    """A NaN in AdamW's first moment after the first step: the next update turns weights NaN although its loss and
+    gradients are finite."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == 1:
+            next(iter(trainer.optimizers[0].state.values()))["exp_avg"].view(-1)[0] = float("nan")
+
+
+def test_weights_made_non_finite_by_the_optimizer_state_stop_the_run_before_any_save(tmp_path):
+    """Today's main applied and saved that update (last.ckpt with NaN weights) and said "none saved yet"."""
+    from swinssl.training.trainer import AtomicCheckpointIO, CheckpointWriteError
+
+    with pytest.raises(NonFiniteLossError, match="the weights became NaN/inf at step 2 although its loss and gradients"):
+        fit([PoisonOptimizerState()])
+    model = tiny_simmim()
+    state = {"state_dict": model.state_dict()}
+    next(iter(state["state_dict"].values())).view(-1)[0] = float("inf")
+    target = tmp_path / "last.ckpt"
+    with pytest.raises(CheckpointWriteError, match="it holds NaN or inf values"):
+        AtomicCheckpointIO().save_checkpoint(state, target)  # whatever asks for it
+    assert not list(tmp_path.iterdir())
+
+
 def test_cli_stops_with_the_last_good_checkpoint_kept(tmp_path):
-    """A learning rate of 1e30 blows the weights up after the first update; every later loss is NaN."""
+    """A learning rate of 1e30 blows the weights up after the first update; every later loss is NaN. Today's main
+    named last.ckpt, written after that update, as the last good checkpoint."""
     shards = random_image_shards(tmp_path, maxcount=1000)
     run_dir = tmp_path / "run"
     done = run_cli("swinssl.pretrain", *TINY, f"data.shards={shards}", f"out_dir={run_dir}",
@@ -102,5 +127,5 @@ def test_cli_stops_with_the_last_good_checkpoint_kept(tmp_path):
     assert done.stderr.strip().splitlines()[-1] == (
         f"error: 3 optimizer steps in a row had a NaN/inf loss or gradient (step 4); the run stopped. Lower "
         "optim.base_lr, keep trainer.gradient_clip_val, or use bf16-mixed/32-true precision instead of 16-mixed. "
-        f"Last good checkpoint: {last} (resume=auto continues from it)")
-    assert torch.load(last, weights_only=True)["global_step"] <= 4
+        "Last good checkpoint: none (no checkpoint is from before step 1, whose weights gave the first NaN/inf step 2)")
+    assert torch.load(last, weights_only=True)["global_step"] == 1  # none written during the bad steps

@@ -143,13 +143,16 @@ class ValidationSchedule(Callback):
 
 class StopOnPreemption(Callback):
     """On the preemption signal (:func:`swinssl.slurm.catch_preemption_signal`): save ``checkpoint`` at the next
-    batch end (every rank takes part), requeue the job (rank 0, under SLURM with ``requeue``) and stop. A signal
-    before the first step stops without saving. ``stopped`` tells the caller not to save again."""
+    batch end (at the epoch's end when that batch ends the epoch; every rank takes part), requeue the job (rank 0,
+    under SLURM with ``requeue``) and stop. That checkpoint is the only one the stop writes, and a run resumed from
+    it takes the steps an uninterrupted run takes. A signal before the first step stops without saving.
+    ``stopped`` tells the caller not to save again."""
 
     def __init__(self, checkpoint: Path, requeue: bool = True) -> None:
         self.checkpoint = Path(checkpoint)
         self.requeue = requeue
         self.stopped = False
+        self.at_epoch_end = False  # the signal came during an epoch's last batch
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not slurm.catching_preemption_signal():  # used outside the CLI, which installs it at start
@@ -162,10 +165,31 @@ class StopOnPreemption(Callback):
             self._stop(trainer, saved=False)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
-        if self.stopped or not trainer.strategy.reduce_boolean_decision(slurm.preemption_signal_received(), all=False):
+        if self.stopped or self.at_epoch_end:
             return
+        if not trainer.strategy.reduce_boolean_decision(slurm.preemption_signal_received(), all=False):
+            return
+        trainer.should_stop = True
+        if batch_idx + 1 >= trainer.num_training_batches:
+            # The epoch's last batch: saved when the epoch has ended. Lightning resumes a checkpoint taken at the
+            # last batch's end as if the next epoch had run too, and the run would end early.
+            self.at_epoch_end = True
+            return
+        self._save(trainer)
+        for callback in trainer.checkpoint_callbacks:
+            # The one checkpoint of this stop, recording the epoch as cut: an epoch-end save after it would
+            # record the epoch as finished, and the resumed run would skip the rest of it.
+            callback._last_global_step_saved = trainer.global_step
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.at_epoch_end and not self.stopped:
+            self._save(trainer)
+
+    def _save(self, trainer: Trainer) -> None:
         log.info("preemption signal: saving %s", self.checkpoint)
         trainer.save_checkpoint(self.checkpoint)
+        for callback in trainer.checkpoint_callbacks:
+            callback.save_last = False  # last.ckpt is this one, and no last-v1.ckpt beside it
         self._stop(trainer, saved=True)
 
     def _stop(self, trainer: Trainer, saved: bool) -> None:

@@ -25,12 +25,12 @@ log = logging.getLogger(__name__)
 
 def main(task: str, run: Callable[[DictConfig], None]) -> None:
     """Check the command line, compose the ``task`` recipe, check it, and ``run`` it."""
-    import hydra
-
     if task in ("pretrain", "finetune"):
         from swinssl.training.slurm import catch_preemption_signal
 
-        catch_preemption_signal()  # from process start: a signal before training is not lost
+        catch_preemption_signal()  # before Hydra, torch and Lightning load: a signal while they do is not lost
+    import hydra
+
     register_resolvers()
     with user_errors():
         check_arguments(sys.argv[1:], task)

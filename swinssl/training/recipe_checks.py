@@ -325,6 +325,7 @@ RULES: dict[str, Rule] = {
     "trainer.accumulate_grad_batches": integer(1),
     "trainer.log_every_n_steps": integer(1),
     "trainer.check_val_every_n_epoch": integer(1, nullable=True),
+    "trainer.val_check_interval": number(0, open_low=True, nullable=True),
     "trainer.limit_train_batches": number(0, open_low=True, nullable=True),
     "trainer.limit_val_batches": number(0, nullable=True),
     "trainer.enable_progress_bar": boolean(),
@@ -364,6 +365,7 @@ def check_config(cfg: DictConfig) -> None:
     for key, rule in RULES.items():
         if _exists(cfg, key):
             rule.check(key, OmegaConf.select(cfg, key))
+    _check_orders(cfg)
     if "model" in cfg and "simmim" in cfg:
         _check_masking(cfg)
     if "model" in cfg:
@@ -407,6 +409,28 @@ def _check_checkpoint(value: Any) -> None:
     """A local ``checkpoint=`` exists (what it holds is read when the model is built)."""
     if isinstance(value, str) and not is_remote(value) and not Path(value).exists():
         raise FileNotFoundError(f"checkpoint not found: {value}")
+
+
+def _check_orders(cfg: DictConfig) -> None:
+    """Values that are each in range but not together: rates above the peak, an epoch smaller than a batch, and a
+    timm augmentation string timm cannot parse."""
+    if _exists(cfg, "optim.base_lr"):
+        for key in ("warmup_lr", "min_lr"):
+            if _exists(cfg, f"optim.{key}") and cfg.optim[key] > cfg.optim.base_lr:
+                raise ValueError(f"optim.{key}={cfg.optim[key]} is above optim.base_lr={cfg.optim.base_lr}, the peak "
+                                 f"of the schedule; give optim.{key} <= optim.base_lr")
+    if _exists(cfg, "data.epoch_size") and _exists(cfg, "data.batch_size") and cfg.data.epoch_size is not None:
+        if cfg.data.epoch_size < cfg.data.batch_size:
+            raise ValueError(f"data.epoch_size={cfg.data.epoch_size} is smaller than one batch "
+                             f"(data.batch_size={cfg.data.batch_size}); an epoch counts samples of the whole job")
+    if _exists(cfg, "data.auto_augment") and cfg.data.auto_augment is not None:
+        from timm.data.transforms_factory import transforms_imagenet_train
+
+        try:
+            transforms_imagenet_train(img_size=32, auto_augment=str(cfg.data.auto_augment))
+        except (AssertionError, ValueError, KeyError, IndexError):
+            raise ValueError(f"data.auto_augment={cfg.data.auto_augment!r} is not a timm augmentation string (e.g. "
+                             "rand-m9-mstd0.5-inc1, augmix-m5-w3, original, v0, 3a) or null") from None
 
 
 def _check_masking(cfg: DictConfig) -> None:

@@ -24,10 +24,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import ClusterEnvironment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import FSDPStrategy, Strategy, StrategyRegistry
+from lightning.pytorch.trainer.states import RunningStage
 from omegaconf import DictConfig, OmegaConf
 
 from swinssl.tasks.base import samples_in
 from swinssl.tasks.optim import plan_steps
+from swinssl.weights.io import non_finite_tensors
 
 log = logging.getLogger(__name__)
 # Expected on every run and not actionable: no val shards (an empty val loader), and no FLOP count for MFU.
@@ -54,6 +56,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        bad = non_finite_tensors(checkpoint.get("state_dict", {})) or non_finite_tensors(optimizer_tensors(checkpoint))
+        if bad:  # never saved, whatever asks for it
+            raise CheckpointWriteError(f"not writing the checkpoint {path}: it holds NaN or inf values (e.g. {bad[0]}); "
+                                       "the checkpoints already written are unchanged")
         if storage_options is not None or "://" in str(path):  # remote storage: Lightning's own way
             super().save_checkpoint(checkpoint, path, storage_options)
             return
@@ -74,6 +80,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 raise CheckpointWriteError(f"cannot write the checkpoint {path} ({error.strerror or error}); the "
                                            "checkpoints already written are unchanged") from error
             raise
+
+
+def optimizer_tensors(saved: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer states of a Lightning checkpoint as one flat {name: tensor} mapping."""
+    flat = {}
+    for index, optimizer in enumerate(saved.get("optimizer_states") or ()):
+        for param, state in (optimizer.get("state") or {}).items():
+            for key, value in state.items():
+                flat[f"optimizer {index} param {param} {key}"] = value
+    return flat
 
 
 def remove_partial_writes(run_dir: Path) -> None:
@@ -167,11 +183,12 @@ def build_trainer(trainer_cfg: DictConfig, run_dir: Path, checkpointing: DictCon
         every_n_epochs=checkpointing.every_n_epochs,
         save_top_k=-1,
     )
-    last = ModelCheckpoint(
-        dirpath=checkpoint_dir, every_n_train_steps=checkpointing.last_every_n_steps, save_top_k=0, save_last=True
-    )
+    # last.ckpt is the run's one resumable state: replaced, never versioned (a last-v1.ckpt beside a last.ckpt that
+    # a preemption wrote would be the newest file, and resume=auto would take it)
+    last = ModelCheckpoint(dirpath=checkpoint_dir, every_n_train_steps=checkpointing.last_every_n_steps, save_top_k=0,
+                           save_last=True, enable_version_counter=False)
     # samples (images or clips)/s over a sliding window as long as the logging interval
-    throughput = ThroughputMonitor(batch_size_fn=samples_in, window_size=max(2, kwargs.get("log_every_n_steps") or 50))
+    throughput = ResumedThroughput(batch_size_fn=samples_in, window_size=max(2, kwargs.get("log_every_n_steps") or 50))
     logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
     progress = [RunProgressBar()] if kwargs.get("enable_progress_bar", True) else []
     summary = [RunModelSummary()] if kwargs.pop("enable_model_summary", True) else []  # instead of Lightning's
@@ -181,6 +198,29 @@ def build_trainer(trainer_cfg: DictConfig, run_dir: Path, checkpointing: DictCon
         callbacks=[periodic, last, throughput, *progress, *summary, *callbacks], enable_model_summary=False,
         **kwargs,
     )
+
+
+class ResumedThroughput(ThroughputMonitor):
+    """Lightning's throughput monitor whose ``train/samples`` and ``train/batches`` continue after a resume (they
+    restarted at 0); rates and ``train/time`` are this process's."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resumed: dict[str, int] = {}
+
+    def _start(self, trainer: Trainer) -> None:
+        super()._start(trainer)
+        if trainer.state.stage == RunningStage.TRAINING and self.resumed:
+            self._samples[RunningStage.TRAINING] = self.resumed.get("samples", 0)
+            self._batches[RunningStage.TRAINING] = self.resumed.get("batches", 0)
+            self.resumed = {}
+
+    def state_dict(self) -> dict[str, int]:
+        return {"samples": self._samples.get(RunningStage.TRAINING, 0),
+                "batches": self._batches.get(RunningStage.TRAINING, 0)}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.resumed = dict(state_dict)
 
 
 def thread_candidates(threads: int | None, num_workers: int, processes: int) -> list[int]:

@@ -19,6 +19,14 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used as asked; the message says what was expected and what was found."""
 
 
+class PickledCheckpointError(CheckpointError):
+    """A checkpoint holding pickled objects that a weights-only load refuses (``what`` names them)."""
+
+    def __init__(self, message: str, what: str) -> None:
+        super().__init__(message)
+        self.what = what
+
+
 class _PickledConfig:
     """Stands in for the yacs ``CfgNode`` official Swin/SimMIM training files carry: read as plain data."""
 
@@ -122,9 +130,9 @@ def _read_file(path: Path, trust_checkpoint: bool, mmap: bool) -> Mapping[str, A
             raise CheckpointError(f"{path}: cannot read the checkpoint; the file is truncated or not a PyTorch "
                                   f"checkpoint ({_first_line(error)})") from None
         what = f"a pickled {found[0]}" if found else "pickled objects other than tensors and plain containers"
-        raise CheckpointError(
+        raise PickledCheckpointError(
             f"{path} holds {what}, which a weights-only load refuses; if you trust the file, "
-            "opt in with trust_checkpoint=True (command line: trust_checkpoint=true)"
+            "opt in with trust_checkpoint=True (command line: trust_checkpoint=true)", what
         ) from None
     except Exception as error:  # noqa: BLE001 - torch.load fails on text or cut files in many ways (IndexError, ...)
         raise CheckpointError(

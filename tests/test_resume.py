@@ -1,0 +1,146 @@
+"""Preempted and resumed runs: one checkpoint per stop, the run reaches the step and the learning rate an
+uninterrupted run reaches, and its TensorBoard points continue on the same steps."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, random_image_shards, run_cli
+
+HERE = Path(__file__).parent
+# 16 samples per epoch in batches of 4: 4 steps an epoch, 12 in all.
+EPOCHS = [*TINY, "trainer.max_epochs=3", "trainer.max_steps=-1", "trainer.enable_progress_bar=false"]
+
+
+def preempted_run(args: list[str], signal_at: list[int]) -> subprocess.CompletedProcess:
+    """The pretraining CLI, sent SIGUSR1 (as SLURM preempts) when the optimizer steps ``signal_at`` end."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SIGNAL_AT_STEPS": ",".join(map(str, signal_at))}
+    env.pop("SWINSSL_RUN_ID", None)
+    return subprocess.run([sys.executable, str(HERE / "preempted_run.py"), *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def scalars(run_dir: Path, tag: str) -> dict[int, float]:
+    """{step: value} of one TensorBoard scalar over every event file of the run (a resumed run adds one)."""
+    from swinssl.viz import read_scalars
+
+    steps, values = read_scalars(run_dir, tag)[run_dir.name]
+    points: dict[int, float] = {}
+    for step, value in zip(steps.tolist(), values.tolist()):
+        assert step not in points, f"{tag} logged twice at step {step}"
+        points[step] = value
+    return points
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """An uninterrupted 3-epoch run, and the same run preempted after steps 4 (an epoch's last batch) and 9
+    (mid-epoch), each time resumed with ``resume=auto``."""
+    root = tmp_path_factory.mktemp("resume")
+    shards = random_image_shards(root, images=8)  # root / "shards"
+    runs = {"whole": root / "whole", "preempted": root / "preempted"}
+    done = preempted_run([*EPOCHS, f"data.shards={shards}", f"out_dir={runs['whole']}", "resume=auto"], [])
+    assert done.returncode == 0, done.stderr[-3000:]
+    stops = [4, 9]
+    for attempt in range(len(stops) + 1):
+        done = preempted_run([*EPOCHS, f"data.shards={shards}", f"out_dir={runs['preempted']}", "resume=auto"],
+                             stops)
+        assert done.returncode == 0, done.stderr[-3000:]
+        names = sorted(path.name for path in (runs["preempted"] / "checkpoints").glob("*.ckpt"))
+        assert "last-v1.ckpt" not in names, names  # one checkpoint per stop
+        if attempt < len(stops):
+            assert "preemption signal: saving" in done.stdout + done.stderr
+            step = torch.load(runs["preempted"] / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+            assert step == stops[attempt]
+    assert "done:" in done.stdout + done.stderr
+    return runs
+
+
+def test_a_preempted_run_reaches_the_step_and_schedule_of_an_uninterrupted_one(runs):
+    """Today's main: each stop also wrote last-v1.ckpt recording the cut epoch as finished; resume=auto took it, so
+    the run ended early (step 31 of 60) with its learning rate never decayed."""
+    final = {name: torch.load(path / "checkpoints" / "last.ckpt", weights_only=True) for name, path in runs.items()}
+    assert final["preempted"]["global_step"] == final["whole"]["global_step"] == 12
+    assert final["preempted"]["lr_schedulers"][0]["_last_lr"] == final["whole"]["lr_schedulers"][0]["_last_lr"]
+    assert scalars(runs["preempted"], "train/lr") == scalars(runs["whole"], "train/lr")
+
+
+def test_a_resumed_run_logs_on_the_same_steps_and_keeps_counting_samples(runs):
+    """Today's main: after a resume train/samples restarted at 0."""
+    for tag in ("train/loss", "train/samples", "data/skipped"):
+        assert scalars(runs["preempted"], tag).keys() == scalars(runs["whole"], tag).keys() == set(range(12)), tag
+    assert scalars(runs["preempted"], "train/samples") == scalars(runs["whole"], "train/samples")
+
+
+def pretrain(run_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    shards = run_dir.parent / "shards"
+    return run_cli("swinssl.pretrain", *EPOCHS, f"data.shards={shards}", f"out_dir={run_dir}", *args, timeout=300)
+
+
+def last_line(done: subprocess.CompletedProcess) -> str:
+    return done.stderr.strip().splitlines()[-1]
+
+
+def test_a_checkpoint_with_a_non_finite_optimizer_state_is_refused(runs, tmp_path):
+    """Today's main resumed it: the first step turned the weights NaN, and that state was saved."""
+    saved = torch.load(runs["whole"] / "checkpoints" / "last.ckpt", weights_only=True)
+    next(iter(saved["optimizer_states"][0]["state"].values()))["exp_avg"].view(-1)[0] = float("nan")
+    poisoned = tmp_path / "poisoned.ckpt"
+    torch.save(saved, poisoned)
+    done = pretrain(runs["whole"].parent / "nan", f"resume={poisoned}", "trainer.max_epochs=4")
+    assert done.returncode == 2 and last_line(done) == (
+        f"error: cannot resume: {poisoned} holds NaN or inf values in its optimizer state (1 tensors, e.g. optimizer 0 "
+        "param 0 exp_avg), which would turn the weights NaN at the first step; start from its weights with "
+        f"checkpoint={poisoned} instead"), done.stderr[-2000:]
+    assert not (runs["whole"].parent / "nan").exists()
+
+
+def test_other_optimizer_settings_on_resume_are_refused(runs):
+    """Today's main printed the new rate and kept training with the saved one."""
+    last = runs["whole"] / "checkpoints" / "last.ckpt"
+    done = pretrain(runs["whole"], "resume=auto", "optim.base_lr=0.001", "trainer.max_epochs=4")
+    assert done.returncode == 2 and last_line(done) == (
+        f"error: cannot resume {last} with other optimizer settings: optim.base_lr=0.001 (saved: 0.002); a resumed "
+        "run continues the optimizer state and learning-rate schedule it saved. Drop the change to resume, or start a "
+        f"new run from its weights with checkpoint={last}"), done.stderr[-2000:]
+
+
+def test_resume_auto_without_a_readable_checkpoint_keeps_them_and_does_not_start_over(runs, tmp_path):
+    """Today's main started again from step 0 (exit 0, one warning) and overwrote the unreadable last.ckpt."""
+    run_dir = runs["whole"].parent / "unreadable"
+    shutil.copytree(runs["whole"], run_dir)
+    names = sorted(path.name for path in (run_dir / "checkpoints").glob("*.ckpt"))
+    for path in (run_dir / "checkpoints").glob("*.ckpt"):
+        path.write_bytes(path.read_bytes()[:1000])  # cut short
+    for attempt in range(2):  # the second time, they are already aside
+        done = pretrain(run_dir, "resume=auto", "trainer.max_epochs=4")
+        assert done.returncode == 2 and last_line(done) == (
+            f"error: resume=auto: no checkpoint of {run_dir} can be resumed from; moved aside: "
+            f"{', '.join(name + '.unreadable' for name in names)}. Resume from another file with resume=<.ckpt>, or "
+            "start the run over without resume=auto (resume=null)"), done.stderr[-2000:]
+    assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == [f"{name}.unreadable" for name in names]
+
+
+def test_the_preemption_handler_is_installed_before_the_heavy_imports():
+    """Today's main installed it after importing Hydra: SIGUSR1 in a run's first ~0.3 s killed it (rc -10)."""
+    code = """if True:
+        import runpy, signal, sys
+        real = signal.signal
+        def spy(signum, handler):
+            if signum == signal.SIGUSR1:
+                print("loaded:", sorted(m for m in ("hydra", "torch", "lightning", "timm") if m in sys.modules))
+                raise SystemExit(0)
+            return real(signum, handler)
+        signal.signal = spy
+        sys.argv = ["swinssl.pretrain", "recipe=demo"]
+        runpy.run_module("swinssl.pretrain", run_name="__main__")
+    """
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "loaded: []", done.stdout + done.stderr[-2000:]
