@@ -110,13 +110,13 @@ class UniformMaskGenerator(MaskGenerator):
         if mask_patch_size != merge_unit:
             raise ValueError(f"uniform packing needs mask_patch_size = the encoder's coarsest merge unit "
                              f"({merge_unit} px: patch x 2^(stages - 1)), got {mask_patch_size}")
-        super().__init__(input_size, mask_patch_size, model_patch_size, mask_ratio)
-        if self.units[0] % 2 or self.units[1] % 2:
-            height, width = self.input_size
+        height, width = _pair(input_size)
+        if height % (2 * mask_patch_size) or width % (2 * mask_patch_size):
             raise ValueError(f"uniform packing groups mask units 2 x 2: image size {height}x{width} must be a multiple "
                              f"of {2 * mask_patch_size} px (2 mask units)")
+        self.secondary = uniform_secondary_count(height * width // mask_patch_size**2, mask_ratio)
+        super().__init__(input_size, mask_patch_size, model_patch_size, mask_ratio)
         self.groups = self.units[0] * self.units[1] // 4
-        self.secondary = uniform_secondary_count(self.units[0] * self.units[1], mask_ratio)
 
     def __call__(self, generator: torch.Generator | None = None) -> torch.Tensor:
         import torch
@@ -144,7 +144,7 @@ def uniform_secondary_count(units: int, mask_ratio: float) -> int:
     """
     groups = units // 4
     secondary = math.ceil(units * mask_ratio) - 3 * groups
-    if not 0 <= secondary < groups:
+    if mask_ratio < 0.75 or not 0 <= secondary < groups:
         raise ValueError(f"uniform packing drops 3 of every 4 mask units and can hide 0 to {groups - 1} of the "
                          f"{groups} kept ones: mask_ratio must lie in [0.75, {1 - 1 / units:.4g}] "
                          f"(0.75 + k/{units}), got {mask_ratio}")
