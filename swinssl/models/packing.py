@@ -111,16 +111,19 @@ def token_positions(stages: Sequence[nn.Module], positions: Sequence[StagePositi
 
 def offset_bias(cpb_mlp: nn.Module, heads: int, positions: torch.Tensor, extent: Sequence[int],
                 pretrained: Sequence[int]) -> torch.Tensor:
-    """(b, heads, N, N) Swin V2 log-CPB bias of token pairs at ``positions`` (b, N, dims): the MLP over every offset
-    the extent allows, gathered per pair, then ``16 sigmoid`` (the order of :func:`~swinssl.models.windows.log_cpb_bias`)."""
+    """(b, heads, N, N) Swin V2 log-CPB bias of token pairs at ``positions`` (b, N, dims): ``16 sigmoid`` of the MLP
+    over every offset the extent allows, gathered per pair. Elementwise, so the same numbers as gathering first
+    (:func:`~swinssl.models.windows.log_cpb_bias`), but backward keeps only the table and an int32 index per pair."""
     weight = cpb_mlp[0].weight
     coordinates = log_spaced_coordinates(tuple(extent), tuple(pretrained), weight.device).to(weight.dtype)
-    table = cpb_mlp(coordinates).view(-1, heads)
-    offsets = positions[:, :, None, :] - positions[:, None, :, :]
-    index = torch.zeros_like(offsets[..., 0])
+    table = BIAS_SCALE * torch.sigmoid(cpb_mlp(coordinates).view(-1, heads))
+    positions = positions.to(torch.int32)
+    index = torch.zeros(positions.shape[0], positions.shape[1], positions.shape[1], dtype=torch.int32,
+                        device=positions.device)
     for axis, span in enumerate(extent):
-        index = index * (2 * span - 1) + offsets[..., axis] + span - 1
-    return BIAS_SCALE * torch.sigmoid(table[index].permute(0, 3, 1, 2))
+        index = index * (2 * span - 1) + (positions[:, :, None, axis] - positions[:, None, :, axis] + span - 1)
+    bias = table.index_select(0, index.flatten()).view(*index.shape, heads)
+    return bias.permute(0, 3, 1, 2)
 
 
 def positioned_attention(attn: nn.Module, x: torch.Tensor, positions: torch.Tensor, extent: Sequence[int],
