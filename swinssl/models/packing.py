@@ -21,6 +21,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from swinssl.masking import UniformMaskGenerator
 from swinssl.models.windows import (
     BIAS_SCALE,
     clip_window,
@@ -30,7 +31,7 @@ from swinssl.models.windows import (
     window_reverse,
 )
 
-DROPPED = 2  # swinssl.masking.UniformMaskGenerator.DROPPED
+DROPPED = UniformMaskGenerator.DROPPED
 
 
 def kept_slots(mask: torch.Tensor, scale: int) -> torch.Tensor:
