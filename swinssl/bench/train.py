@@ -238,10 +238,14 @@ def pair_loss(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.
     return lambda images, mask: model(images, mask)[0]
 
 
-def build_contenders(cfg: TrainBenchConfig, device: torch.device, images: torch.Tensor
+def build_contenders(cfg: TrainBenchConfig, device: torch.device, images: torch.Tensor | None = None
                      ) -> tuple[list[Contender], list[str]]:
-    """The contenders on ``device``, in table order, and notes on any that were skipped."""
+    """The contenders on ``device``, in table order, and notes on any that were skipped; packed rows step on
+    ``images`` (default: the shared random batch)."""
     contenders, notes = [], []
+    if images is None:
+        images = random_batch(cfg.batch_size, cfg.img_size, device, 0, cfg.mask_patch_size, cfg.mask_ratio,
+                              cfg.patch_size)[0]
     kernels = [kernel for kernel in cfg.kernels if kernel != "triton" or device.type == "cuda"]
     if len(kernels) < len(cfg.kernels):
         notes.append(f"swinssl triton skipped: the Triton kernel runs on CUDA; on {device.type} it would time "
