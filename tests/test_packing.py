@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY, run_cli
+from swinssl import make_shards
 from swinssl.masking import UniformMaskGenerator, VideoMaskGenerator, uniform_secondary_count
 from swinssl.models.packing import (
     grid_positions,
@@ -224,7 +225,7 @@ def test_packed_pretraining_cli_images_then_video_then_finetune(tmp_path):
             pixels = np.random.default_rng(index).integers(0, 255, (72, 72, 3), dtype=np.uint8)
             Image.fromarray(pixels // (2 if label == "a" else 1)).save(root / label / f"{index}.png")
     shards = str(tmp_path / "shards")
-    assert run_cli("swinssl.make_shards", str(root), shards, "--maxcount", "4").returncode == 0
+    make_shards.main([str(root), shards, "--maxcount", "4"])  # in process: the CLIs under test come after
     run_dir = tmp_path / "packed"
     done = run_cli("swinssl.pretrain", *TINY, *PACKED, f"data.shards={shards}", "trainer.max_epochs=1",
                    "images_every_n_steps=2", f"out_dir={run_dir}")
@@ -246,7 +247,7 @@ def test_packed_pretraining_cli_images_then_video_then_finetune(tmp_path):
 
     videos = tmp_path / "videos"
     write_demo_videos(videos, videos_per_class=1)
-    assert run_cli("swinssl.make_shards", str(videos), str(tmp_path / "clips")).returncode == 0
+    make_shards.main([str(videos), str(tmp_path / "clips")])
     video_run = tmp_path / "video"
     done = run_cli("swinssl.pretrain", "recipe=video_pretrain_demo", f"checkpoint={run_dir}", *PACKED,
                    f"data.shards={tmp_path / 'clips'}", "data.num_workers=0", "data.batch_size=2", "data.epoch_size=4",
