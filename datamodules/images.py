@@ -212,6 +212,8 @@ class ImageShardDataModule(ShardDataModule):
     ``stream`` is a :class:`~.streaming.StreamSpec`, or the training shards with the other stream settings
     (``val_shards``, ``batch_size``, ``num_workers``, ``epoch_size``, ``shuffle_buffer``, ``seed``) as keywords.
     ``fast_decode=False`` trains on the plain path (whole image decoded, then :func:`train_transform`).
+    ``masks`` replaces the SimMIM mask generator the mask settings describe (e.g. a
+    :class:`~swinssl.masking.UniformMaskGenerator` for packed pretraining).
     """
 
     def __init__(
@@ -226,11 +228,12 @@ class ImageShardDataModule(ShardDataModule):
         crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
         hflip: float = 0.5,
         fast_decode: bool = True,
+        masks: MaskGenerator | None = None,
         **stream_fields: Any,
     ) -> None:
         super().__init__(StreamSpec().updated(stream, **stream_fields))
         # Built here so that a bad size fails before any model is built.
-        self.masks = MaskGenerator(img_size, mask_patch_size, model_patch_size, mask_ratio)
+        self.masks = masks or MaskGenerator(img_size, mask_patch_size, model_patch_size, mask_ratio)
         self.train_transform = train_transform(img_size, crop_scale, crop_ratio, hflip)
         self.fast_train_transform = CropFirstTransform(img_size, crop_scale, crop_ratio, hflip) if fast_decode else None
         self.eval_transform = eval_transform(img_size)

@@ -86,6 +86,74 @@ class MaskGenerator:
         )
 
 
+class UniformMaskGenerator(MaskGenerator):
+    """UM-MAE's uniform masking (Li et al., 2022), drawn at token resolution for a packed encoder input.
+
+    Of every 2 x 2 group of mask units one, chosen uniformly, is kept; the other three are dropped (the encoder
+    never sees them). Of the kept units, ``ceil(units * mask_ratio) - 3 * groups`` chosen uniformly are hidden
+    again behind the mask token (secondary masking). A draw is a ``(H / model_patch, W / model_patch)`` uint8
+    tensor: :data:`VISIBLE` (0), :data:`HIDDEN` (1, kept but masked) or :data:`DROPPED` (2), so ``mask > 0`` is
+    what the model must reconstruct, as in SimMIM. The unit must be the encoder's coarsest merge unit
+    (``merge_unit``, 32 px for patch 4 and 4 stages), so patch merging never mixes two packed units.
+    """
+
+    VISIBLE, HIDDEN, DROPPED = 0, 1, 2
+
+    def __init__(
+        self,
+        input_size: int | tuple[int, int] = 192,
+        mask_patch_size: int = 32,
+        model_patch_size: int = 4,
+        mask_ratio: float = 0.8125,
+        merge_unit: int = 32,
+    ) -> None:
+        if mask_patch_size != merge_unit:
+            raise ValueError(f"uniform packing needs mask_patch_size = the encoder's coarsest merge unit "
+                             f"({merge_unit} px: patch x 2^(stages - 1)), got {mask_patch_size}")
+        height, width = _pair(input_size)
+        if height % (2 * mask_patch_size) or width % (2 * mask_patch_size):
+            raise ValueError(f"uniform packing groups mask units 2 x 2: image size {height}x{width} must be a multiple "
+                             f"of {2 * mask_patch_size} px (2 mask units)")
+        self.secondary = uniform_secondary_count(height * width // mask_patch_size**2, mask_ratio)
+        super().__init__(input_size, mask_patch_size, model_patch_size, mask_ratio)
+        self.groups = self.units[0] * self.units[1] // 4
+
+    def __call__(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        import torch
+
+        rows, cols = self.units[0] // 2, self.units[1] // 2
+        slots = torch.randint(4, (self.groups,), generator=generator)
+        kept = torch.full((self.groups,), self.VISIBLE, dtype=torch.uint8)
+        kept[torch.randperm(self.groups, generator=generator)[: self.secondary]] = self.HIDDEN
+        units = torch.full((self.groups, 4), self.DROPPED, dtype=torch.uint8)
+        units[torch.arange(self.groups), slots] = kept
+        # (rows, cols, 2, 2) groups -> the (2 rows, 2 cols) unit grid
+        units = units.view(rows, cols, 2, 2).permute(0, 2, 1, 3).reshape(self.units)
+        return units.repeat_interleave(self.scale, 0).repeat_interleave(self.scale, 1)
+
+    def __repr__(self) -> str:
+        return (f"UniformMaskGenerator(input_size={self.input_size}, mask_patch_size={self.mask_patch_size}, "
+                f"kept={self.groups} of {4 * self.groups} units, secondary={self.secondary})")
+
+
+def uniform_secondary_count(units: int, mask_ratio: float) -> int:
+    """Kept units that uniform packing hides again so that ``ceil(units * mask_ratio)`` units are hidden in all.
+
+    Dropping three units of every four is fixed, so the possible ratios are 3/4 + k / units for k = 0 ..
+    units / 4 - 1 (at 192 px with 32 px units: 0.75 to 0.972 in steps of 1/36).
+    """
+    groups = units // 4
+    secondary = math.ceil(units * mask_ratio) - 3 * groups
+    if mask_ratio < 0.75 or not 0 <= secondary < groups:
+        raise ValueError(f"uniform packing drops 3 of every 4 mask units and can hide 0 to {groups - 1} of the "
+                         f"{groups} kept ones: mask_ratio must lie in [0.75, {1 - 1 / units:.4g}] "
+                         f"(0.75 + k/{units}), got {mask_ratio}")
+    return secondary
+
+
+PACKINGS = ("uniform",)
+
+
 def fixed_generator(key: str) -> torch.Generator:
     """A generator seeded by a sample's key: every pass over a validation set masks each sample the same way,
     so its loss is comparable from epoch to epoch."""
@@ -115,7 +183,7 @@ class VideoMaskGenerator:
     """Draws one token-level clip mask per call: a ``(T / patch_t, H / model_patch, W / model_patch)`` uint8 tensor.
 
     ``mode="tube"`` (VideoMAE's tube masking) masks the same spatial units on every frame: one
-    :class:`MaskGenerator` draw repeated over time, so a masked patch cannot be copied from a neighbouring
+    :class:`MaskGenerator` draw (:class:`UniformMaskGenerator` with ``packing="uniform"``) repeated over time, so a masked patch cannot be copied from a neighbouring
     frame. ``mode="cube"`` masks cells of ``mask_frames`` frames x ``mask_patch_size`` pixels, drawn
     independently in time as well, ``ceil(cells * ratio)`` per clip.
     """
@@ -129,6 +197,8 @@ class VideoMaskGenerator:
         mask_ratio: float = 0.9,
         mode: str = "tube",
         mask_frames: int = 4,
+        packing: str | None = None,
+        merge_unit: int = 32,
     ) -> None:
         frames_per_token, height_patch, width_patch = (int(n) for n in model_patch_size)
         if height_patch != width_patch:
@@ -142,8 +212,15 @@ class VideoMaskGenerator:
                              f"and divide num_frames {num_frames}")
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must lie strictly between 0 and 1, got {mask_ratio}")
+        if packing is not None and (packing not in PACKINGS or mode != "tube"):
+            raise ValueError(f"packing {packing!r} keeps the time axis whole: it needs mask_mode=tube and packing one "
+                             f"of {PACKINGS}")
         # tube: one spatial draw per clip; cube: only the spatial grid is used, the count is the cells'
-        self.spatial = MaskGenerator(input_size, mask_patch_size, height_patch, mask_ratio if mode == "tube" else 0.5)
+        if packing is None:
+            self.spatial = MaskGenerator(input_size, mask_patch_size, height_patch, mask_ratio if mode == "tube" else 0.5)
+        else:
+            self.spatial = UniformMaskGenerator(input_size, mask_patch_size, height_patch, mask_ratio, merge_unit)
+        self.packing = packing
         self.time_tokens = num_frames // frames_per_token
         self.mode, self.mask_ratio = mode, mask_ratio
         self.cell_tokens = self.time_tokens if mode == "tube" else mask_frames // frames_per_token

@@ -48,7 +48,7 @@ def save(picture: Figure | torch.Tensor, path: str | Path, dpi: int = 100) -> Pa
 def mask_overlay(images: torch.Tensor, mask: torch.Tensor, patch_size: int, max_images: int = 8,
                  color: Sequence[float] = (0.1, 0.4, 1.0), alpha: float = 0.6) -> torch.Tensor:
     """(3, H', W') grid: each image with the units a SimMIM token ``mask`` (B, h, w) hides tinted in ``color``."""
-    images, mask = images[:max_images].float(), mask[:max_images]
+    images, mask = images[:max_images].float(), mask[:max_images] > 0
     hidden = pixel_mask(mask, patch_size).float().to(images.device)
     tint = images.new_tensor(color).view(1, 3, 1, 1)
     pictures = denormalize(images) * (1 - alpha * hidden) + alpha * hidden * tint
@@ -58,13 +58,15 @@ def mask_overlay(images: torch.Tensor, mask: torch.Tensor, patch_size: int, max_
 def reconstruction_grid(model: MaskedImageModel, images: torch.Tensor, mask: torch.Tensor,
                         reconstruction: torch.Tensor, max_images: int = 4, max_frames: int = 8) -> torch.Tensor:
     """(3, H', W') grid in [0, 1]; one row per image: input | masked input | prediction pasted into the mask.
+    Every unit the model did not see is masked (uniform packing: the dropped units and the hidden kept ones), so
+    the masked input is what the encoder saw, unpacked.
     Clips (B, 3, T, H, W) get three rows each (input, masked, prediction), up to ``max_frames`` evenly spaced
     frames in a row.
 
     Predictions made against locally normalized targets are mapped back with the input's local
     statistics, so the picture shows pixels either way.
     """
-    images, mask, reconstruction = images[:max_images].float(), mask[:max_images], reconstruction[:max_images]
+    images, mask, reconstruction = images[:max_images].float(), mask[:max_images] > 0, reconstruction[:max_images]
     hidden = pixel_mask(mask, model.patch_size).float()
     predicted = model.to_pixels(reconstruction, images)
     masked_input = images * (1 - hidden) + hidden * images.amin()  # masked units shown dark
@@ -75,6 +77,27 @@ def reconstruction_grid(model: MaskedImageModel, images: torch.Tensor, mask: tor
     frames = torch.linspace(0, images.shape[2] - 1, min(max_frames, images.shape[2])).round().long()
     rows = torch.stack([denormalize(x[:, :, frames].transpose(1, 2)) for x in (images, masked_input, pasted)], dim=1)
     return make_grid(rows.flatten(0, 2).cpu(), nrow=len(frames), padding=2, pad_value=1.0)
+
+
+def packing_grid(images: torch.Tensor, mask: torch.Tensor, patch_size: int, mask_patch_size: int, max_images: int = 4,
+                 color: Sequence[float] = (0.1, 0.4, 1.0), alpha: float = 0.6) -> torch.Tensor:
+    """(3, H', W') grid of uniform packing (:class:`swinssl.masking.UniformMaskGenerator` masks), one row per image:
+    the input | the kept units in place (dropped ones white, kept-but-hidden ones tinted) | the half-size packed
+    image the encoder reads, hidden units tinted (top left of a white frame of the input's size)."""
+    from swinssl.models.packing import kept_slots, pack
+
+    images, mask = images[:max_images].float(), mask[:max_images]
+    pictures = denormalize(images)
+    hidden = pixel_mask(mask == 1, patch_size).float().to(images.device)
+    dropped = pixel_mask(mask == 2, patch_size).float().to(images.device)
+    tint = images.new_tensor(color).view(1, 3, 1, 1)
+    tinted = pictures * (1 - alpha * hidden) + alpha * hidden * tint
+    kept = tinted * (1 - dropped) + dropped
+    slots = kept_slots(mask, mask_patch_size // patch_size)
+    frame = torch.ones_like(pictures)
+    frame[..., : images.shape[-2] // 2, : images.shape[-1] // 2] = pack(tinted, slots.to(images.device), mask_patch_size)
+    rows = torch.stack((pictures, kept, frame), dim=1)
+    return make_grid(rows.flatten(0, 1).cpu(), nrow=3, padding=2, pad_value=1.0)
 
 
 # ----------------------------------------------------------------------------------------- position bias

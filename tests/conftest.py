@@ -148,7 +148,7 @@ def official_layout(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 FIGURES = {
-    "01_quickstart": ["masks", "reconstruction_before", "reconstruction_after", "loss_curves", "attention"],
+    "01_quickstart": ["masks", "packing", "reconstruction_before", "reconstruction_after", "loss_curves", "attention"],
     "02_resolution_transfer": ["bias_maps", "transfer"],
     "03_video_inflation": ["windows_stage1", "windows_stage2", "loss_curves", "video_reconstruction_before",
                            "video_reconstruction_after"],

@@ -86,7 +86,7 @@ def test_cfg_job_shows_the_official_recipe_values():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["recipe=simmim_v9"], "unknown recipe 'simmim_v9'; choose one of: demo, simmim_v2_b"),
+        (["recipe=simmim_v9"], "unknown recipe 'simmim_v9'; choose one of: demo, demo_uniform, simmim_uniform_v2_b"),
         (["model.img_size=200"], "image size 200x200 is not divisible by mask_patch_size 32"),
         (["model.img_size=240", "simmim.mask_patch_size=16"], "img_size 240x240 must be a multiple of 32"),
         (["model.window_size=7"], "window 7 does not tile every stage"),

@@ -147,12 +147,15 @@ def caps(module: str, argv: list[str]) -> dict[str, str]:
                   "demo" if task == "pretrain" else "demo_ft")
     if recipe in BUILT_IN:
         return RUN
+    # uniform packing: units of the tiny model's stride (32 px), one 2x2 group at 64 px, so nothing hidden beyond it
+    packed = {"simmim.mask_patch_size": "32", "simmim.mask_ratio": "0.75"} if "uniform" in recipe else {}
     if "video" not in recipe:
-        return {**RUN, **TINY_ENCODER, **SIZE[task]}
+        return {**RUN, **TINY_ENCODER, **SIZE[task], **packed}
     if task == "finetune":
         return {**RUN, **TINY_ENCODER, **SIZE["video"]}
     clips = {key: value for key, value in SIZE["video"].items() if not key.startswith("data.test_")}  # no test views
-    return {**RUN, **TINY_ENCODER, **clips, "simmim.mask_patch_size": SIZE["pretrain"]["simmim.mask_patch_size"]}
+    return {**RUN, **TINY_ENCODER, **clips, "simmim.mask_patch_size": SIZE["pretrain"]["simmim.mask_patch_size"],
+            **packed}
 
 
 class Workspace:

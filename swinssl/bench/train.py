@@ -14,6 +14,11 @@ autocast; fp32 is the CPU default) with the same optimizer (timm's AdamW, decay 
 - ``HF``: ``transformers.Swinv2ForMaskedImageModeling`` with the same sizes and its own loss. transformers
   is the optional ``bench`` extra (``pip install swinssl[bench]``); without it the row is skipped.
 
+``--packing`` adds ``swinssl packed <kernel>`` beside each SimMIM row (and ``swinssl video packed <kernel>``
+beside the video row): the same encoder pretrained on uniformly packed inputs (``PackedMaskedImageModel``,
+UM-MAE masks: one unit of every 2 x 2 kept, 0.8125 hidden in all, units of the encoder's stride; video: 0.9,
+tubes), with its speed, memory and FLOPs as multiples of the SimMIM row's (``x SimMIM``).
+
 ``--video-frames N`` adds ``swinssl video <kernel>``: masked video pretraining (``MaskedVideoModel`` on
 Video Swin V2 of the same arch, N frames of the same size, windows (min(8, N / 2), window, window), tube
 masks at 90%) on ``--video-batch`` clips a step. Its rate is frames/s (clips/s x N, the images/s
@@ -32,8 +37,8 @@ parameters and AdamW state plus the step's growth over them; ``max_memory_alloca
 sample. On a CPU the bytes autograd saves for backward per sample (distinct storages, parameters
 excluded; ``SavedTensorMeter``), labelled so: there is no allocator peak to read.
 
-MFU (CUDA): the FLOPs of one training step, counted once by ``torch.utils.flop_counter.FlopCounterMode``
-on the first swinssl model, divided by each contender's step time and by the bf16 dense matmul rate
+FLOPs: one training step of every contender, counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls,
+convolutions, attention; forward and backward). MFU (CUDA): the first swinssl model's count divided by each contender's step time and by the bf16 dense matmul rate
 measured on the same GPU (8192 x 8192 matmuls), both reported.
 """
 
@@ -55,8 +60,9 @@ from timm.optim import create_optimizer_v2
 from torch import nn
 
 from swinssl.bench.report import SavedTensorMeter, device_name, progress_bar, write_json
-from swinssl.masking import MaskGenerator, VideoMaskGenerator
+from swinssl.masking import MaskGenerator, UniformMaskGenerator, VideoMaskGenerator
 from swinssl.models import MaskedImageModel, MaskedVideoModel, SimMIMDecoder, masked_l1_loss
+from swinssl.models.simmim import PackedMaskedImageModel, PackedMaskedVideoModel
 from swinssl.models.attention import KERNELS
 from swinssl.models.registry import resolve_arch
 from swinssl.weights import create_encoder, create_video_encoder
@@ -87,6 +93,8 @@ class TrainBenchConfig:
     video_frames: int = 0  # frames per clip of the masked video row; 0: no video row
     video_batch: int = 2  # clips per step
     video_mask_ratio: float = 0.9  # tube masks (VideoMAE's ratio)
+    packing: bool = False  # add uniformly packed rows beside the SimMIM ones
+    packed_mask_ratio: float = 0.8125  # UM-MAE: 3/4 dropped + 25% of the kept units hidden
 
     @property
     def model_sizes(self) -> dict[str, Any]:
@@ -107,6 +115,8 @@ class Contender:
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     inputs: tuple[torch.Tensor, torch.Tensor] | None = None  # its own batch (clips and masks); None: the images
     frames: int = 1  # images per sample: a clip counts its frames
+    baseline: str | None = None  # the SimMIM contender a packed one is compared with
+    flops: int = 0  # one training step, FlopCounterMode
     optimizer: torch.optim.Optimizer = field(init=False)
     seconds: list[float] = field(default_factory=list)  # per timed round
     warmup_s: float = 0.0
@@ -140,21 +150,40 @@ def swinssl_model(cfg: TrainBenchConfig, kernel: str) -> MaskedImageModel:
     return MaskedImageModel(encoder, norm_target_window=None)
 
 
-def swinssl_video_contender(cfg: TrainBenchConfig, kernel: str, device: torch.device) -> Contender:
-    """Masked video pretraining of the same arch on random clips with tube masks (see the module docstring)."""
+def swinssl_packed_contender(cfg: TrainBenchConfig, kernel: str, images: torch.Tensor) -> Contender:
+    """The same encoder pretrained on uniformly packed inputs (units of its stride), on the same images."""
+    encoder = create_encoder(cfg.arch, img_size=cfg.img_size, window_size=cfg.window_size, patch_size=cfg.patch_size,
+                             mask_token=True, attn_kernel=kernel, drop_path_rate=cfg.drop_path_rate, **cfg.sizes)
+    model = PackedMaskedImageModel(encoder, norm_target_window=None).to(images.device).train()
+    masks = UniformMaskGenerator(cfg.img_size, encoder.stride, cfg.patch_size, cfg.packed_mask_ratio, encoder.stride)
+    generator = torch.Generator().manual_seed(0)
+    mask = torch.stack([masks(generator) for _ in range(len(images))]).to(images.device)
+    return Contender(f"swinssl packed {kernel}", model, pair_loss(model), inputs=(images, mask),
+                     baseline=f"swinssl {kernel}")
+
+
+def swinssl_video_contender(cfg: TrainBenchConfig, kernel: str, device: torch.device, packed: bool = False) -> Contender:
+    """Masked video pretraining of the same arch on random clips with tube masks (see the module docstring);
+    ``packed``: on uniformly packed clips."""
     time_tokens = cfg.video_frames // 2
     window = (min(8, time_tokens), cfg.window_size, cfg.window_size)
     encoder = create_video_encoder(f"video_{cfg.arch}", num_frames=cfg.video_frames, img_size=cfg.img_size,
                                    window_size=window, patch_size=(2, cfg.patch_size, cfg.patch_size), mask_token=True,
                                    attn_kernel=kernel, drop_path_rate=cfg.drop_path_rate, **cfg.sizes)
-    model = MaskedVideoModel(encoder, norm_target_window=None).to(device).train()
+    model = (PackedMaskedVideoModel if packed else MaskedVideoModel)(encoder, norm_target_window=None).to(device).train()
     generator = torch.Generator().manual_seed(1)
     clips = torch.randn(cfg.video_batch, 3, cfg.video_frames, cfg.img_size, cfg.img_size, generator=generator)
-    masks = VideoMaskGenerator(cfg.video_frames, cfg.img_size, cfg.mask_patch_size, encoder.patch_embed.patch_size,
-                               cfg.video_mask_ratio)
+    if packed:
+        unit = encoder.stride[1]
+        masks = VideoMaskGenerator(cfg.video_frames, cfg.img_size, unit, encoder.patch_embed.patch_size,
+                                   max(cfg.video_mask_ratio, 0.75), packing="uniform", merge_unit=unit)
+    else:
+        masks = VideoMaskGenerator(cfg.video_frames, cfg.img_size, cfg.mask_patch_size, encoder.patch_embed.patch_size,
+                                   cfg.video_mask_ratio)
     mask = torch.stack([masks(generator) for _ in range(cfg.video_batch)])
-    return Contender(f"swinssl video {kernel}", model, pair_loss(model), inputs=(clips.to(device), mask.to(device)),
-                     frames=cfg.video_frames)
+    name = f"swinssl video {'packed ' if packed else ''}{kernel}"
+    return Contender(name, model, pair_loss(model), inputs=(clips.to(device), mask.to(device)),
+                     frames=cfg.video_frames, baseline=f"swinssl video {kernel}" if packed else None)
 
 
 class TimmEagerSimMIM(nn.Module):
@@ -209,9 +238,14 @@ def pair_loss(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.
     return lambda images, mask: model(images, mask)[0]
 
 
-def build_contenders(cfg: TrainBenchConfig, device: torch.device) -> tuple[list[Contender], list[str]]:
-    """The contenders on ``device``, in table order, and notes on any that were skipped."""
+def build_contenders(cfg: TrainBenchConfig, device: torch.device, images: torch.Tensor | None = None
+                     ) -> tuple[list[Contender], list[str]]:
+    """The contenders on ``device``, in table order, and notes on any that were skipped; packed rows step on
+    ``images`` (default: the shared random batch)."""
     contenders, notes = [], []
+    if images is None:
+        images = random_batch(cfg.batch_size, cfg.img_size, device, 0, cfg.mask_patch_size, cfg.mask_ratio,
+                              cfg.patch_size)[0]
     kernels = [kernel for kernel in cfg.kernels if kernel != "triton" or device.type == "cuda"]
     if len(kernels) < len(cfg.kernels):
         notes.append(f"swinssl triton skipped: the Triton kernel runs on CUDA; on {device.type} it would time "
@@ -219,12 +253,16 @@ def build_contenders(cfg: TrainBenchConfig, device: torch.device) -> tuple[list[
     for kernel in kernels:
         model = swinssl_model(cfg, kernel).to(device).train()
         contenders.append(Contender(f"swinssl {kernel}", model, pair_loss(model)))
+        if cfg.packing:
+            contenders.append(swinssl_packed_contender(cfg, kernel, images))
     if cfg.compile and kernels:
         kernel = kernels[0]
         model = swinssl_model(cfg, kernel).to(device).train()
         contenders.append(Contender(f"swinssl {kernel} + compile", model, pair_loss(torch.compile(model))))
     if cfg.video_frames and kernels:
         contenders.append(swinssl_video_contender(cfg, kernels[0], device))
+        if cfg.packing:
+            contenders.append(swinssl_video_contender(cfg, kernels[0], device, packed=True))
     model = timm_eager_model(cfg).to(device).train()
     contenders.append(Contender(TIMM, model, pair_loss(model)))
     try:
@@ -296,10 +334,10 @@ def matmul_flops_per_s(device: torch.device, size: int = 8192, repeats: int = 20
 def run_train(cfg: TrainBenchConfig, device: torch.device, progress: Progress | None = None) -> dict[str, Any]:
     """Build, warm up, measure memory, time round robin; returns the contenders and what was measured."""
     torch.manual_seed(0)
-    contenders, notes = build_contenders(cfg, device)
     images, mask = random_batch(cfg.batch_size, cfg.img_size, device, 0, cfg.mask_patch_size, cfg.mask_ratio,
                                 cfg.patch_size)
-    total = len(contenders) * (cfg.warmup + 1 + cfg.repeats * cfg.steps)
+    contenders, notes = build_contenders(cfg, device, images)
+    total = len(contenders) * (cfg.warmup + 2 + cfg.repeats * cfg.steps)
     task = progress.add_task("train", total=total) if progress else None
 
     def advance(description: str, steps: int = 1) -> None:
@@ -315,7 +353,9 @@ def run_train(cfg: TrainBenchConfig, device: torch.device, progress: Progress | 
         contender.warmup_s = time.perf_counter() - start
         contender.memory = measure_memory(contender, *contender.inputs or (images, mask), cfg.precision)
         advance(f"{contender.name}: memory")
-    flops = step_flops(contenders[0], images, mask, cfg.precision) if device.type == "cuda" else None
+        contender.flops = step_flops(contender, *contender.inputs or (images, mask), cfg.precision)
+        advance(f"{contender.name}: FLOPs")
+    flops = contenders[0].flops if device.type == "cuda" else None
     for round_index in range(cfg.repeats):
         shift = round_index % len(contenders)
         for contender in contenders[shift:] + contenders[:shift]:
@@ -341,7 +381,8 @@ def summarize(cfg: TrainBenchConfig, measured: dict[str, Any]) -> list[dict[str,
         median = statistics.median(rates)
         row = {"contender": contender.name, "images_per_s": round(median, 3),
                "images_per_s_per_round": [round(rate, 3) for rate in rates],
-               "warmup_s": round(contender.warmup_s, 2), **contender.memory}
+               "warmup_s": round(contender.warmup_s, 2), "gflops_per_step": round(contender.flops / 1e9, 2),
+               **contender.memory}
         if contender.frames > 1:
             row["clips_per_s"] = round(median / contender.frames, 3)
         elif measured["flops_per_step"]:
@@ -350,8 +391,16 @@ def summarize(cfg: TrainBenchConfig, measured: dict[str, Any]) -> list[dict[str,
             row["mfu"] = round(achieved / measured["matmul_flops_per_s"], 4)
         rows.append(row)
     by_name = {row["contender"]: row for row in rows}
+    for contender, row in zip(measured["contenders"], rows):
+        if contender.baseline in by_name:  # packed vs SimMIM: speed (paired per round), memory, FLOPs
+            base = by_name[contender.baseline]
+            row["vs SimMIM"] = round(statistics.median(
+                ours / theirs for ours, theirs in zip(row["images_per_s_per_round"], base["images_per_s_per_round"])), 2)
+            memory = "peak_mib_per_sample" if "peak_mib_per_sample" in row else "saved_mib_per_sample"
+            row["memory_vs_SimMIM"] = round(row[memory] / base[memory], 2)
+            row["flops_vs_SimMIM"] = round(row["gflops_per_step"] / base["gflops_per_step"], 2)
     for row in rows:  # paired: the ratio within each round, then the median, so load drifts cancel
-        for peer in (HF, TIMM) if "clips_per_s" not in row else ():
+        for peer in (HF, TIMM) if "clips_per_s" not in row and "vs SimMIM" not in row else ():
             if peer in by_name:
                 ratios = [ours / theirs for ours, theirs in
                           zip(row["images_per_s_per_round"], by_name[peer]["images_per_s_per_round"])]
@@ -361,14 +410,21 @@ def summarize(cfg: TrainBenchConfig, measured: dict[str, Any]) -> list[dict[str,
 
 def markdown_table(rows: list[dict[str, Any]], gpu: bool) -> str:
     peers = [peer for peer in (HF, TIMM) if f"vs {peer}" in rows[0]]
+    packed = any("vs SimMIM" in row for row in rows)
     memory = ["peak MiB", "peak MiB / sample"] if gpu else ["saved-for-backward MiB / sample (CPU)"]
-    header = ["contender", "images/s (median)", "per round", *[f"x {peer}" for peer in peers], *memory]
+    header = ["contender", "images/s (median)", "per round", *[f"x {peer}" for peer in peers]]
+    header += ["x SimMIM: speed / memory / FLOPs"] if packed else []
+    header += ["GFLOP / step", *memory]
     header += ["TFLOP/s", "MFU"] if gpu else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["contender"], f"{row['images_per_s']:.2f}",
                  " ".join(f"{rate:.2f}" for rate in row["images_per_s_per_round"]),
                  *[f"{row[f'vs {peer}']:.2f}" if f"vs {peer}" in row else "—" for peer in peers]]
+        if packed:
+            cells.append(f"{row['vs SimMIM']:.2f} / {row['memory_vs_SimMIM']:.2f} / {row['flops_vs_SimMIM']:.2f}"
+                         if "vs SimMIM" in row else "—")
+        cells.append(f"{row['gflops_per_step']:.1f}")
         if gpu:
             cells += [f"{row['peak_mib']:.0f}", f"{row['peak_mib_per_sample']:.1f}"]
             cells += [f"{row['tflops_per_s']:.1f}", f"{row['mfu']:.1%}"] if "mfu" in row else ["—", "—"]
@@ -385,7 +441,7 @@ def run(args: argparse.Namespace, command: str) -> None:
     options = dict(QUICK) if args.quick else {}
     options["precision"] = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     for key in ("arch", "batch_size", "kernels", "compile", "warmup", "steps", "repeats", "drop_path_rate",
-                "video_frames", "video_batch"):
+                "video_frames", "video_batch", "packing"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     cfg = TrainBenchConfig(**options)
@@ -433,6 +489,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drop-path-rate", type=float, help=f"for every contender (default {default.drop_path_rate})")
     parser.add_argument("--video-frames", type=int, help="add a masked video pretraining row: frames a clip (e.g. 16)")
     parser.add_argument("--video-batch", type=int, help=f"clips per step, video row (default {default.video_batch})")
+    parser.add_argument("--packing", action="store_true", default=None,
+                        help="add uniformly packed rows (cheaper masked pretraining) beside the SimMIM ones")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", type=Path, help="also write the rows here")

@@ -9,6 +9,8 @@ from swinssl.lazy import lazy_exports
 _PUBLIC = {
     "MaskedImageModel": ".simmim",
     "MaskedVideoModel": ".simmim",
+    "PackedMaskedImageModel": ".simmim",
+    "PackedMaskedVideoModel": ".simmim",
     "SimMIMDecoder": ".simmim",
     "SimMIMVideoDecoder": ".simmim",
     "masked_l1_loss": ".simmim",

@@ -98,6 +98,23 @@ def attention_probabilities(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor
     return attn.softmax(dim=-1)
 
 
+def window_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive: torch.Tensor, windows: int,
+                          scale: torch.Tensor | None = None, dropout_p: float = 0.0) -> torch.Tensor:
+    """Attention whose additive bias differs per window and per image: ``additive`` (b * nW, heads, N, N) for nW =
+    ``windows`` per image and b the batch, or 1 when every image shares it (broadcast, as :func:`window_attention`'s
+    fused path does). One SDPA call; used where the position bias follows tokens that are not on a regular grid
+    (packed masked pretraining)."""
+    batch_windows, heads, tokens, dim = q.shape
+    if scale is not None:
+        q = q * scale
+    rows = additive.shape[0] // windows
+    shape = (batch_windows // windows, windows * heads, tokens, dim)
+    out = F.scaled_dot_product_attention(
+        q.reshape(shape), k.reshape(shape), v.reshape(shape),
+        attn_mask=additive.reshape(rows, windows * heads, tokens, tokens).to(q.dtype), dropout_p=dropout_p, scale=1.0)
+    return out.reshape(batch_windows, heads, tokens, dim)
+
+
 def _plain(q, k, v, bias, mask, scale, dropout_p):
     attn = attention_probabilities(q, k, bias, mask, scale)
     if dropout_p:
@@ -183,6 +200,15 @@ class KernelAttention:
         """(B * nW, heads, N, d) q, k, v -> projected (B * nW, N, C) output."""
         out = window_attention(q, k, v, bias, mask, scale, self.kernel, self.chunk_windows,
                                self.attn_drop.p if self.training else 0.0)
+        return self.project(out)
+
+    def attend_per_window(self, q, k, v, additive: torch.Tensor, windows: int, scale=None) -> torch.Tensor:
+        """As :meth:`attend`, with a per-window bias (:func:`window_bias_attention`)."""
+        dropout = self.attn_drop.p if self.training else 0.0
+        return self.project(window_bias_attention(q, k, v, additive, windows, scale, dropout))
+
+    def project(self, out: torch.Tensor) -> torch.Tensor:
+        """(B * nW, heads, N, d) attention output -> projected (B * nW, N, C)."""
         batch_windows, heads, tokens, dim = out.shape
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch_windows, tokens, heads * dim)))
 

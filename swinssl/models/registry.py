@@ -128,6 +128,29 @@ def check_image_geometry(img_size: tuple[int, int], patch_size: int, window_size
         )
 
 
+def _packed_tiles(img_size: int, patch_size: int, window: int, stages: int) -> bool:
+    return all(full <= window or (full // 2) % window == 0
+               for full, _ in stage_grids((img_size, img_size), patch_size, stages))
+
+
+def check_packed_windows(img_size: int, patch_size: int, window: int, stages: int) -> None:
+    """Uniform packing halves every stage's grid (192 px, patch 4: 48/24/12/6 tokens become 24/12/6/3).
+
+    A stage that the full-size model splits into several windows must split into whole windows of the same size
+    at half size (so its windows and shifts stay the full-size model's); a stage that is one window at full size
+    is one window packed (clipped to the stage, no shift, as Swin clips). At 192 px, windows 12 and 6 fit
+    (packed stages 24/12/6/3: windows 12/12/6/3 and 6/6/6/3).
+    """
+    for stage, (full, _) in enumerate(stage_grids((img_size, img_size), patch_size, stages)):
+        if full > window and (full // 2) % window:
+            grid = img_size // patch_size
+            fits = [w for w in range(2, grid + 1)
+                    if _window_tiles((img_size, img_size), patch_size, w, stages) and _packed_tiles(img_size, patch_size, w, stages)]
+            raise ValueError(
+                f"window {window} does not tile packed stage {stage + 1}: uniform packing halves its {full}x{full} "
+                f"tokens to {full // 2}x{full // 2}; windows that fit at {img_size} px: {fits}")
+
+
 def check_video_geometry(num_frames: int, img_size: int, patch: Triple, window: Triple, depths: Sequence[int],
                          embed_dim: int, num_heads: Sequence[int]) -> None:
     """Widths the heads divide, and a clip of at least one patch. A window larger than the clip's token grid is

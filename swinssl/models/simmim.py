@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from swinssl.models.packing import StagePositions, grid_positions, kept_slots, pack, token_positions, true_positions, unpack
 from swinssl.models.registry import Triple
 from swinssl.models.swin import SwinV2Encoder
 from swinssl.models.video_swin import VideoSwinEncoder
@@ -167,3 +168,129 @@ class MaskedVideoModel(MaskedImageModel):
         if self.norm_target_window is None:
             return reconstruction.float()
         return per_frame(denormalize_targets, reconstruction, clips, window=self.norm_target_window)
+
+
+class PackedMaskedImageModel(MaskedImageModel):
+    """Masked image modeling on a uniformly packed input (UM-MAE's uniform sampling + secondary masking), Swin V2.
+
+    ``forward(images, mask) -> (loss, reconstruction)`` with ``mask`` from
+    :class:`swinssl.masking.UniformMaskGenerator` (0 visible, 1 kept but hidden, 2 dropped). The encoder runs on
+    the half-size image of kept units (:func:`swinssl.models.packing.pack`), hidden ones replaced by the mask
+    token; its output tokens (one per kept unit) go back to their units' places on the full-size grid, the
+    dropped places empty (zeros); ``spread``, a 3 x 3 convolution over that grid (identity at the centre at
+    start), reaches each dropped unit from its group's kept unit and the neighbouring groups'; SimMIM's linear
+    decoder then predicts the full-size image, and the loss is SimMIM's masked L1 over every unit the encoder did
+    not see (dropped and hidden), as UM-MAE reconstructs both. ``true_offsets``: the position bias sees each
+    pair's offset in the original image (else in the packed one).
+    """
+
+    def __init__(self, encoder: SwinV2Encoder, norm_target_window: int | None = NORM_TARGET_WINDOW,
+                 true_offsets: bool = True) -> None:
+        super().__init__(encoder, norm_target_window)
+        if not hasattr(encoder.layers[0].blocks[0].attn, "cpb_mlp"):
+            raise ValueError("uniform packing needs a Swin V2 encoder (log-CPB position bias); Swin V1 tables "
+                             "cannot take the packed tokens' offsets")
+        self.true_offsets = true_offsets
+        self.unit = self.spatial_stride(encoder)
+        self.spread = self.make_spread(encoder.num_features)
+
+    @staticmethod
+    def spatial_stride(encoder: nn.Module) -> int:
+        stride = encoder.stride
+        return stride if isinstance(stride, int) else stride[1]
+
+    def make_spread(self, width: int) -> nn.Module:
+        spread = nn.Conv2d(width, width, 3, padding=1)
+        _identity_centre(spread)
+        return spread
+
+    def check_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """The (B, h, w) unit layout of ``mask``."""
+        return mask
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = self.unit // self.patch_size[-1]
+        slots = kept_slots(self.check_mask(mask), scale)
+        packed_mask = self.pack(mask.unsqueeze(1), slots, scale).squeeze(1)
+        with token_positions(self.encoder.layers, self.stage_positions(slots, packed_mask.shape[1:])):
+            features = self.encoder.forward_features(self.pack(images, slots, self.unit), packed_mask)
+        grid = self.unpack(features.movedim(-1, 1), slots)
+        reconstruction = self.decoder(self.spread(grid))
+        loss = masked_l1_loss(reconstruction, self.targets(images), mask > 0, self.patch_size)
+        return loss, reconstruction
+
+    def pack(self, x: torch.Tensor, slots: torch.Tensor, unit: int) -> torch.Tensor:
+        return pack(x, slots, unit)
+
+    def unpack(self, features: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        return unpack(features, slots, 1)
+
+    def stage_positions(self, slots: torch.Tensor, packed_tokens: tuple[int, ...]) -> list[StagePositions]:
+        """Per stage: the tokens' positions, the extent of the grid they index, the bias's normalizing window."""
+        scale = self.unit // self.patch_size[-1]
+        out = []
+        for stage, window in enumerate(self.encoder.pretrained_window_sizes()):
+            window = (window, window) if isinstance(window, int) else tuple(window)
+            unit = scale // 2**stage
+            size = tuple(n // 2**stage for n in packed_tokens)
+            if self.true_offsets:
+                positions, extent = true_positions(slots, unit), tuple(2 * n for n in size)
+            else:
+                positions, extent = grid_positions(size, slots.device), size
+            out.append((positions, extent, window))
+        return out
+
+
+class PackedMaskedVideoModel(PackedMaskedImageModel, MaskedVideoModel):
+    """:class:`PackedMaskedImageModel` for clips: a tube mask packs every frame the same way, the time axis stays
+    whole (positions and windows in time as the full-size model's); targets normalized within each frame."""
+
+    def __init__(self, encoder: VideoSwinEncoder, norm_target_window: int | None = NORM_TARGET_WINDOW,
+                 true_offsets: bool = True) -> None:
+        if any(hasattr(block, "temporal_attn") for stage in encoder.layers for block in stage.blocks):
+            raise ValueError("uniform packing supports joint space-time attention, not attention=factorized")
+        super().__init__(encoder, norm_target_window, true_offsets)
+
+    def make_spread(self, width: int) -> nn.Module:
+        spread = nn.Conv3d(width, width, (1, 3, 3), padding=(0, 1, 1))
+        _identity_centre(spread)
+        return spread
+
+    def check_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        if not bool((mask == mask[:, :1]).all()):
+            raise ValueError("uniform packing needs a tube mask (the same units on every frame); this clip mask "
+                             "differs between frames")
+        return mask[:, 0]
+
+    def pack(self, x: torch.Tensor, slots: torch.Tensor, unit: int) -> torch.Tensor:
+        return _every_frame(pack, x, slots, unit)
+
+    def unpack(self, features: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        return _every_frame(unpack, features, slots, 1)
+
+    def stage_positions(self, slots: torch.Tensor, packed_tokens: tuple[int, ...]) -> list[StagePositions]:
+        time = packed_tokens[0]
+        spatial = super().stage_positions(slots, packed_tokens[1:])
+        out = []
+        for positions, extent, window in spatial:
+            b, h, w, _ = positions.shape
+            frames = torch.arange(time, device=positions.device).view(1, time, 1, 1, 1).expand(b, time, h, w, 1)
+            positions = torch.cat((frames, positions.unsqueeze(1).expand(b, time, h, w, 2)), dim=-1)
+            out.append((positions, (time, *extent), window))
+        return out
+
+
+def _every_frame(function, clips: torch.Tensor, slots: torch.Tensor, unit: int) -> torch.Tensor:
+    """:func:`pack` or :func:`unpack` of every frame of (B, C, T, H, W) ``clips`` by the clip's ``slots``."""
+    b, c, t, h, w = clips.shape
+    frames = function(clips.transpose(1, 2).reshape(b * t, c, h, w), slots.repeat_interleave(t, 0), unit)
+    return frames.view(b, t, c, *frames.shape[-2:]).transpose(1, 2)
+
+
+def _identity_centre(conv: nn.Conv2d | nn.Conv3d) -> None:
+    """Start as the identity (centre tap 1, others 0): kept units' features reach the decoder as SimMIM's do."""
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.zero_()
+        centre = tuple(k // 2 for k in conv.kernel_size)
+        conv.weight[(torch.arange(conv.out_channels), torch.arange(conv.in_channels), *centre)] = 1.0

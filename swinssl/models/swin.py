@@ -37,6 +37,7 @@ from torch import nn
 
 from swinssl.masking import apply_mask_token
 from swinssl.models.attention import KernelAttention, check_kernel
+from swinssl.models.packing import positioned_attention
 from swinssl.models.registry import check_image_geometry, family_of, resolve_arch
 from swinssl.models.windows import (
     cosine_query_key,
@@ -104,6 +105,10 @@ class PaddedWindows:
     the same function, timm's path with its precomputed shift mask runs (so compiled graphs stay as timm's)."""
 
     def _attn(self, x: torch.Tensor) -> torch.Tensor:
+        positions = getattr(self, "token_positions", None)
+        if positions is not None:  # packed masked pretraining: offsets of the tokens' positions (models.packing)
+            return positioned_attention(self.attn, x, *positions, self.window_size, self.shift_size,
+                                        lambda windows, _window: self.attn.attention_inputs(windows))
         if tuple(x.shape[1:3]) == tuple(self.input_resolution):  # the built size: whole windows, timm's own path
             return super()._attn(x)
         return windowed_attention(self._attend, x, tuple(self.window_size), tuple(self.shift_size))

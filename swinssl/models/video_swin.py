@@ -43,6 +43,7 @@ from torch.utils.checkpoint import checkpoint
 
 from swinssl.masking import apply_mask_token
 from swinssl.models.attention import KernelAttention, check_kernel
+from swinssl.models.packing import positioned_attention
 from swinssl.models.registry import (
     STYLES,
     Triple,
@@ -192,12 +193,20 @@ class VideoSwinBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for norm, attn, window, shift in self.branches():
             if self.style == "v2":
-                x = x + self.drop_path(norm(clipped_window_attention(attn, x, window, shift)))
+                x = x + self.drop_path(norm(self.window_attention(attn, x, window, shift)))
             else:
-                x = x + self.drop_path(clipped_window_attention(attn, norm(x), window, shift))
+                x = x + self.drop_path(self.window_attention(attn, norm(x), window, shift))
         if self.style == "v2":
             return x + self.drop_path(self.norm2(self.mlp(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+    def window_attention(self, attn: WindowAttention3D, x: torch.Tensor, window: Triple, shift: Triple) -> torch.Tensor:
+        positions = getattr(self, "token_positions", None)
+        if positions is None:
+            return clipped_window_attention(attn, x, window, shift)
+        # packed masked pretraining: offsets of the tokens' positions (swinssl.models.packing)
+        return positioned_attention(attn, x, *positions, window, shift, attn.attention_inputs)
 
 
 class _SpatialMerging:

@@ -10,7 +10,14 @@ from typing import Any
 import torch
 
 from swinssl.models.registry import EncoderSpec, is_video
-from swinssl.models.simmim import NORM_TARGET_WINDOW, MaskedImageModel, MaskedVideoModel
+from swinssl.masking import PACKINGS
+from swinssl.models.simmim import (
+    NORM_TARGET_WINDOW,
+    MaskedImageModel,
+    MaskedVideoModel,
+    PackedMaskedImageModel,
+    PackedMaskedVideoModel,
+)
 from swinssl.tasks.base import SwinTask, samples_in
 from swinssl.tasks.optim import OptimConfig
 from swinssl.weights import Checkpoint, CheckpointError, encoder_from_spec, inflate_decoder
@@ -30,7 +37,10 @@ class SimMIM(SwinTask):
     (``arch="swinv2_base", img_size=192, window_size=12``), SwinV2-B at 192 px / window 12 by default.
     ``checkpoint`` starts from any supported checkpoint (e.g. an official SimMIM ``.pth``): the encoder
     with its mask token, and the decoder when the checkpoint has one. ``norm_target_window`` is the local
-    target normalization window (None: raw pixels).
+    target normalization window (None: raw pixels). ``packing="uniform"`` pretrains on uniformly packed
+    inputs (:class:`~swinssl.models.simmim.PackedMaskedImageModel`; masks from
+    :class:`~swinssl.masking.UniformMaskGenerator`), the position bias at the tokens' offsets in the original image
+    when ``true_offsets`` (else in the packed one); both are recorded with the hyper-parameters.
     """
 
     default_encoder = EncoderSpec(arch="swinv2_base", img_size=192, window_size=12)
@@ -42,16 +52,28 @@ class SimMIM(SwinTask):
         optim: dict[str, Any] | None = None,
         checkpoint: str | Checkpoint | None = None,
         trust_checkpoint: bool = False,
+        packing: str | None = None,
+        true_offsets: bool = True,
         **settings: Any,
     ) -> None:
         super().__init__()
+        if packing is not None and packing not in PACKINGS:
+            raise ValueError(f"packing must be null or one of {PACKINGS}, got {packing!r}")
         source = self.setup_encoder_and_arguments(encoder, settings, checkpoint, trust_checkpoint,
-                                                  norm_target_window=norm_target_window, optim=optim)
+                                                  norm_target_window=norm_target_window, optim=optim,
+                                                  packing=packing, true_offsets=true_offsets)
+        if packing is not None and self.encoder_spec.grad_checkpointing:
+            raise ValueError("packing does not combine with grad_checkpointing (the recomputed blocks would lose the "
+                             "packed tokens' positions); packed inputs already need about half the memory")
         self.optim_config = OptimConfig(**(optim or {}))
         video = is_video(self.encoder_spec.family)
         self.input_key = "video" if video else "image"
         backbone = encoder_from_spec(self.encoder_spec, mask_token=True, checkpoint=source)
-        self.model = (MaskedVideoModel if video else MaskedImageModel)(backbone, norm_target_window=norm_target_window)
+        if packing is None:
+            self.model = (MaskedVideoModel if video else MaskedImageModel)(backbone, norm_target_window=norm_target_window)
+        else:
+            self.model = (PackedMaskedVideoModel if video else PackedMaskedImageModel)(
+                backbone, norm_target_window=norm_target_window, true_offsets=true_offsets)
         if source is not None and source.decoder:
             decoder = source.decoder
             if video and decoder["0.weight"].ndim == 4:

@@ -293,6 +293,8 @@ RULES: dict[str, Rule] = {
     "simmim.mask_ratio": number(0, 1, open_low=True, open_high=True),
     "simmim.norm_target_window": odd_window(),
     "simmim.mask_mode": choice("tube", "cube"),
+    "simmim.packing": choice("uniform", nullable=True),
+    "simmim.true_offsets": boolean(),
     "simmim.mask_frames": integer(1),
     "probe.every_n_steps": integer(1),
     "probe.k": integer(1),
@@ -434,17 +436,43 @@ def _check_orders(cfg: DictConfig) -> None:
 
 
 def _check_masking(cfg: DictConfig) -> None:
-    from swinssl.masking import MaskGenerator, VideoMaskGenerator
+    from swinssl.masking import MaskGenerator, UniformMaskGenerator, VideoMaskGenerator
     from swinssl.models.registry import family_of, is_video
 
     model, simmim = cfg.model, cfg.simmim
+    packing = simmim.get("packing")
     if not is_video(family_of(model.arch)):
-        MaskGenerator(model.img_size, simmim.mask_patch_size, model.patch_size, simmim.mask_ratio)
+        if packing is None:
+            MaskGenerator(model.img_size, simmim.mask_patch_size, model.patch_size, simmim.mask_ratio)
+            return
+        stages = _check_packing(model, model.patch_size or 4, model.window_size)
+        UniformMaskGenerator(model.img_size, simmim.mask_patch_size, model.patch_size, simmim.mask_ratio,
+                             (model.patch_size or 4) * 2 ** (stages - 1))
         return
     patch = model.get("patch_size") or (2, 4, 4)  # null: 2 frames x the checkpoint's patch, 4 for every Swin
     patch = (2, patch, patch) if isinstance(patch, int) else tuple(patch)
+    stages = 4
+    if packing is not None:
+        window = model.window_size
+        stages = _check_packing(model, patch[1], window if isinstance(window, int) else window[1])
     VideoMaskGenerator(model.num_frames, model.img_size, simmim.mask_patch_size, patch, simmim.mask_ratio,
-                       simmim.get("mask_mode", "tube"), simmim.get("mask_frames", 4))
+                       simmim.get("mask_mode", "tube"), simmim.get("mask_frames", 4), packing,
+                       patch[1] * 2 ** (stages - 1))
+
+
+def _check_packing(model: DictConfig, patch: int, window: int) -> int:
+    """Stages of the recipe's model (4 where a checkpoint brings the sizes: every Swin preset has 4), after the
+    packed windows are checked against them."""
+    from swinssl.models.registry import SIZE_KEYS, check_packed_windows, family_of, resolve_arch
+
+    overrides = {key: value for key, value in OmegaConf.to_container(model.get("encoder") or {}, resolve=True).items()
+                 if value is not None}
+    if model.arch == family_of(model.arch) and any(key not in overrides for key in SIZE_KEYS):
+        stages = 4
+    else:
+        stages = len(resolve_arch(model.arch, overrides)["depths"])
+    check_packed_windows(model.img_size, patch, window, stages)
+    return stages
 
 
 def _check_geometry(model: DictConfig) -> None:
