@@ -7,7 +7,8 @@
   reads that record back with the weights, so a re-imported export computes what was exported.
 - ``--to hf``: an HF ``save_pretrained`` folder OUT (``config.json`` + ``model.safetensors``) that ``Swinv2Model``,
   ``Swinv2ForImageClassification`` (labels from the training shards' class names) and ``Swinv2Backbone`` load with
-  ``from_pretrained``; writing the config needs transformers (``pip install 'swinssl[interop]'``).
+  ``from_pretrained``; writing the config needs transformers (``pip install 'swinssl[interop]'``). A segmentation run
+  gives a folder ``UperNetForSemanticSegmentation`` loads (:mod:`swinssl.weights.upernet`).
 
 Exported files are world-readable (0644), as files made to be shared should be.
 """
@@ -25,6 +26,7 @@ import torch
 from swinssl.normalization import IMAGENET_MEAN, IMAGENET_STD
 from swinssl.weights import Checkpoint, CheckpointError, load_checkpoint, to_hf, to_timm
 from swinssl.weights.factories import CheckpointLike
+from swinssl.weights.upernet import is_segmenter, write_hf_upernet
 
 TIMM_CLASSES = {"swinv2": "timm.models.swin_transformer_v2.SwinTransformerV2",
                 "swin": "timm.models.swin_transformer.SwinTransformer"}
@@ -39,7 +41,10 @@ def export(checkpoint: CheckpointLike, out: str | Path, to: str = "timm", trust_
     recorded about it."""
     source = load_checkpoint(checkpoint, trust_checkpoint)
     out = Path(out)
-    written, meta = export_hf(source, out) if to == "hf" else export_timm(source, out)
+    if to == "hf" and is_segmenter(source):
+        written, meta = write_hf_upernet(source, out)
+    else:
+        written, meta = export_hf(source, out) if to == "hf" else export_timm(source, out)
     for path in written:
         path.chmod(SHARED)
     return meta

@@ -23,24 +23,10 @@ from swinssl.models.registry import EncoderSpec
 from swinssl.models.upernet import UperNet, UperNetSpec
 from swinssl.tasks.base import SwinTask, samples_in
 from swinssl.tasks.optim import OptimConfig
-from swinssl.weights import Checkpoint, encoder_from_spec, read_checkpoint
+from swinssl.weights import Checkpoint, encoder_from_spec
+from swinssl.weights.upernet import head_weights
 
 INFERENCE_DEFAULTS = {"mode": "whole", "crop": None, "stride": None, "scales": [1.0], "flip": False}
-HEADS = ("decode_head.", "auxiliary_head.")
-
-
-def is_segmenter(source: Checkpoint) -> bool:
-    """Whether a checkpoint is a swinssl segmentation run (it records its UperNet heads)."""
-    return "upernet" in (source.hparams or {})
-
-
-def head_weights(source: Checkpoint) -> dict[str, torch.Tensor]:
-    """The UperNet heads' tensors of a swinssl segmentation checkpoint (``decode_head.*``, ``auxiliary_head.*``)."""
-    if not is_segmenter(source):
-        return {}
-    state = read_checkpoint(source.source)["state_dict"]
-    return {key.removeprefix("model."): value for key, value in state.items()
-            if key.removeprefix("model.").startswith(HEADS)}
 
 
 class SegmentationMetrics(MulticlassConfusionMatrix):
@@ -64,7 +50,8 @@ class Segmenter(SwinTask):
     ``encoder`` is an :class:`~swinssl.models.registry.EncoderSpec` or its settings (SwinV2-B at 512 px / window 16
     by default); ``checkpoint`` any supported checkpoint (a swinssl segmentation run brings its heads too);
     ``upernet`` the :class:`~swinssl.models.upernet.UperNetSpec` fields; ``inference`` how validation and
-    ``evaluate`` predict: ``mode`` whole | slide, ``crop`` and ``stride`` (slide), ``scales`` and ``flip``.
+    ``evaluate`` predict: ``mode`` whole | slide, ``crop`` and ``stride`` (slide), ``scales`` and ``flip``;
+    ``evaluation`` the data's validation rescaling (recorded, so ``evaluate`` reads images the same way).
     """
 
     default_encoder = EncoderSpec(arch="swinv2_base", img_size=512, window_size=16, drop_path_rate=0.3)
@@ -81,6 +68,7 @@ class Segmenter(SwinTask):
         ignore_index: int = 255,
         upernet: dict[str, Any] | None = None,
         inference: dict[str, Any] | None = None,
+        evaluation: dict[str, Any] | None = None,
         **settings: Any,
     ) -> None:
         super().__init__()
@@ -96,7 +84,7 @@ class Segmenter(SwinTask):
         source = self.setup_encoder_and_arguments(
             encoder, settings, checkpoint, trust_checkpoint, num_classes=num_classes, layer_decay=layer_decay,
             optim=optim, class_names=class_names, ignore_index=ignore_index, upernet=spec.to_dict(),
-            inference=inference)
+            inference=inference, evaluation=evaluation)
         check_inference(inference, self.encoder_spec)
         self.optim_config = OptimConfig(**{"schedule": "poly", **(optim or {})})
         encoder = encoder_from_spec(self.encoder_spec, checkpoint=source)
