@@ -63,17 +63,18 @@ def collate(samples: list[dict], counter: SkipCounter) -> dict:
     return batch
 
 
-def batches_reporting_skips(samples: Iterable[dict], batch_size: int, counter: SkipCounter) -> Iterator[dict]:
+def batches_reporting_skips(samples: Iterable[dict], batch_size: int, counter: SkipCounter,
+                            collate_fn: Callable[[list[dict], SkipCounter], dict] = collate) -> Iterator[dict]:
     """Batches of ``batch_size`` and a partial last one; then, if skips came after it, a batch of no samples
     that reports them, so a pass that reads every shard once counts every skip."""
     pending = []
     for sample in samples:
         pending.append(sample)
         if len(pending) == batch_size:
-            yield collate(pending, counter)
+            yield collate_fn(pending, counter)
             pending = []
     if pending or counter.count:
-        yield collate(pending, counter)
+        yield collate_fn(pending, counter)
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,11 @@ class ShardDataModule(L.LightningDataModule):
         """The decode stage of the training (``train``) or the validation pipeline."""
         raise NotImplementedError
 
+    def collate_fn(self, train: bool) -> Callable[[list[dict], SkipCounter], dict]:
+        """How the training (``train``) or a read-once pipeline stacks samples; a module-level function (or a
+        partial of one), since it is pickled into the workers."""
+        return collate
+
     def setup(self, stage: str | None = None) -> None:
         if self.trainer is not None:
             self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
@@ -171,7 +177,7 @@ class ShardDataModule(L.LightningDataModule):
             wds.tarfile_to_samples(handler=counter.handler),
             wds.detshuffle(self.shuffle_buffer, seed=seed),  # before decoding: the buffer holds bytes
             self.decoder(counter, train=True),
-            wds.batched(self.batch_size, partial=False, collation_fn=partial(collate, counter=counter)),
+            wds.batched(self.batch_size, partial=False, collation_fn=partial(self.collate_fn(True), counter=counter)),
         )
         loader = wds.WebLoader(
             pipeline,
@@ -198,6 +204,7 @@ class ShardDataModule(L.LightningDataModule):
             wds.split_by_worker,
             wds.tarfile_to_samples(handler=counter.handler),
             make_decoder(counter),
-            partial(batches_reporting_skips, batch_size=self.batch_size, counter=counter),
+            partial(batches_reporting_skips, batch_size=self.batch_size, counter=counter,
+                    collate_fn=self.collate_fn(False)),
         )
         return wds.WebLoader(pipeline, batch_size=None, num_workers=min(self.num_workers, len(urls)))
