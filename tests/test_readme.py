@@ -5,7 +5,7 @@ A command is a line of a ```bash block (continuation lines joined, comments drop
 ``make`` or ``tensorboard`` and has arguments. Each runs as the README writes it, with these changes,
 which keep the suite fast and offline:
 
-- placeholder data (``/data/...``, ``<folder>``, ``photos``) is tiny generated images and videos;
+- placeholder data (``/data/...``, ``<folder>``, ``photos``) is tiny generated images, masks and videos;
 - training keeps its recipe, but on a ~30k-parameter model of the recipe's family at a small size,
   for two steps (``caps``); benchmarks add ``--quick``; ``trainer.devices=8`` becomes 2 CPU processes;
 - ``sbatch`` is a stand-in on PATH, and ``tensorboard`` adds ``--inspect`` instead of serving;
@@ -36,7 +36,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import fake_command
+from conftest import fake_command, write_mask_pairs
 from conftest import FIGURES, check_figure
 from swinssl import make_shards
 from swinssl.demo_videos import write_demo_videos
@@ -59,13 +59,16 @@ TINY_ENCODER = {"model.encoder.embed_dim": "16", "model.encoder.depths": "[1,1,1
 SIZE = {
     "pretrain": {"model.img_size": "64", "model.window_size": "2", "simmim.mask_patch_size": "16"},
     "finetune": {"model.img_size": "96", "model.window_size": "3"},  # a larger size and window than pretraining
+    "segmentation": {"model.img_size": "96", "model.window_size": "3", "data.crop_size": "[96,96]",
+                     "data.scale": "[128,96]", "data.eval_scale": "[128,96]", "segmentation.upernet.channels": "16",
+                     "segmentation.upernet.auxiliary_channels": "8"},
     "video": {"model.num_frames": "8", "model.img_size": "64", "model.window_size": "[2,4,4]",
               "data.short_side": "64", "data.frame_interval": "1", "data.test_clips": "1", "data.test_crops": "3"},
 }
 EVALUATE = {"batch_size": "4", "num_workers": "0"}
 # Values the README uses that do not fit the tiny models or a 2-core machine -> what runs instead.
 SCALED = {("img_size", "256"): "128", ("window_size", "16"): "4", ("trainer.devices", "8"): "2"}
-BUILT_IN = ("demo", "demo_ft", "video_demo", "video_pretrain_demo")  # small already: step caps only
+BUILT_IN = ("demo", "demo_ft", "video_demo", "video_pretrain_demo", "seg_demo")  # small already: step caps only
 
 
 @dataclass
@@ -142,6 +145,8 @@ def caps(module: str, argv: list[str]) -> dict[str, str]:
                   "demo" if task == "pretrain" else "demo_ft")
     if recipe in BUILT_IN:
         return RUN
+    if recipe.startswith("seg_"):
+        return {**RUN, **TINY_ENCODER, **SIZE["segmentation"]}
     if "video" not in recipe:
         return {**RUN, **TINY_ENCODER, **SIZE[task]}
     if task == "finetune":
@@ -169,6 +174,11 @@ class Workspace:
         write_images(root / "photos", per_class=5)  # the make_shards transcripts: 10 photos and a broken file,
         (root / "photos" / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
         write_images(root / "photos-val", per_class=2)  # then 4 more as a second set
+        ade = root / "data" / "ADEChallengeData2016"  # ADE20K's layout: labels 0..3, 0 the "other" of 3 classes
+        for split, count in (("training", 8), ("validation", 4)):
+            write_mask_pairs(ade / "images" / split, [f"ADE_{split}_{i:08d}" for i in range(count)], size=(96, 128),
+                             labels=4, mask_folder=ade / "annotations" / split)
+        (root / "data" / "ade20k-classes.txt").write_text("wall\nbuilding\nsky\n")
 
     def data(self, arg: str) -> str:
         return re.sub(r"(^|=)/data/", rf"\g<1>{self.root}/data/", arg).replace("<folder>", "data/in1k")
@@ -233,7 +243,8 @@ def plan(argv: list[str], workspace: Workspace, capped: bool = True) -> list[lis
                      *(str(ROOT / path) for path in paths)]]
         case [python, "-m", ("swinssl.pretrain" | "swinssl.finetune" | "swinssl.evaluate") as module, *rest]:
             return [[executable(python), "-m", module, *overrides(rest, caps(module, rest) if capped else {})]]
-        case [python, "-m", ("swinssl.make_shards" | "swinssl.export" | "swinssl.recipes_table") as module, *rest]:
+        case [python, "-m", ("swinssl.make_shards" | "swinssl.export" | "swinssl.recipes_table"
+                             | "swinssl.demo_segmentation") as module, *rest]:
             return [[executable(python), "-m", module, *rest]]
     pytest.fail(f"no rule in tests/test_readme.py runs this README command: {shlex.join(argv)}")
 
