@@ -59,7 +59,7 @@ def read_mask(data: bytes, size: tuple[int, int] | None = None) -> np.ndarray:
     except Exception as exn:  # noqa: BLE001 - whatever PIL raises, the mask does not decode
         raise BadPair(f"the mask does not decode ({type(exn).__name__}: {exn})") from None
     if pixels is None:
-        raise BadPair(f"the mask is a {mode} image; a label mask holds one 8-bit class index per pixel "
+        raise BadPair(f"the mask's mode is {mode}; a label mask holds one 8-bit class index per pixel "
                       "(grey or palette PNG), not colours")
     if size is not None and mask_size != tuple(size):
         raise BadPair(f"the mask is {mask_size[0]}x{mask_size[1]} but its image is {size[0]}x{size[1]}")

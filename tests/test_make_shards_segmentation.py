@@ -72,7 +72,7 @@ def test_plain_folder_of_pairs_with_numbered_classes(tmp_path):
     Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(src / "c.png")  # a colour mask is not a label mask
     done = make_shards_cli(src, tmp_path / "out", "--num-classes", 5)
     assert done.returncode == 0, done.stderr
-    assert ("c.jpg + c.png: the mask is a RGB image; a label mask holds one 8-bit class index per pixel (grey or "
+    assert ("c.jpg + c.png: the mask's mode is RGB; a label mask holds one 8-bit class index per pixel (grey or "
             "palette PNG), not colours") in done.stdout
     manifest = shard_sets(tmp_path / "out")["train"]
     assert (manifest.classes, manifest.samples, manifest.task, manifest.reduce_zero_label) == (
