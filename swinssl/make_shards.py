@@ -348,18 +348,16 @@ def write_pair_shards(
     classes: list[str],
     reduce_zero_label: bool = False,
     split: str | None = None,
-    prefix: str = "train",
-    maxcount: int = 1000,
-    maxsize: float = 1e9,
     seed: int = 0,
     shuffle: bool = True,
-    allow_other_classes: bool = False,
+    **options,
 ) -> ShardSummary:
     """Shard the image/mask pairs of a folder (:func:`~swinssl.datamodules.masks.find_pairs`) as the
     segmentation set ``prefix`` of ``out``: images under their extension's key, masks under ``seg.png``, both
     stored as they are. A pair is skipped, with both paths and why, when a side is missing or does not
     decode, the sizes differ, or a mask value is no class (``classes``; with ``reduce_zero_label`` 0 is
-    "other" and k is class k - 1) and not the ignore index 255."""
+    "other" and k is class k - 1) and not the ignore index 255. ``options`` go to :func:`write_shards`
+    (``prefix``, ``maxcount``, ``maxsize``, ``allow_other_classes``)."""
     src = Path(src)
     if not src.is_dir():
         raise FileNotFoundError(f"source folder {src} does not exist")
@@ -381,9 +379,8 @@ def write_pair_shards(
             raise BadPair("no mask (.png) with the image's name")
         verify_pair(item.data, item.mask, values)
 
-    return write_shards((item(pair) for pair in pairs), out, prefix=prefix, maxcount=maxcount, maxsize=maxsize,
-                        classes=classes, check=check, total=len(pairs), kind="image", source=str(src.resolve()),
-                        allow_other_classes=allow_other_classes, reduce_zero_label=reduce_zero_label)
+    return write_shards((item(pair) for pair in pairs), out, classes=classes, check=check, total=len(pairs),
+                        kind="image", source=str(src.resolve()), reduce_zero_label=reduce_zero_label, **options)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -420,9 +417,9 @@ def main(argv: list[str] | None = None) -> None:
         pairs = src.is_dir() and is_pair_folder(src)
         classes = _pair_classes(args, src, pairs)
         if pairs:
-            summary = write_pair_shards(src, args.out, classes, args.reduce_zero_label, args.split, args.prefix,
-                                        args.maxcount, args.maxsize, args.seed, not args.no_shuffle,
-                                        args.allow_other_classes)
+            summary = write_pair_shards(src, args.out, classes, args.reduce_zero_label, args.split, args.seed,
+                                        not args.no_shuffle, prefix=args.prefix, maxcount=args.maxcount,
+                                        maxsize=args.maxsize, allow_other_classes=args.allow_other_classes)
         else:
             summary = write_folder_shards(
                 args.src, args.out, media_kind(src), args.prefix, args.maxcount, args.maxsize, args.seed,
