@@ -37,11 +37,11 @@ PHOTOMETRIC = {"brightness_delta": 32, "contrast_range": (0.5, 1.5), "saturation
 CROP_TRIES = 10  # mmseg RandomCrop: crops drawn again at most this many times while one class dominates
 
 
-def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    """``(height, width)`` from one side or two; both positive."""
+def size_hw(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    """Two sides from one or two (``crop_size``: height, width; ``scale``: long and short limits); both positive."""
     sides = (value, value) if isinstance(value, int) else tuple(value)
     if len(sides) != 2 or not all(isinstance(side, int) and side > 0 for side in sides):
-        raise ValueError(f"data.{name} must be a positive size or [height, width], got {value}")
+        raise ValueError(f"data.{name} must be a positive size or a pair of them, got {value}")
     return sides
 
 
@@ -263,8 +263,8 @@ class SegmentationShardDataModule(LabeledShards, ShardDataModule):
         reduce_zero_label: bool | None = None,
         **stream_fields: Any,
     ) -> None:
-        self.crop_size = pair(crop_size, "crop_size")
-        scale, eval_scale = pair(scale, "scale"), pair(eval_scale, "eval_scale")
+        self.crop_size = size_hw(crop_size, "crop_size")
+        scale, eval_scale = size_hw(scale, "scale"), size_hw(eval_scale, "eval_scale")
         if not 0 < ratio_range[0] <= ratio_range[1]:
             raise ValueError(f"data.ratio_range must be [low, high] with 0 < low <= high, got {list(ratio_range)}")
         if not 0 < cat_max_ratio <= 1:
