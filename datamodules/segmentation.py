@@ -294,8 +294,6 @@ class SegmentationShardDataModule(LabeledShards, ShardDataModule):
                 f"{data.name} holds no masks ({MASK_KEY}): it is a set of images with {what}; segmentation needs "
                 "shards of image/mask pairs: python -m swinssl.make_shards SRC OUT --classes FILE, with SRC holding "
                 "images/ + annotations/ or NAME.jpg beside NAME.png")
-        if data.ignore_index not in (None, IGNORE_INDEX):
-            raise ValueError(f"{data.name} ignores the mask value {data.ignore_index}; swinssl ignores {IGNORE_INDEX}")
 
     def _reduce_zero_label(self, wanted: bool | None) -> bool:
         """The manifests' ``reduce_zero_label`` (which must agree), else ``wanted``, else False."""

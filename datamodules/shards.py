@@ -161,6 +161,7 @@ def resolve_shards(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> Sha
     parts = [part for item in items for part in _resolve_item(os.fspath(item))]
     if not any(part.urls for part in parts):
         raise ValueError(f"no shards matched {spec!r}")
+    masks = _agreeing_masks([part for part in parts if part.described])
     known = [part for part in parts if part.classes is not None]
     for part in known[1:]:
         if part.classes != known[0].classes:
@@ -168,7 +169,6 @@ def resolve_shards(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> Sha
                              f"({describe_classes(known[0].classes)} vs {describe_classes(part.classes)}); read one of them")
     samples = [part.samples for part in parts]
     labeled = {part.labeled for part in parts}
-    masks = _agreeing_masks([part for part in parts if part.described])
     return Shards(
         urls=[url for part in parts for url in part.urls],
         classes=known[0].classes if known else None,

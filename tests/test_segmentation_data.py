@@ -12,7 +12,7 @@ import webdataset as wds
 from PIL import Image
 
 from conftest import write_mask_pairs
-from swinssl.datamodules import ClassificationShardDataModule, SegmentationShardDataModule
+from swinssl.datamodules import ClassificationShardDataModule, SegmentationShardDataModule, resolve_shards
 from swinssl.datamodules.masks import reduce_zero_label
 from swinssl.datamodules.segmentation import (
     CategoryBalancedCrop, PhotoMetricDistortion, eval_transform, rescaled_size, train_transform,
@@ -217,3 +217,20 @@ def test_refusals_are_one_line(seg_shards, tmp_path):
     with pytest.raises(ValueError, match=r"^shards:train is a segmentation set \(images with masks, seg.png\), not "
                                          "classification shards"):
         ClassificationShardDataModule(f"{seg_shards}:train")
+
+
+def test_sets_with_and_without_masks_or_with_other_label_rules_are_not_read_together(seg_shards, tmp_path):
+    images = tmp_path / "images" / "a"
+    images.mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(images / "0.png")
+    write_folder_shards(images.parent, tmp_path / "cls")
+    with pytest.raises(ValueError, match=r"^shards:train is a segmentation set \(images with masks\) but cls:train is "
+                                         "not; read one kind$"):
+        resolve_shards([f"{seg_shards}:train", str(tmp_path / "cls")])
+    write_mask_pairs(tmp_path / "plain", ["p"], labels=3)
+    write_pair_shards(tmp_path / "plain", tmp_path / "plain_shards", ["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"label their masks differently \(ignore index 255 vs 255, "
+                                         "reduce_zero_label True vs False\)"):
+        resolve_shards([f"{seg_shards}:train", str(tmp_path / "plain_shards")])
+    both = resolve_shards([f"{seg_shards}:train", f"{seg_shards}:val"])
+    assert (both.task, both.reduce_zero_label, both.samples, both.described) == ("segmentation", True, 9, True)
