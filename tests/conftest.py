@@ -133,6 +133,7 @@ FIGURES = {
     "03_video_inflation": ["windows_stage1", "windows_stage2", "loss_curves", "video_reconstruction_before",
                            "video_reconstruction_after"],
     "04_from_official_weights": ["loss_curves"],
+    "05_segmentation": ["demo"],
 }
 
 def check_figure(path: Path) -> None:

@@ -144,8 +144,9 @@ class Segmenter(SwinTask):
             self.log_grid(batch["image"], batch["mask"], scores.argmax(1))
 
     def on_validation_epoch_end(self) -> None:
-        if int(self.val_scores.confmat.sum()):
-            self.log("val/mIoU", self.val_scores.scores()["mIoU"], prog_bar=True, sync_dist=False)
+        scores = self.val_scores.scores()  # every rank: torchmetrics gathers the matrices of all of them
+        if scores["pixels"]:
+            self.log("val/mIoU", scores["mIoU"], prog_bar=True)
         self.val_scores.reset()
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
