@@ -11,6 +11,7 @@ _PUBLIC = {
     "IMAGENET_STD": "swinssl.normalization",
     "ClassificationShardDataModule": ".classification",
     "ImageShardDataModule": ".images",
+    "SegmentationShardDataModule": ".segmentation",
     "ShardDataModule": ".streaming",
     "Shards": ".shards",
     "SkipCounter": ".shards",

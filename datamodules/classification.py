@@ -17,7 +17,7 @@ from timm.data import create_transform
 from swinssl.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 from .images import load_rgb
-from .shards import SkipCounter, describe_classes
+from .shards import MASK_KEY, SEGMENTATION, Shards, SkipCounter, describe_classes
 from .streaming import Decoder, ShardDataModule, StreamSpec
 
 EVAL_CROP_MODES = ("center", "squash")
@@ -48,22 +48,31 @@ class LabeledShards:
     """Class count and names of labeled shards, for a :class:`ShardDataModule` (after its ``__init__``).
 
     Training and validation sets must list the same classes in the same order (a label is an index into
-    that list), and a set whose manifest says it has no labels cannot be used at all.
+    that list), and :meth:`check_set` refuses a set whose manifest says it holds other labels.
     """
+
+    same_classes_fix = "write both from folders with the same class subfolders"
+
+    def check_set(self, data: Shards) -> None:
+        """Classification reads ``cls`` labels: a set without them, or of image/mask pairs, is refused."""
+        if data.task == SEGMENTATION:
+            raise ValueError(f"{data.name} is a segmentation set (images with masks, {MASK_KEY}), not classification "
+                             "shards: segment with a seg_* recipe, or give shards written from class folders")
+        if data.labeled is False:
+            raise ValueError(f"{data.name} has no class labels (make_shards found no class subfolders in its "
+                             "source); classification needs shards written from class folders")
 
     def read_labels(self, num_classes: int | None) -> None:
         sets = [data for data in (self.train_data, self.val_data) if data is not None]
         for data in sets:
-            if data.labeled is False:
-                raise ValueError(f"{data.name} has no class labels (make_shards found no class subfolders in its "
-                                 "source); classification needs shards written from class folders")
+            self.check_set(data)
         named = [data for data in sets if data.classes is not None]
         if len(named) == 2 and named[0].classes != named[1].classes:
             first, second = named
             raise ValueError(
                 f"the training shards {first.name} and the validation shards {second.name} have different classes "
                 f"({describe_classes(first.classes)} vs {describe_classes(second.classes)}); a label would mean "
-                "another class in each: write both from folders with the same class subfolders"
+                f"another class in each: {self.same_classes_fix}"
             )
         self._class_names = named[0].classes if named else None
         self._num_classes = num_classes

@@ -35,6 +35,11 @@ LEGACY_CLASSES = "classes.json"  # the class list of folders written before mani
 # A folder:set spec: the set name is what make_shards accepts as --prefix.
 _FOLDER_SET = re.compile(r"^(?P<folder>.+):(?P<set>[A-Za-z0-9_][A-Za-z0-9_.-]*)$")
 SET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+SEGMENTATION = "segmentation"  # the task of a set of images with label masks (``seg.png``)
+MASK_KEY = "seg.png"
+IGNORE_INDEX = 255  # the label of pixels no class is scored on (and of padding)
+# Manifest fields only segmentation sets write, so other manifests stay as they were.
+_SEGMENTATION_FIELDS = ("task", "ignore_index", "reduce_zero_label")
 
 
 @dataclass
@@ -51,6 +56,9 @@ class ShardSet:
     tool: str | None = None
     skipped: list[str] = field(default_factory=list)  # source files make_shards could not read
     shard_samples: list[int] | None = None  # per shard, in the order of ``shards``
+    task: str | None = None  # SEGMENTATION for image + mask sets; None: class labels (``cls``) or none
+    ignore_index: int | None = None  # segmentation: the mask value scored on no class
+    reduce_zero_label: bool | None = None  # segmentation: mask value 0 is "other" (ignored), k means class k - 1
     described: bool = True
 
     @property
@@ -65,7 +73,8 @@ class ShardSet:
     def write_manifest(self) -> Path:
         """Write ``<folder>/<set>.manifest.json`` in one rename, so a reader never sees half of it."""
         path = manifest_path(self.folder, self.name)
-        fields = {key: value for key, value in asdict(self).items() if key not in ("folder", "described")}
+        fields = {key: value for key, value in asdict(self).items() if key not in ("folder", "described")
+                  and not (key in _SEGMENTATION_FIELDS and value is None)}
         data = {"format": MANIFEST_FORMAT, **fields}
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps(data, indent=1) + "\n")
@@ -86,7 +95,7 @@ def shard_sets(folder: str | Path) -> dict[str, ShardSet]:
         if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or "shards" not in data:
             raise ValueError(f"{path} is not a swinssl shard manifest")
         fields = {key: data[key] for key in ("shards", "samples", "classes", "kind", "source", "tool", "skipped",
-                                             "shard_samples") if key in data}
+                                             "shard_samples", *_SEGMENTATION_FIELDS) if key in data}
         shard_set = ShardSet(folder, path.name[: -len(MANIFEST_SUFFIX)], **fields)
         missing = [shard for shard in shard_set.shards if not os.path.isfile(os.path.join(folder, shard))]
         if missing:
@@ -127,6 +136,8 @@ class Shards:
     ``classes`` is None when no read set records class names (unlabeled shards, remote URLs, shards
     made by other tools); ``samples`` is None unless every URL belongs to a set with a manifest that
     is read whole; ``labeled`` is False when a manifest says a set has no labels, None when unknown.
+    ``task`` is SEGMENTATION when the sets read hold masks, None when they do not or nothing says;
+    ``described`` is False when some URLs belong to no manifest (nothing says what they hold).
     """
 
     urls: list[str]
@@ -135,6 +146,10 @@ class Shards:
     samples: int | None = None
     labeled: bool | None = None
     counts: dict[str, int] = field(default_factory=dict)  # samples per URL, where a manifest records them
+    task: str | None = None
+    ignore_index: int | None = None
+    reduce_zero_label: bool | None = None
+    described: bool = False
 
 
 def resolve_shards(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> Shards:
@@ -148,6 +163,7 @@ def resolve_shards(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> Sha
     parts = [part for item in items for part in _resolve_item(os.fspath(item))]
     if not any(part.urls for part in parts):
         raise ValueError(f"no shards matched {spec!r}")
+    masks = _agreeing_masks([part for part in parts if part.described])
     known = [part for part in parts if part.classes is not None]
     for part in known[1:]:
         if part.classes != known[0].classes:
@@ -162,7 +178,27 @@ def resolve_shards(spec: str | os.PathLike | Iterable[str | os.PathLike]) -> Sha
         samples=sum(samples) if None not in samples else None,
         labeled=False if False in labeled else labeled.pop() if len(labeled) == 1 else None,
         counts={url: count for part in parts for url, count in part.counts.items()},
+        described=all(part.described for part in parts),
+        **masks,
     )
+
+
+def _agreeing_masks(described: list[Shards]) -> dict:
+    """The segmentation fields the described parts share; parts with and without masks, or masks that mean
+    different labels, are not read together."""
+    if not described:
+        return {}
+    first = described[0]
+    for part in described[1:]:
+        if part.task != first.task:
+            with_masks, without = (first, part) if first.task == SEGMENTATION else (part, first)
+            raise ValueError(f"{with_masks.name} is a segmentation set (images with masks) but {without.name} is "
+                             "not; read one kind")
+        if (part.ignore_index, part.reduce_zero_label) != (first.ignore_index, first.reduce_zero_label):
+            raise ValueError(f"{first.name} and {part.name} label their masks differently (ignore index "
+                             f"{first.ignore_index} vs {part.ignore_index}, reduce_zero_label {first.reduce_zero_label}"
+                             f" vs {part.reduce_zero_label}); read one of them")
+    return {"task": first.task, "ignore_index": first.ignore_index, "reduce_zero_label": first.reduce_zero_label}
 
 
 def expand_urls(spec: str) -> list[str]:
@@ -231,6 +267,10 @@ def _read(shard_set: ShardSet, urls: list[str] | None = None) -> Shards:
         samples=shard_set.samples if whole and shard_set.described else None,
         labeled=labeled,
         counts=dict(zip(shard_set.urls, shard_set.shard_samples)) if shard_set.shard_samples else {},
+        task=shard_set.task,
+        ignore_index=shard_set.ignore_index,
+        reduce_zero_label=shard_set.reduce_zero_label,
+        described=shard_set.described,
     )
 
 
@@ -263,15 +303,17 @@ def rank_shards(urls: list[str], rank: int, world_size: int) -> list[str]:
 
 
 def sample_name(sample: dict) -> str:
-    """The source file of a sample (its ``json`` ``path``, recorded by make_shards), else shard and key."""
+    """The source file of a sample (its ``json`` ``path``, recorded by make_shards; ``path + mask`` for an
+    image with a mask), else shard and key."""
     meta = sample.get("json")
     if isinstance(meta, (bytes, str)):
         try:
-            path = json.loads(meta).get("path")
+            record = json.loads(meta)
+            path, mask = record.get("path"), record.get("mask")
         except (ValueError, AttributeError):
-            path = None
+            path = mask = None
         if path:
-            return str(path)
+            return f"{path} + {mask}" if mask else str(path)
     where = os.path.basename(str(sample.get("__url__", "")))
     return f"{where}/{sample.get('__key__')}" if where else f"sample {sample.get('__key__')}"
 

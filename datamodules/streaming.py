@@ -88,17 +88,18 @@ def collate(samples: list[dict], counter: SkipCounter) -> dict:
     return batch
 
 
-def batches_reporting_skips(samples: Iterable[dict], batch_size: int, counter: SkipCounter) -> Iterator[dict]:
+def batches_reporting_skips(samples: Iterable[dict], batch_size: int, counter: SkipCounter,
+                            collate_fn: Callable[[list[dict], SkipCounter], dict] = collate) -> Iterator[dict]:
     """Batches of ``batch_size`` and a partial last one; then, if skips came after it, a batch of no samples
     that reports them, so a pass that reads every shard once counts every skip."""
     pending = []
     for sample in samples:
         pending.append(sample)
         if len(pending) == batch_size:
-            yield collate(pending, counter)
+            yield collate_fn(pending, counter)
             pending = []
     if pending or counter.count:
-        yield collate(pending, counter)
+        yield collate_fn(pending, counter)
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,11 @@ class ShardDataModule(L.LightningDataModule):
         """The decode stage of the training (``train``) or the validation pipeline."""
         raise NotImplementedError
 
+    def collate_fn(self, train: bool) -> Callable[[list[dict], SkipCounter], dict]:
+        """How the training (``train``) or a read-once pipeline stacks samples; a module-level function (or a
+        partial of one), since it is pickled into the workers."""
+        return collate
+
     def setup(self, stage: str | None = None) -> None:
         if self.trainer is not None:
             self.rank, self.world_size = self.trainer.global_rank, self.trainer.world_size
@@ -198,7 +204,7 @@ class ShardDataModule(L.LightningDataModule):
             tar_samples(counter, self.shard_counts),
             wds.detshuffle(self.shuffle_buffer, seed=seed),  # before decoding: the buffer holds bytes
             self.decoder(counter, train=True),
-            wds.batched(self.batch_size, partial=False, collation_fn=partial(collate, counter=counter)),
+            wds.batched(self.batch_size, partial=False, collation_fn=partial(self.collate_fn(True), counter=counter)),
         )
         loader = wds.WebLoader(
             pipeline,
@@ -225,6 +231,7 @@ class ShardDataModule(L.LightningDataModule):
             wds.split_by_worker,
             tar_samples(counter, self.shard_counts),
             make_decoder(counter),
-            partial(batches_reporting_skips, batch_size=self.batch_size, counter=counter),
+            partial(batches_reporting_skips, batch_size=self.batch_size, counter=counter,
+                    collate_fn=self.collate_fn(False)),
         )
         return wds.WebLoader(pipeline, batch_size=None, num_workers=min(self.num_workers, len(urls)))

@@ -8,6 +8,7 @@ from swinssl.lazy import lazy_exports
 
 _PUBLIC = {
     "ImageClassifier": "swinssl.tasks",
+    "Segmenter": "swinssl.tasks",
     "MaskGenerator": "swinssl.masking",
     "SimMIM": "swinssl.tasks",
     "VideoMaskGenerator": "swinssl.masking",

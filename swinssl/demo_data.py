@@ -10,7 +10,7 @@ import io
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +39,14 @@ def cache_root() -> Path:
 def demo_shards(cache_dir: str | Path | None = None) -> str:
     """The folder of the demo shards (one set, ``demo``), built on first use."""
     # maxcount 5 gives 4 shards, so loader workers have shards to split.
-    return cached_shards(Path(cache_dir or cache_root()) / CACHE_NAME, _photo_items(), maxcount=5, classes=CLASSES,
-                         kind="image")
+    return cached_shards(Path(cache_dir or cache_root()) / CACHE_NAME, {PREFIX: _photo_items()}, maxcount=5,
+                         classes=CLASSES, kind="image")
 
 
-def cached_shards(target: Path, items: Iterable[ShardItem], maxcount: int, classes: list[str], kind: str) -> str:
-    """Write ``items`` as the set ``demo`` of ``target`` unless already there; the folder.
+def cached_shards(target: Path, sets: Mapping[str, Iterable[ShardItem]], maxcount: int, classes: list[str], kind: str,
+                  **manifest) -> str:
+    """Write each of ``sets`` (name -> items) as a set of ``target`` unless already there; the folder.
+    ``manifest`` holds further :func:`~swinssl.make_shards.write_shards` keywords (``reduce_zero_label``).
 
     The shards are written to a temporary sibling and moved into place in one rename, so ranks that
     race here either build identical copies or reuse the finished one, never a half-written folder.
@@ -53,8 +55,9 @@ def cached_shards(target: Path, items: Iterable[ShardItem], maxcount: int, class
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
-            write_shards(items, tmp, prefix=PREFIX, maxcount=maxcount, classes=classes, kind=kind,
-                         source=f"swinssl built-in {kind} demo")
+            for name, items in sets.items():
+                write_shards(items, tmp, prefix=name, maxcount=maxcount, classes=classes, kind=kind,
+                             source=f"swinssl built-in {kind} demo", **manifest)
             os.replace(tmp, target)
         except OSError:
             if not target.is_dir():
@@ -79,6 +82,16 @@ def _photo_items() -> Iterator[ShardItem]:
         image.save(buffer, format="JPEG", quality=95)
         label = CLASSES.index("grayscale" if pixels.ndim == 2 else "color")
         yield ShardItem(f"{name}.jpg", buffer.getvalue(), "jpg", label)
+
+
+def photo_rgb(name: str) -> np.ndarray:
+    """The scikit-image photo ``name`` as uint8 RGB ``(H, W, 3)``."""
+    try:
+        from skimage import data
+    except ImportError as exn:
+        raise ImportError("the demo data needs scikit-image: pip install 'swinssl[dev]'") from exn
+    photo = getattr(data, name)()
+    return np.stack([photo] * 3, -1) if photo.ndim == 2 else photo[..., :3]
 
 
 def _photos(data) -> Iterator[tuple[str, np.ndarray]]:

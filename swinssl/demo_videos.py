@@ -15,7 +15,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from swinssl.demo_data import PHOTOS, cache_root, cached_shards
+from swinssl.demo_data import PHOTOS, PREFIX, cache_root, cached_shards, photo_rgb
 from swinssl.make_shards import ShardItem, encode_frames
 
 CLASSES = ["pan_left", "pan_right"]
@@ -60,16 +60,6 @@ def pan(photo: np.ndarray, num_frames: int, size: tuple[int, int], right: bool, 
     return np.stack([pixels[top : top + height, left : left + width] for left in lefts])
 
 
-def photo_rgb(name: str) -> np.ndarray:
-    """The scikit-image photo ``name`` (one of ``PHOTOS``) as uint8 RGB ``(H, W, 3)``."""
-    try:
-        from skimage import data
-    except ImportError as exn:
-        raise ImportError("the demo videos need scikit-image: pip install 'swinssl[dev]'") from exn
-    photo = getattr(data, name)()
-    return np.stack([photo] * 3, -1) if photo.ndim == 2 else photo[..., :3]
-
-
 def demo_clips(
     videos_per_class: int = 8, num_frames: int = 16, size: tuple[int, int] = (64, 80), fps: int = 25, seed: int = 0
 ) -> Iterator[tuple[str, int, bytes]]:
@@ -108,5 +98,5 @@ def demo_video_shards(cache_dir: str | Path | None = None) -> str:
     """The folder of the demo video shards (one set, ``demo``), built once in the cache folder the image demo uses."""
     items = (ShardItem(path, data, "mp4", label) for path, label, data in demo_clips())
     # maxcount 4 gives 4 shards of both classes, so loader workers have shards to split.
-    return cached_shards(Path(cache_dir or cache_root()) / CACHE_NAME, items, maxcount=4, classes=CLASSES,
+    return cached_shards(Path(cache_dir or cache_root()) / CACHE_NAME, {PREFIX: items}, maxcount=4, classes=CLASSES,
                          kind="video")

@@ -8,6 +8,10 @@ otherwise; ``img_size=``/``window_size=`` evaluate a classifier at a size it was
 weights move through log-CPB as on any load). Video classifiers are tested on several views per video
 (clips x crops, softmax scores averaged), sampled as in training. Evaluating nothing is an error: shards
 without labels, or where every sample is skipped, write no result.
+
+A segmentation run (``seg_*`` recipes) gives mIoU, mean class accuracy, overall pixel accuracy and per-class IoU and
+accuracy, predicting as its recipe validated (``inference``: whole | slide, ``slide_crop``, ``slide_stride``,
+``scales``, ``flip`` change that); images are rescaled as its recipe did.
 """
 
 from __future__ import annotations
@@ -88,24 +92,61 @@ def result_path(cfg: DictConfig, checkpoint: str, data_name: str, img_size: int)
     return out
 
 
+def load_segmenter(cfg: DictConfig, source):
+    """The segmentation run at its size (or ``img_size``/``window_size``), predicting as the command line says,
+    else as its recipe validated."""
+    from swinssl.tasks import Segmenter
+
+    given = {"mode": cfg.inference, "crop": cfg.slide_crop, "stride": cfg.slide_stride, "scales": cfg.scales,
+             "flip": cfg.flip}
+    inference = {**(source.hparams.get("inference") or {}),
+                 **{key: value for key, value in given.items() if value is not None}}
+    sizes = {key: cfg[key] for key in ("img_size", "window_size") if cfg[key] is not None}
+    return Segmenter.from_checkpoint(source, inference=inference, **sizes)
+
+
+def segmentation_data(cfg: DictConfig, model):
+    """The image + mask shards, rescaled as the run's recipe validated."""
+    from swinssl.datamodules import SegmentationShardDataModule
+
+    data = SegmentationShardDataModule(val_shards=cfg.data, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                       num_classes=model.hparams.num_classes, **(model.hparams.evaluation or {}))
+    inference = dict(model.hparams.inference)
+    return data, data.val_dataloader(), {"inference": inference}
+
+
+def segmentation_results(model) -> dict:
+    """mIoU, mAcc, aAcc and, per class name, IoU and accuracy (null for a class absent from truth and prediction)."""
+    scores = model.test_scores.scores()
+    if not scores["pixels"]:
+        raise ValueError("no labeled pixel was evaluated (every mask pixel is the ignore label)")
+    names = model.hparams.class_names or [str(i) for i in range(model.hparams.num_classes)]
+    plain = lambda values: {name: None if value != value else round(value, 6) for name, value in zip(names, values)}
+    return {"mIoU": round(scores["mIoU"], 6), "mAcc": round(scores["mAcc"], 6), "aAcc": round(scores["aAcc"], 6),
+            "pixels": scores["pixels"], "IoU": plain(scores["IoU"]), "Acc": plain(scores["Acc"])}
+
+
 def evaluate(cfg: DictConfig) -> dict:
     from lightning.pytorch import Trainer
 
+    from swinssl.weights.upernet import is_segmenter
     from swinssl.training.callbacks import SkippedSamples
     from swinssl.training.trainer import select_precision
     from swinssl.weights import load_checkpoint
 
     with cli.user_errors():
         source = load_checkpoint(cfg.checkpoint, cfg.trust_checkpoint)
-        model = load_classifier(cfg, source)
+        segmenter = is_segmenter(source)
+        model = (load_segmenter if segmenter else load_classifier)(cfg, source)
         img_size = model.encoder_spec.img_size
-        data, loader, preprocessing = test_data(cfg, model)
+        data, loader, preprocessing = (segmentation_data if segmenter else test_data)(cfg, model)
         check_classes(data, model)
         out = result_path(cfg, source.source, data.val_data.name, img_size)
     skips = SkippedSamples()
     trainer = Trainer(accelerator=cfg.accelerator, devices=1, precision=select_precision(cfg.precision),
                       logger=False, enable_checkpointing=False, enable_model_summary=False, callbacks=[skips])
-    metrics = trainer.test(model, dataloaders=loader, verbose=False)[0]
+    with cli.user_errors():  # a sliding-window crop larger than an image
+        metrics = trainer.test(model, dataloaders=loader, verbose=False)[0]
     evaluated, skipped = skips.samples["test"], skips.skipped["test"]
     if evaluated == 0:
         example = f", e.g. {skips.examples['test']}" if skips.examples.get("test") else ""
@@ -124,9 +165,13 @@ def evaluate(cfg: DictConfig) -> dict:
         **preprocessing,
         **{key.removeprefix("test/"): round(float(value), 6) for key, value in metrics.items()},
     }
+    if segmenter:
+        with cli.user_errors():
+            results.update(segmentation_results(model))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
-    accuracies = ", ".join(f"{key} {100 * value:.2f}%" for key, value in results.items() if key.startswith("top"))
+    accuracies = ", ".join(f"{key} {100 * value:.2f}%" for key, value in results.items()
+                           if key.startswith("top") or key in ("mIoU", "mAcc", "aAcc"))
     print(f"{accuracies} on {evaluated} samples of {data.val_data.name} ({skipped} skipped) at {img_size} px / window "
           f"{results['window_size']} -> {out}")
     return results

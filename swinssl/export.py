@@ -9,7 +9,8 @@
   ``Swinv2ForImageClassification`` (labels from the training shards' class names) and ``Swinv2Backbone`` load with
   ``from_pretrained``, with ``preprocessor_config.json`` (size, crop, interpolation, mean and std of the run's
   evaluation) for ``AutoImageProcessor`` and ``pipeline("image-classification")``; writing them needs
-  transformers (``pip install 'swinssl[interop]'``).
+  transformers (``pip install 'swinssl[interop]'``). A segmentation run gives a folder
+  ``UperNetForSemanticSegmentation`` loads (:mod:`swinssl.weights.upernet`).
 - ``--to onnx``: an ONNX file OUT (``pip install 'swinssl[onnx]'``) of the classifier (logits), the encoder
   (``--encoder-only``: pooled features) or its stage maps (``--features-only``), image or video, with a dynamic batch
   at the checkpoint's size and window (or ``--img-size``/``--window-size``/``--num-frames``, moved through log-CPB as
@@ -37,6 +38,7 @@ from swinssl.training.cli import quiet_broken_pipe
 from swinssl.weights import Checkpoint, CheckpointError, load_checkpoint, to_hf, to_timm
 from swinssl.weights.factories import CheckpointLike
 from swinssl.weights.onnx import OPSET
+from swinssl.weights.upernet import is_segmenter, write_hf_upernet
 
 TIMM_CLASSES = {"swinv2": "timm.models.swin_transformer_v2.SwinTransformerV2",
                 "swin": "timm.models.swin_transformer.SwinTransformer"}
@@ -59,6 +61,8 @@ def export(checkpoint: CheckpointLike, out: str | Path, to: str = "timm", trust_
     out = Path(out)
     if to == "onnx":
         written, meta = export_onnx(source, out, **onnx_options)
+    elif to == "hf" and is_segmenter(source):
+        written, meta = write_hf_upernet(source, out)
     else:
         written, meta = export_hf(source, out) if to == "hf" else export_timm(source, out)
     for path in written:

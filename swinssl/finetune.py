@@ -1,4 +1,5 @@
-"""``python -m swinssl.finetune recipe=<name> checkpoint=<path> key=value ...``: image or video classification.
+"""``python -m swinssl.finetune recipe=<name> checkpoint=<path> key=value ...``: image or video classification,
+or semantic segmentation (a recipe with a ``segmentation`` group: ``seg_*``).
 
 The checkpoint may be any supported format (ours, Microsoft's official Swin/SimMIM ``.pth``, timm, official
 Video Swin) or a run folder (its newest ``last.ckpt``); it is moved to the recipe's image size and window
@@ -17,8 +18,15 @@ from swinssl.training import cli
 # What a recipe's data keys say about reading data for evaluation, recorded in the model for `evaluate`.
 CLIP_SAMPLING_KEYS = ("sampling", "frame_interval", "short_side", "eval_short_side", "test_clips", "test_crops")
 EVALUATION_KEYS = ("eval_crop_pct", "eval_crop_mode", "interpolation")
+SEGMENTATION_EVALUATION_KEYS = ("eval_scale", "size_divisor")
 
 def build(cfg: DictConfig, resume_from: Path | None = None):
+    """The task and data a config describes: a segmenter for a recipe with a ``segmentation`` group, else a
+    classifier."""
+    return (build_segmenter if "segmentation" in cfg else build_classifier)(cfg, resume_from)
+
+
+def build_classifier(cfg: DictConfig, resume_from: Path | None = None):
     """The classifier and data a config describes (Video Swin for a ``video_*`` arch); bad sizes, shards and
     checkpoints raise here, before any compute. A resumed run is built from its own checkpoint (sizes a bare family
     leaves open, windows, head), not from the starting one; Lightning then restores its weights and optimizer."""
@@ -44,6 +52,34 @@ def build(cfg: DictConfig, resume_from: Path | None = None):
     evaluation = {key: data[key] for key in EVALUATION_KEYS}  # recorded, so evaluate reads images the same way
     return ImageClassifier(encoder, layer_decay=cfg.finetune.layer_decay, mixup=mixup, evaluation=evaluation,
                            **common), datamodule
+
+
+def build_segmenter(cfg: DictConfig, resume_from: Path | None = None):
+    """UperNet on the recipe's encoder and the image + mask shards; the classes and the ignore label are the
+    shards'. Bad sizes, shards and checkpoints raise here, before any compute."""
+    from swinssl.datamodules import SegmentationShardDataModule
+    from swinssl.models.registry import is_video
+    from swinssl.tasks import Segmenter
+
+    encoder = cli.encoder_spec(cfg)
+    if is_video(encoder.family):
+        raise ValueError(f"segmentation takes an image encoder; model.arch={encoder.arch} is a video one")
+    if cfg.data.batch_size < 2:
+        raise ValueError("data.batch_size must be at least 2 for segmentation: the heads' BatchNorm (pyramid pooling "
+                         "to 1x1) needs two samples per device")
+    data = cli.data_arguments(cfg, SegmentationShardDataModule)
+    segmentation = OmegaConf.to_container(cfg.segmentation, resolve=True)
+    inference = segmentation["inference"]
+    if inference["mode"] == "slide" and "eval_scale" in data and inference["crop"] > min(data["eval_scale"]):
+        raise ValueError(f"segmentation.inference.crop={inference['crop']} is larger than the validation images "
+                         f"(rescaled to fit {data['eval_scale']}); use a crop of at most {min(data['eval_scale'])}")
+    datamodule = SegmentationShardDataModule(cli.stream_spec(cfg), num_classes=cfg.model.num_classes, **data)
+    evaluation = {key: data[key] for key in SEGMENTATION_EVALUATION_KEYS if key in data}
+    model = Segmenter(encoder, num_classes=_num_classes(datamodule), checkpoint=resume_from or cfg.checkpoint,
+                      trust_checkpoint=cfg.trust_checkpoint, layer_decay=cfg.finetune.layer_decay,
+                      optim=OmegaConf.to_container(cfg.optim, resolve=True), class_names=datamodule.class_names,
+                      ignore_index=datamodule.ignore_index, evaluation=evaluation, **segmentation)
+    return model, datamodule
 
 
 def _num_classes(datamodule) -> int:

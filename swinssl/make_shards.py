@@ -1,8 +1,12 @@
 """Write WebDataset shards from a folder of images or videos: ``python -m swinssl.make_shards SRC OUT``.
 
 SRC either holds class subfolders (each one a ``cls`` label) or files directly (no labels), all images
-or all videos. Files are stored as they are, under their extension's key (``jpg``, ``mp4``, ...), each
-with its source path in the sample's ``json``; files that do not decode are skipped and listed by path.
+or all videos, or image/mask pairs for semantic segmentation (:mod:`swinssl.datamodules.masks`: the ADE20K
+layout ``images/`` + ``annotations/``, or ``NAME.jpg`` beside ``NAME.png``; their classes named by
+``--classes FILE`` or numbered by ``--num-classes N``). Files are stored as they are, under their
+extension's key (``jpg``, ``mp4``, ...; a mask under ``seg.png``), each with its source path in the
+sample's ``json``; files that do not decode are skipped and listed by path, bad pairs with both paths
+and the reason.
 The shards form one *set* of OUT, ``<prefix>-NNNNNN.tar``, described by ``<prefix>.manifest.json``
 (shard list, sample count, class names, source, tool version; :mod:`swinssl.datamodules.shards`). A
 folder can hold several sets; a set never replaces another, and a set whose class names differ from
@@ -33,7 +37,10 @@ from PIL import Image
 from rich.progress import track
 
 from swinssl import __version__
-from swinssl.datamodules.shards import SET_NAME, ShardSet, describe_classes, manifest_path, shard_sets
+from swinssl.datamodules.masks import BadPair, Pair, find_pairs, is_pair_folder, label_values, verify_pair
+from swinssl.datamodules.shards import (
+    IGNORE_INDEX, MASK_KEY, SEGMENTATION, SET_NAME, ShardSet, describe_classes, manifest_path, shard_sets,
+)
 
 IMAGE_EXTENSIONS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
 VIDEO_EXTENSIONS = {".mp4": "mp4", ".webm": "webm", ".avi": "avi", ".mkv": "mkv"}
@@ -43,12 +50,15 @@ FORMAT_NAMES = {"mkv": "matroska"}  # file extension -> FFmpeg muxer name, where
 
 
 class ShardItem(NamedTuple):
-    """One sample to write: ``name`` is the source path (kept in the ``json`` field), ``ext`` the key."""
+    """One sample to write: ``name`` is the source path (kept in the ``json`` field), ``ext`` the key;
+    ``mask`` a label PNG of class indices (key ``seg.png``) and ``mask_name`` its source path."""
 
     name: str
     data: bytes
     ext: str
     label: int | None = None
+    mask: bytes | None = None
+    mask_name: str | None = None
 
 
 @dataclass
@@ -81,9 +91,12 @@ def write_shards(
     kind: str | None = None,
     source: str | None = None,
     allow_other_classes: bool = False,
+    reduce_zero_label: bool | None = None,
 ) -> ShardSummary:
     """Write ``items`` in order as the set ``prefix`` of ``out`` (shards and manifest), each through ``convert``
-    if given; items that ``check`` or ``convert`` raises on are skipped.
+    if given; items that ``check`` or ``convert`` raises on are skipped (with the reason, for a
+    :class:`~swinssl.datamodules.masks.BadPair`). ``reduce_zero_label`` not None makes a segmentation set
+    (items with masks), whose manifest records it and the ignore index.
 
     Keys are a running index, because webdataset cuts a key at its first dot and file names have dots.
     The manifest is written last, in one rename: a set without one was interrupted.
@@ -106,6 +119,9 @@ def write_shards(
                     check(item)
                 if convert is not None:
                     item = convert(item)
+            except BadPair as exn:
+                skipped.append(" + ".join(name for name in (item.name, item.mask_name) if name) + f": {exn}")
+                continue
             except Exception:  # noqa: BLE001 - an unreadable source file is reported, not fatal
                 skipped.append(item.name)
                 continue
@@ -117,6 +133,9 @@ def write_shards(
             sample = {"__key__": f"{samples:09d}", item.ext: item.data, "json": {"path": item.name}}
             if item.label is not None:
                 sample["cls"] = item.label
+            if item.mask is not None:
+                sample[MASK_KEY] = item.mask
+                sample["json"]["mask"] = item.mask_name
             writer.write(sample)
             per_shard[Path(writer.fname).name] = per_shard.get(Path(writer.fname).name, 0) + 1
             samples += 1
@@ -125,9 +144,11 @@ def write_shards(
             writer.close()
     if samples == 0:
         raise ValueError(f"no readable samples to write to {out} ({len(skipped)} unreadable)")
+    segmentation = {} if reduce_zero_label is None else {
+        "task": SEGMENTATION, "ignore_index": IGNORE_INDEX, "reduce_zero_label": reduce_zero_label}
     ShardSet(str(out), prefix, written, samples=samples, classes=classes, kind=kind, source=source,
              tool=f"swinssl {__version__} make_shards", skipped=skipped,
-             shard_samples=[per_shard[name] for name in written]).write_manifest()
+             shard_samples=[per_shard[name] for name in written], **segmentation).write_manifest()
     return ShardSummary(samples, len(written), shard_pattern(out, prefix, len(written)), skipped,
                         sets=list(shard_sets(out)))
 
@@ -317,12 +338,69 @@ def write_folder_shards(
     )
 
 
+def read_class_names(path: str | Path) -> list[str]:
+    """Class names from a text file, one a line (blank lines skipped), in label order."""
+    try:
+        names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exn:
+        raise ValueError(f"cannot read the class names file {path}: {exn}") from None
+    if not names:
+        raise ValueError(f"the class names file {path} names no classes (one name a line)")
+    repeated = next((name for index, name in enumerate(names) if name in names[:index]), None)
+    if repeated is not None:
+        raise ValueError(f"the class names file {path} names {repeated!r} twice")
+    return names
+
+
+def write_pair_shards(
+    src: str | Path,
+    out: str | Path,
+    classes: list[str],
+    reduce_zero_label: bool = False,
+    split: str | None = None,
+    seed: int = 0,
+    shuffle: bool = True,
+    **options,
+) -> ShardSummary:
+    """Shard the image/mask pairs of a folder (:func:`~swinssl.datamodules.masks.find_pairs`) as the
+    segmentation set ``prefix`` of ``out``: images under their extension's key, masks under ``seg.png``, both
+    stored as they are. A pair is skipped, with both paths and why, when a side is missing or does not
+    decode, the sizes differ, or a mask value is no class (``classes``; with ``reduce_zero_label`` 0 is
+    "other" and k is class k - 1) and not the ignore index 255. ``options`` go to :func:`write_shards`
+    (``prefix``, ``maxcount``, ``maxsize``, ``allow_other_classes``)."""
+    src = Path(src)
+    if not src.is_dir():
+        raise FileNotFoundError(f"source folder {src} does not exist")
+    values = label_values(len(classes), reduce_zero_label)
+    pairs = find_pairs(src, split)
+    if shuffle:
+        random.Random(seed).shuffle(pairs)
+
+    def item(pair: Pair) -> ShardItem:
+        image = src / pair.image if pair.image else None
+        return ShardItem(pair.image or "", image.read_bytes() if image else b"",
+                         IMAGE_EXTENSIONS[image.suffix.lower()] if image else "",
+                         mask=(src / pair.mask).read_bytes() if pair.mask else None, mask_name=pair.mask)
+
+    def check(item: ShardItem) -> None:
+        if not item.name:
+            raise BadPair("no image with the mask's name")
+        if item.mask is None:
+            raise BadPair("no mask (.png) with the image's name")
+        verify_pair(item.data, item.mask, values)
+
+    return write_shards((item(pair) for pair in pairs), out, classes=classes, check=check, total=len(pairs),
+                        kind="image", source=str(src.resolve()), reduce_zero_label=reduce_zero_label, **options)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m swinssl.make_shards",
-        description="Write WebDataset shards from a folder of images or videos (mp4, webm, avi, mkv).",
+        description="Write WebDataset shards from a folder of images or videos (mp4, webm, avi, mkv), or of "
+                    "image/mask pairs for semantic segmentation.",
     )
-    parser.add_argument("src", help="image or video folder: class subfolders, or files directly")
+    parser.add_argument("src", help="image or video folder: class subfolders, or files directly; or image/mask "
+                                    "pairs: images/ + annotations/ (ADE20K), or NAME.jpg beside NAME.png")
     parser.add_argument("out", help="output folder for the .tar shards")
     parser.add_argument("--prefix", default="train",
                         help="the set's name, which prefixes its shards: train-000000.tar ... (default: train)")
@@ -336,20 +414,37 @@ def main(argv: list[str] | None = None) -> None:
                         help="re-encode videos (H.264, mp4) with at most this short side, e.g. 256")
     parser.add_argument("--gop", type=int,
                         help="re-encode videos (H.264, mp4) with a keyframe every GOP frames, e.g. 16")
+    masks = parser.add_argument_group("image/mask pairs (semantic segmentation)")
+    names = masks.add_mutually_exclusive_group()
+    names.add_argument("--classes", metavar="FILE", help="the class names, one a line, in label order")
+    names.add_argument("--num-classes", type=int, metavar="N", help="N classes, named by their labels 0 .. N-1")
+    masks.add_argument("--reduce-zero-label", action="store_true",
+                       help="mask value 0 is 'other' (ignored) and value k is class k-1, as in ADE20K")
+    masks.add_argument("--split", help="the ADE20K layout's split folder to shard, e.g. training or validation")
     args = parser.parse_args(argv)
     try:
-        kind = media_kind(Path(args.src))
-        summary = write_folder_shards(
-            args.src, args.out, kind, args.prefix, args.maxcount, args.maxsize, args.seed, not args.no_shuffle,
-            args.allow_other_classes, args.short_side, args.gop,
-        )
+        src = Path(args.src)
+        pairs = src.is_dir() and is_pair_folder(src)
+        classes = _pair_classes(args, src, pairs)
+        if pairs:
+            summary = write_pair_shards(src, args.out, classes, args.reduce_zero_label, args.split, args.seed,
+                                        not args.no_shuffle, prefix=args.prefix, maxcount=args.maxcount,
+                                        maxsize=args.maxsize, allow_other_classes=args.allow_other_classes)
+        else:
+            summary = write_folder_shards(
+                args.src, args.out, media_kind(src), args.prefix, args.maxcount, args.maxsize, args.seed,
+                not args.no_shuffle, args.allow_other_classes, args.short_side, args.gop,
+            )
     except (OSError, ValueError) as exn:
         print(f"make_shards: error: {exn}", file=sys.stderr)
         raise SystemExit(2) from None
-    others = other_files(Path(args.src), kind)
-    print(f"wrote {summary.samples} samples in {summary.shards} shards; skipped {len(summary.skipped)} unreadable"
+    kind = "image" if pairs else media_kind(src)
+    others = other_files(src, kind)
+    bad = "bad pair" if pairs else "unreadable"
+    print(f"wrote {summary.samples} samples in {summary.shards} shards; skipped {len(summary.skipped)} {bad}"
+          + ("s" if pairs and len(summary.skipped) != 1 else "")
           + (f"; left out {len(others)} other file(s) (not {kind}s: {', '.join(EXTENSIONS[kind])})" if others else ""))
-    for what, names in (("unreadable", summary.skipped), (f"not {'an' if kind == 'image' else 'a'} {kind}", others)):
+    for what, names in ((bad, summary.skipped), (f"not {'an' if kind == 'image' else 'a'} {kind}", others)):
         for name in names[:10]:
             print(f"  {what}: {name}")
         if len(names) > 10:
@@ -357,6 +452,28 @@ def main(argv: list[str] | None = None) -> None:
     # A folder with one set means that set; with several, the set is named after a colon.
     print(f"shards: {summary.pattern}")
     print("train with: data.shards=" + (args.out if len(summary.sets) == 1 else f"{args.out}:{args.prefix}"))
+
+
+def _pair_classes(args: argparse.Namespace, src: Path, pairs: bool) -> list[str] | None:
+    """The classes of image/mask pairs from ``--classes`` or ``--num-classes``; the pair options without pairs,
+    and pairs without classes, are errors."""
+    options = [name for name, value in (("--classes", args.classes), ("--num-classes", args.num_classes),
+               ("--reduce-zero-label", args.reduce_zero_label), ("--split", args.split)) if value]
+    if not pairs:
+        if options and src.is_dir():
+            raise ValueError(f"{options[0]} is for image/mask pairs, and {src} holds none (images/ + annotations/, "
+                             "or NAME.jpg beside NAME.png)")
+        return None
+    if args.short_side is not None or args.gop is not None:
+        raise ValueError("--short-side and --gop re-encode videos; the source folder holds image/mask pairs")
+    if args.classes:
+        return read_class_names(args.classes)
+    if args.num_classes is None:
+        raise ValueError(f"{src} holds image/mask pairs: name their classes with --classes FILE (one name a line) "
+                         "or number them with --num-classes N")
+    if args.num_classes < 1:
+        raise ValueError(f"--num-classes must be at least 1, got {args.num_classes}")
+    return [str(label) for label in range(args.num_classes)]
 
 
 if __name__ == "__main__":

@@ -97,6 +97,8 @@ def _geometry(model: DictConfig) -> str:
 def recipe_row(name: str) -> list[str]:
     cfg = composed(name)
     epochs = f"{cfg.trainer.max_epochs} ({cfg.optim.warmup_epochs:g})"
+    if cfg.trainer.max_epochs in (None, -1):  # a run counted in iterations
+        epochs = f"{cfg.trainer.max_steps} steps ({cfg.optim.get('warmup_steps') or 0})"
     return [f"`{name}`", cfg.task, _model(cfg.model), _geometry(cfg.model), epochs, _rate(cfg.optim.base_lr),
             recipe_source(name)]
 

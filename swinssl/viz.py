@@ -348,3 +348,31 @@ def loss_curves(event_dir: str | Path, tags: Sequence[str] = ("train/loss",)) ->
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return fig
+
+
+# ------------------------------------------------------------------------------------------ segmentation
+
+
+def label_colors(num_classes: int) -> torch.Tensor:
+    """(classes, 3) fixed colours in [0, 1]: tab20 then hsv steps, the same for a class in every picture."""
+    base = np.concatenate([_palette("tab20")[:, :3], _palette("tab20b")[:, :3], _palette("tab20c")[:, :3]])
+    if num_classes > len(base):
+        hues = colormaps["hsv"](np.linspace(0, 1, num_classes - len(base), endpoint=False))[:, :3]
+        base = np.concatenate([base, hues])
+    return torch.tensor(base[:num_classes], dtype=torch.float32)
+
+
+def segmentation_grid(images: torch.Tensor, truth: torch.Tensor, prediction: torch.Tensor, num_classes: int,
+                      ignore_index: int = 255, max_images: int = 4) -> torch.Tensor:
+    """(3, H', W') grid in [0, 1]; one row per image: image | ground truth | prediction, classes in
+    :func:`label_colors`, ignored pixels black."""
+    colors = torch.cat([label_colors(num_classes), torch.zeros(1, 3)])
+
+    def paint(labels: torch.Tensor) -> torch.Tensor:
+        labels = labels.long().cpu().clone()
+        labels[(labels < 0) | (labels >= num_classes) | (labels == ignore_index)] = num_classes
+        return colors[labels].permute(0, 3, 1, 2)
+
+    n = min(max_images, len(images))
+    rows = torch.stack([denormalize(images[:n].float()).cpu(), paint(truth[:n]), paint(prediction[:n])], dim=1)
+    return make_grid(rows.flatten(0, 1), nrow=3, padding=2, pad_value=1.0)

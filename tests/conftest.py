@@ -153,6 +153,7 @@ FIGURES = {
     "03_video_inflation": ["windows_stage1", "windows_stage2", "loss_curves", "video_reconstruction_before",
                            "video_reconstruction_after"],
     "04_from_official_weights": ["loss_curves"],
+    "05_segmentation": ["demo"],
 }
 
 def check_figure(path: Path) -> None:
@@ -162,3 +163,17 @@ def check_figure(path: Path) -> None:
         pixels = np.asarray(image.convert("L"), dtype=float)
     assert min(pixels.shape) >= 100, f"{path.name} is only {pixels.shape}"
     assert pixels.std() > 10, f"{path.name} is nearly blank (pixel std {pixels.std():.1f})"
+
+
+def write_mask_pairs(folder: Path, names: list[str], size: tuple[int, int] = (24, 32), labels: int = 3,
+                     mask_folder: Path | None = None, seed: int = 0) -> None:
+    """``NAME.jpg`` noise images in ``folder`` and their masks ``NAME.png`` (grey, random labels below ``labels``,
+    in 4 x 4 blocks) in ``mask_folder`` (default: beside them); ``size`` is (height, width)."""
+    rng = np.random.default_rng(seed)
+    mask_folder = mask_folder or folder
+    for path in (folder, mask_folder):
+        path.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"{name}.jpg")
+        blocks = rng.integers(0, labels, (-(-size[0] // 4), -(-size[1] // 4)), dtype=np.uint8)
+        Image.fromarray(blocks.repeat(4, 0).repeat(4, 1)[: size[0], : size[1]]).save(mask_folder / f"{name}.png")

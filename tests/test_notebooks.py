@@ -87,8 +87,16 @@ def check_official_weights(printed: str) -> None:
     assert difference < 1e-4
 
 
+def check_segmentation(printed: str) -> None:
+    assert "position bias trained at windows [8, 8, 8, 4]" in printed and "192 px / window 12" in printed
+    for mode in ("whole", "slide"):
+        miou, macc, aacc = numbers(rf"{mode}: mIoU {{n}}, mAcc {{n}}, aAcc {{n}} on 16 scenes", printed)
+        assert 0 <= miou <= 1 and 0 <= macc <= 1 and 0 < aacc <= 1
+
+
 CHECKS = {"01_quickstart": check_quickstart, "02_resolution_transfer": check_resolution_transfer,
-          "03_video_inflation": check_video_inflation, "04_from_official_weights": check_official_weights}
+          "03_video_inflation": check_video_inflation, "04_from_official_weights": check_official_weights,
+          "05_segmentation": check_segmentation}
 
 
 def test_every_notebook_is_tested_and_stored_without_outputs():

@@ -5,7 +5,7 @@ A command is a line of a ```bash block (continuation lines joined, comments drop
 ``make`` or ``tensorboard`` and has arguments. Each runs as the README writes it, with these changes,
 which keep the suite fast and offline:
 
-- placeholder data (``/data/...``, ``<folder>``, ``photos``) is tiny generated images and videos;
+- placeholder data (``/data/...``, ``<folder>``, ``photos``) is tiny generated images, masks and videos;
 - training keeps its recipe, but on a ~30k-parameter model of the recipe's family at a small size,
   for two steps (``caps``); benchmarks add ``--quick``; ``trainer.devices=8`` becomes 2 CPU processes;
 - ``sbatch`` is a stand-in on PATH, and ``tensorboard`` adds ``--inspect`` instead of serving;
@@ -40,7 +40,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import fake_command, hub_cache, trained_like
+from conftest import fake_command, hub_cache, trained_like, write_mask_pairs
 from conftest import FIGURES, check_figure
 from swinssl import make_shards
 from swinssl.demo_videos import write_demo_videos
@@ -64,13 +64,16 @@ TINY_ENCODER = {"model.encoder.embed_dim": "16", "model.encoder.depths": "[1,1,1
 SIZE = {
     "pretrain": {"model.img_size": "64", "model.window_size": "2", "simmim.mask_patch_size": "16"},
     "finetune": {"model.img_size": "96", "model.window_size": "3"},  # a larger size and window than pretraining
+    "segmentation": {"model.img_size": "96", "model.window_size": "3", "data.crop_size": "[96,96]",
+                     "data.scale": "[128,96]", "data.eval_scale": "[128,96]", "segmentation.upernet.channels": "16",
+                     "segmentation.upernet.auxiliary_channels": "8"},
     "video": {"model.num_frames": "8", "model.img_size": "64", "model.window_size": "[2,4,4]",
               "data.short_side": "64", "data.frame_interval": "1", "data.test_clips": "1", "data.test_crops": "3"},
 }
 EVALUATE = {"batch_size": "4", "num_workers": "0"}
 # Values the README uses that do not fit the tiny models or a 2-core machine -> what runs instead.
 SCALED = {("img_size", "256"): "128", ("window_size", "16"): "4", ("trainer.devices", "8"): "2"}
-BUILT_IN = ("demo", "demo_ft", "video_demo", "video_pretrain_demo")  # small already: step caps only
+BUILT_IN = ("demo", "demo_ft", "video_demo", "video_pretrain_demo", "seg_demo")  # small already: step caps only
 
 
 @dataclass
@@ -147,6 +150,8 @@ def caps(module: str, argv: list[str]) -> dict[str, str]:
                   "demo" if task == "pretrain" else "demo_ft")
     if recipe in BUILT_IN:
         return RUN
+    if recipe.startswith("seg_"):
+        return {**RUN, **TINY_ENCODER, **SIZE["segmentation"]}
     # uniform packing: units of the tiny model's stride (32 px), one 2x2 group at 64 px, so nothing hidden beyond it
     packed = {"simmim.mask_patch_size": "32", "simmim.mask_ratio": "0.75"} if "uniform" in recipe else {}
     if "video" not in recipe:
@@ -182,6 +187,11 @@ class Workspace:
         for name in {arg.split("=", 1)[1] for command in COMMANDS for arg in command.argv
                      if arg.startswith("checkpoint=") and is_remote(arg.split("=", 1)[1])}:
             self.cache_stand_in(name)
+        ade = root / "data" / "ADEChallengeData2016"  # ADE20K's layout: labels 0..3, 0 the "other" of 3 classes
+        for split, count in (("training", 8), ("validation", 4)):
+            write_mask_pairs(ade / "images" / split, [f"ADE_{split}_{i:08d}" for i in range(count)], size=(96, 128),
+                             labels=4, mask_folder=ade / "annotations" / split)
+        (root / "data" / "ade20k-classes.txt").write_text("wall\nbuilding\nsky\n")
 
     def cache_stand_in(self, name: str) -> None:
         """A tiny Swin V2 of the capped recipes' sizes where the cache would hold ``name`` after a download."""
@@ -263,7 +273,8 @@ def plan(argv: list[str], workspace: Workspace, capped: bool = True) -> list[lis
                      *(str(ROOT / path) for path in paths)]]
         case [python, "-m", ("swinssl.pretrain" | "swinssl.finetune" | "swinssl.evaluate") as module, *rest]:
             return [[executable(python), "-m", module, *overrides(rest, caps(module, rest) if capped else {})]]
-        case [python, "-m", ("swinssl.make_shards" | "swinssl.export" | "swinssl.recipes_table") as module, *rest]:
+        case [python, "-m", ("swinssl.make_shards" | "swinssl.export" | "swinssl.recipes_table"
+                             | "swinssl.demo_segmentation") as module, *rest]:
             return [[executable(python), "-m", module, *rest]]
     pytest.fail(f"no rule in tests/test_readme.py runs this README command: {shlex.join(argv)}")
 

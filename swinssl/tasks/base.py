@@ -129,8 +129,10 @@ class SwinTask(LightningModule):
         return self.optimized_module()
 
     def optimizer_kwargs(self) -> dict[str, Any]:
-        """Extra arguments for timm's optimizer factory (e.g. ``layer_decay``)."""
-        return {}
+        """Extra arguments for timm's optimizer factory: ``layer_decay`` when the task has one (by the module's
+        ``group_matcher`` layer ids)."""
+        layer_decay = self.hparams.get("layer_decay")
+        return {"layer_decay": layer_decay} if layer_decay else {}
 
     def log_training(self, loss: torch.Tensor) -> None:
         """Loss and peak learning rate (skipped samples: :class:`swinssl.training.callbacks.SkippedSamples`)."""

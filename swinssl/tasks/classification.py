@@ -111,9 +111,6 @@ class ImageClassifier(AccuracyMetrics, SwinTask):
     def optimized_module(self) -> torch.nn.Module:
         return self.model
 
-    def optimizer_kwargs(self) -> dict[str, Any]:
-        return {"layer_decay": self.hparams.layer_decay} if self.hparams.layer_decay else {}
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 

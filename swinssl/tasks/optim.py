@@ -3,8 +3,9 @@
 Learning rates are given per ``reference_batch`` (512) samples and scaled by the real global batch
 (per-device batch x devices x nodes x accumulation), warmup and minimum too, as every official
 SimMIM/Swin script does. The schedule is stepped per optimizer step: linear warmup from ``warmup_lr``
-to the peak, then cosine down to ``min_lr`` or a multistep decay by ``gamma`` at ``milestones``
-(epochs, counted from the start of training as in the official multistep scheduler).
+to the peak, then cosine down to ``min_lr``, a multistep decay by ``gamma`` at ``milestones`` (epochs, counted
+from the start of training as in the official multistep scheduler), or a poly decay to ``min_lr`` (power ``power``,
+over the whole run as mmsegmentation counts it). ``warmup_steps`` gives the warmup in steps instead of epochs.
 
 The schedule spans the steps that really run (:class:`StepPlan`): a recipe describes its run in epochs,
 and when ``trainer.max_steps`` ends the run earlier, warmup, milestones and decay are compressed into
@@ -37,13 +38,15 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     warmup_epochs: float = 10
-    schedule: Literal["cosine", "multistep"] = "multistep"
+    schedule: Literal["cosine", "multistep", "poly"] = "multistep"
     milestones: list[float] = field(default_factory=lambda: [700])
     gamma: float = 0.1
+    power: float = 1.0
+    warmup_steps: int | None = None
 
     def __post_init__(self) -> None:
-        if self.schedule not in ("cosine", "multistep"):
-            raise ValueError(f"unknown schedule {self.schedule!r}; use 'cosine' or 'multistep'")
+        if self.schedule not in ("cosine", "multistep", "poly"):
+            raise ValueError(f"unknown schedule {self.schedule!r}; use 'cosine', 'multistep' or 'poly'")
         self.betas = tuple(self.betas)
         self.milestones = list(self.milestones)
 
@@ -174,6 +177,8 @@ def lr_at(step: int, *, lr: float, warmup_lr: float, min_lr: float, warmup_steps
     if config.schedule == "multistep":
         passed = sum(step >= round(m * steps_per_epoch) for m in config.milestones)
         return lr * config.gamma**passed
+    if config.schedule == "poly":
+        return min_lr + (lr - min_lr) * (1.0 - min(step / max(total_steps, 1), 1.0)) ** config.power
     decay_steps = max(total_steps - warmup_steps, 1)
     progress = min((step - warmup_steps) / decay_steps, 1.0)
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
@@ -184,10 +189,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, *, gl
     """Per-step LambdaLR over ``total_steps``, with ``steps_per_epoch`` steps per recipe epoch (warmup and
     milestones are in epochs); each group's ``lr_scale`` (timm layer decay) multiplies its rate."""
     rates = config.scaled(global_batch)
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
-    if warmup_steps >= total_steps and config.warmup_epochs > 0:
-        log.warning("optim.warmup_epochs=%g (%d steps) lasts the whole run of %d steps: the learning rate only warms "
-                    "up and never decays; shorten the warmup or lengthen the run", config.warmup_epochs, warmup_steps,
+    warmup_steps = config.warmup_steps
+    if warmup_steps is None:
+        warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    if warmup_steps >= total_steps and warmup_steps > 0:
+        log.warning("the warmup (%d steps) lasts the whole run of %d steps: the learning rate only warms up and never "
+                    "decays; shorten optim.warmup_epochs / optim.warmup_steps or lengthen the run", warmup_steps,
                     total_steps)
 
     def factor(step: int) -> float:

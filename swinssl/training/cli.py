@@ -77,8 +77,9 @@ def quiet_broken_pipe() -> Iterator[None]:
 
 
 def register_resolvers() -> None:
-    """The demo recipes name their data as ``${swinssl_demo_shards:}`` / ``${swinssl_demo_video_shards:}``:
-    built (once) only when a run reads them."""
+    """The demo recipes name their data as ``${swinssl_demo_shards:}`` / ``${swinssl_demo_video_shards:}`` /
+    ``${swinssl_demo_seg_shards:train}`` (or ``:val``, a set of the segmentation demo): built (once) only when
+    a run reads them."""
 
     def demo_shards() -> str:
         from swinssl.demo_data import demo_shards
@@ -90,7 +91,13 @@ def register_resolvers() -> None:
 
         return demo_video_shards()
 
+    def demo_seg_shards(split: str) -> str:
+        from swinssl.demo_segmentation import demo_seg_shards
+
+        return f"{demo_seg_shards()}:{split}"
+
     OmegaConf.register_new_resolver("swinssl_demo_shards", demo_shards, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("swinssl_demo_seg_shards", demo_seg_shards, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("swinssl_demo_video_shards", demo_video_shards, use_cache=True, replace=True)
 
 

@@ -229,6 +229,10 @@ def betas() -> Rule:
     return Rule("two numbers in [0, 1)", lambda v: len(v) == 2 and all(inner.test(x) for x in v))
 
 
+def scales(nullable: bool = False) -> Rule:
+    return Rule("a list of numbers > 0", lambda v: len(v) > 0 and all(_is_number(x) and x > 0 for x in v), nullable)
+
+
 def milestones() -> Rule:
     inner = number(0)
     return Rule("a list of epochs >= 0", lambda v: isinstance(v, (list, ListConfig)) and all(inner.test(x) for x in v))
@@ -309,13 +313,28 @@ RULES: dict[str, Rule] = {
     "optim.betas": betas(),
     "optim.eps": number(0, open_low=True),
     "optim.warmup_epochs": number(0),
-    "optim.schedule": choice("cosine", "multistep"),
+    "optim.schedule": choice("cosine", "multistep", "poly"),
+    "optim.power": number(0, open_low=True),
+    "optim.warmup_steps": integer(0, nullable=True),
     "optim.milestones": milestones(),
     "optim.gamma": number(0, open_low=True),
     "finetune.layer_decay": number(0, 1, open_low=True, nullable=True),
     "finetune.label_smoothing": number(0, 1, open_high=True),
     "finetune.ema_decay": number(0, 1, open_low=True, open_high=True, nullable=True),
     "finetune.head_lr_ratio": number(0, open_low=True),
+    # segmentation
+    "segmentation.upernet.channels": integer(1),
+    "segmentation.upernet.pool_scales": integers(1),
+    "segmentation.upernet.auxiliary_channels": integer(1),
+    "segmentation.upernet.auxiliary_index": integer(0),
+    "segmentation.upernet.auxiliary_num_convs": integer(0),
+    "segmentation.upernet.auxiliary_weight": number(0),
+    "segmentation.upernet.dropout": number(0, 1, open_high=True),
+    "segmentation.inference.mode": choice("whole", "slide"),
+    "segmentation.inference.crop": integer(1),
+    "segmentation.inference.stride": integer(1),
+    "segmentation.inference.scales": scales(),
+    "segmentation.inference.flip": boolean(),
     # the run
     "trainer.max_epochs": run_length("max_epochs"),
     "trainer.max_steps": run_length("max_steps"),
@@ -353,6 +372,11 @@ RULES: dict[str, Rule] = {
     "accelerator": choice("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
     "precision": choice(*PRECISIONS, nullable=True),
     "overwrite": boolean(),
+    "inference": choice("whole", "slide", nullable=True),
+    "slide_crop": integer(1, nullable=True),
+    "slide_stride": integer(1, nullable=True),
+    "scales": scales(nullable=True),
+    "flip": Rule("true or false", lambda v: isinstance(v, bool), nullable=True),
 }
 
 
