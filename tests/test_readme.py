@@ -66,7 +66,7 @@ SIZE = {
     "finetune": {"model.img_size": "96", "model.window_size": "3"},  # a larger size and window than pretraining
     "segmentation": {"model.img_size": "96", "model.window_size": "3", "data.crop_size": "[96,96]",
                      "data.scale": "[128,96]", "data.eval_scale": "[128,96]", "segmentation.upernet.channels": "16",
-                     "segmentation.upernet.auxiliary_channels": "8"},
+                     "segmentation.upernet.auxiliary_channels": "8", "segmentation.inference.stride": "64"},
     "video": {"model.num_frames": "8", "model.img_size": "64", "model.window_size": "[2,4,4]",
               "data.short_side": "64", "data.frame_interval": "1", "data.test_clips": "1", "data.test_crops": "3"},
 }
