@@ -25,9 +25,11 @@ EPOCHS = [*TINY, "trainer.max_epochs=3", "trainer.max_steps=-1", "trainer.enable
 STOPS = sorted([4, *random.sample([step for step in range(1, 12) if step != 4], 2)])
 
 
-def preempted_run(args: list[str], signal_at: list[int]) -> subprocess.CompletedProcess:
-    """The pretraining CLI, sent SIGUSR1 (as SLURM preempts) when the optimizer steps ``signal_at`` end."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SIGNAL_AT_STEPS": ",".join(map(str, signal_at))}
+def preempted_run(args: list[str], signal_at: list[int], kill_at: int | None = None) -> subprocess.CompletedProcess:
+    """The pretraining CLI, sent SIGUSR1 (as SLURM preempts) when the optimizer steps ``signal_at`` end, and
+    SIGKILL (as a crash) when step ``kill_at`` ends."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SIGNAL_AT_STEPS": ",".join(map(str, signal_at)),
+           "KILL_AT_STEPS": str(kill_at or "")}
     env.pop("SWINSSL_RUN_ID", None)
     return subprocess.run([sys.executable, str(HERE / "preempted_run.py"), *args], capture_output=True, text=True,
                           env=env, timeout=300)
@@ -96,6 +98,30 @@ def test_a_resumed_run_is_exact(runs):
              for name, path in runs.items()}
     for key, weights in final["whole"].items():
         assert torch.equal(final["preempted"][key], weights), (STOPS, key)
+
+
+def test_a_run_killed_and_resumed_from_its_last_checkpoint_is_exact(runs):
+    """SIGKILL at a random step; resume=auto goes back to last.ckpt (written every 3 steps, mid-epoch) and takes
+    the steps since again: every loss it logs, and its final weights, are the uninterrupted run's."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, kill_at = runs["whole"].parent / "killed", random.randint(4, 11)
+    args = [*EPOCHS, f"data.shards={runs['whole'].parent / 'shards'}", f"out_dir={run_dir}", "resume=auto",
+            "checkpointing.last_every_n_steps=3"]
+    assert preempted_run(args, [], kill_at).returncode == -9
+    done = preempted_run(args, [])
+    assert done.returncode == 0, done.stderr[-3000:]
+    whole, logged = scalars(runs["whole"], "train/loss"), set()
+    for events in sorted(run_dir.glob("events.*")):  # a step after last.ckpt may be logged twice
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        for point in accumulator.Scalars("train/loss") if "train/loss" in accumulator.Tags()["scalars"] else []:
+            assert abs(point.value / whole[point.step] - 1) <= 1e-6, (kill_at, point.step)
+            logged.add(point.step)
+    assert logged == set(whole), kill_at
+    final = {name: torch.load(path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+             for name, path in (("whole", runs["whole"]), ("killed", run_dir))}
+    assert all(torch.equal(final["killed"][key], weights) for key, weights in final["whole"].items()), kill_at
 
 
 def pretrain(run_dir: Path, *args: str) -> subprocess.CompletedProcess:
