@@ -35,7 +35,7 @@ class LabeledDecodeStage(Decoder):
         # op choice) and torch's (erasing's fill).
         random.seed(seed)
         np.random.seed(seed)
-        torch.manual_seed(seed)
+        torch.random.default_generator.manual_seed(seed)  # the CPU generator, which the transforms use
 
     def decode(self, sample: dict) -> dict:
         if "cls" not in sample:
