@@ -168,10 +168,10 @@ class TrainStream(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, urls: list[str], counts: Mapping[str, int], decoder: Decoder, counter: SkipCounter,
-                 batch_size: int, shuffle_buffer: int, seed: int, rank: int, epoch: int = 0,
-                 position: int = 0) -> None:
+                 batch_size: int, shuffle_buffer: int, seed: int, rank: int, epoch: int = 0, position: int = 0,
+                 collate_fn: Callable[[list[dict], SkipCounter], dict] = collate) -> None:
         super().__init__()
-        self.urls, self.counts, self.decoder, self.counter = urls, counts, decoder, counter
+        self.urls, self.counts, self.decoder, self.counter, self.collate_fn = urls, counts, decoder, counter, collate_fn
         self.batch_size, self.shuffle_buffer = batch_size, shuffle_buffer
         self.seed, self.rank, self.epoch, self.position = seed, rank, epoch, position
         self.passes = 0
@@ -193,8 +193,8 @@ class TrainStream(torch.utils.data.IterableDataset):
         self.counter.take()  # what the skipped batches reported
         seeds = (stream_seed(*keys, 2, index) for index in itertools.count(given))
         decoded = self.decoder(samples, seeds)
-        yield from wds.batched(self.batch_size, partial=False, collation_fn=partial(collate, counter=self.counter))(
-            decoded)
+        collation = partial(self.collate_fn, counter=self.counter)
+        yield from wds.batched(self.batch_size, partial=False, collation_fn=collation)(decoded)
 
 
 def epoch_size(stream: StreamSpec, train: Shards | None) -> int | None:
