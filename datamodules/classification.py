@@ -30,12 +30,12 @@ class LabeledDecodeStage(Decoder):
         super().__init__(counter)
         self.transform = transform
 
-    def start(self) -> None:
+    def reseed(self, seed: int) -> None:
         # timm's transforms draw from Python's `random` (crops, magnitudes, erasing), numpy's (RandAugment's
-        # op choice) and torch's: seed the first two from torch, which the loader seeds per worker and seed.
-        seed = int(torch.randint(2**32 - 1, ()))
+        # op choice) and torch's (erasing's fill).
         random.seed(seed)
         np.random.seed(seed)
+        torch.random.default_generator.manual_seed(seed)  # the CPU generator, which the transforms use
 
     def decode(self, sample: dict) -> dict:
         if "cls" not in sample:

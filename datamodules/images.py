@@ -169,7 +169,7 @@ class DecodeStage(Decoder):
     """Raw sample -> ``{"image", "mask", "label"}`` (label -1 when the sample has none).
 
     With ``fixed_masks`` the mask is drawn from a generator seeded by the sample key, so every pass over
-    the validation set masks the same units.
+    the validation set masks the same units; in training, crop, flip and mask come from :meth:`reseed`'s seed.
     """
 
     def __init__(
@@ -179,18 +179,20 @@ class DecodeStage(Decoder):
         self.transform = transform
         self.masks = masks
         self.fixed_masks = fixed_masks
+        self.generator: torch.Generator | None = None
 
     def start(self) -> None:
         if torch.utils.data.get_worker_info() is not None:
             cv2.setNumThreads(0)  # one thread per worker; OpenCV's own pool oversubscribes the cores
-        # The Compose arrives pickled with the same RNG state in every worker: reseed it from torch,
-        # which the loader seeds differently per worker.
-        self.transform.set_random_seed(int(torch.randint(2**31 - 1, ())))
+
+    def reseed(self, seed: int) -> None:
+        self.transform.set_random_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)
 
     def decode(self, sample: dict) -> dict:
         return {
             "image": self.view(sample),
-            "mask": self.masks(generator=fixed_generator(sample["__key__"]) if self.fixed_masks else None),
+            "mask": self.masks(generator=fixed_generator(sample["__key__"]) if self.fixed_masks else self.generator),
             "label": int(sample["cls"]) if "cls" in sample else -1,
         }
 

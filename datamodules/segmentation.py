@@ -216,9 +216,9 @@ class SegmentationDecodeStage(Decoder):
     def start(self) -> None:
         if torch.utils.data.get_worker_info() is not None:
             cv2.setNumThreads(0)  # one thread per worker; OpenCV's own pool oversubscribes the cores
-        # The Compose arrives pickled with the same RNG state in every worker: reseed it from torch,
-        # which the loader seeds differently per worker.
-        self.transform.set_random_seed(int(torch.randint(2**31 - 1, ())))
+
+    def reseed(self, seed: int) -> None:
+        self.transform.set_random_seed(seed)  # every draw (rescale, crop, flip, photometric) is albumentations'
 
     def decode(self, sample: dict) -> dict:
         if MASK_KEY not in sample:

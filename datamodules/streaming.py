@@ -4,13 +4,23 @@ Training streams resampled shards with a fixed number of batches per rank, so DD
 each other at the end of an epoch; validation reads each shard once, keeping the partial last batch.
 Every batch reports the samples its worker skipped since the previous one (``skipped``, ``skipped_files``);
 a pass that reads each shard once ends with a batch of no samples when skips are left to report.
+
+Training streams are exact on resume: the samples of step N, their augmentation and their masks are a function
+of (seed, rank, step), whatever stopped the run before (see :class:`TrainStream`). A loader's own state cannot
+give that: PyTorch's DataLoader asks its workers for batches in turn starting at worker 0 on every new iterator,
+and its workers' RNGs have drawn as many numbers as samples decoded, which a resumed process cannot know without
+decoding them again. So each worker plays a *role* whose stream and per-sample randomness depend only on
+(seed, rank, role, epoch, sample index), and a resumed loader hands the roles round so that its worker 0 plays
+the role whose batch comes next, each role skipping the encoded samples it already gave (read, not decoded).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
+import random
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -33,14 +43,21 @@ class Decoder:
         self.counter = counter
 
     def start(self) -> None:
-        """Called once per pass, inside the worker: reseed RNGs that arrive pickled with the same state."""
+        """Called once per pass, inside the worker."""
+
+    def reseed(self, seed: int) -> None:
+        """Seed every random draw of the next ``decode`` (augmentation, masks); a training stream calls it once per
+        sample, so a sample's randomness does not depend on the samples decoded before it."""
 
     def decode(self, sample: dict) -> dict:
         raise NotImplementedError
 
-    def __call__(self, samples: Iterable[dict]) -> Iterator[dict]:
+    def __call__(self, samples: Iterable[dict], seeds: Iterator[int] | None = None) -> Iterator[dict]:
+        """Decoded ``samples``; with ``seeds``, each decoded after :meth:`reseed` with the next one."""
         self.start()
         for sample in samples:
+            if seeds is not None:
+                self.reseed(next(seeds))
             try:
                 decoded = self.decode(sample)
             except Exception as exn:  # noqa: BLE001 - any unreadable sample is skipped and counted
@@ -134,6 +151,53 @@ class StreamSpec:
         return cls(**{key: value for key, value in data.items() if key in names}, seed=seed)
 
 
+def stream_seed(*keys: int) -> int:
+    """A 32-bit seed from integer keys (NumPy's SeedSequence: nearby keys give unrelated seeds)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+
+
+class TrainStream(torch.utils.data.IterableDataset):
+    """One rank's endless training batches, exact on resume.
+
+    Worker ``w`` of ``W`` plays role ``(w + position) % W`` in the epoch it starts in and role ``w`` after it:
+    the loader asks worker 0 first, and batch ``i`` of an epoch is role ``i % W``'s. A role draws shards from
+    this rank's share and shuffles their samples (still encoded) with RNGs seeded by (seed, rank, role, epoch),
+    and seeds each sample's augmentation and mask by (seed, rank, role, epoch, its index), so that starting at
+    batch ``position`` it skips the samples of the batches it already gave without decoding them. A sample that
+    does not decode shifts the batches after it, so a resume is exact when the samples it skips all decode.
+    ``passes`` counts the epochs this copy has begun: a persistent worker restarts its stream every epoch.
+    """
+
+    def __init__(self, urls: list[str], counts: Mapping[str, int], decoder: Decoder, counter: SkipCounter,
+                 batch_size: int, shuffle_buffer: int, seed: int, rank: int, epoch: int = 0, position: int = 0,
+                 collate_fn: Callable[[list[dict], SkipCounter], dict] = collate) -> None:
+        super().__init__()
+        self.urls, self.counts, self.decoder, self.counter, self.collate_fn = urls, counts, decoder, counter, collate_fn
+        self.batch_size, self.shuffle_buffer = batch_size, shuffle_buffer
+        self.seed, self.rank, self.epoch, self.position = seed, rank, epoch, position
+        self.passes = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        epoch, position = self.epoch + self.passes, self.position if self.passes == 0 else 0
+        self.passes += 1
+        role = (worker + position) % workers
+        keys = (self.seed, self.rank, role, epoch)
+        shards = random.Random(stream_seed(*keys))
+        urls = ({"url": shards.choice(self.urls)} for _ in itertools.count())
+        read = tar_samples(self.counter, self.counts)(urls)
+        samples = wds.shuffle(self.shuffle_buffer, seed=stream_seed(*keys, 1))(read)  # the buffer holds bytes
+        given = len(range(role, position, workers)) * self.batch_size  # samples of the batches this role gave
+        for _ in itertools.islice(samples, given):
+            pass
+        self.counter.take()  # what the skipped batches reported
+        seeds = (stream_seed(*keys, 2, index) for index in itertools.count(given))
+        decoded = self.decoder(samples, seeds)
+        collation = partial(self.collate_fn, counter=self.counter)
+        yield from wds.batched(self.batch_size, partial=False, collation_fn=collation)(decoded)
+
+
 def epoch_size(stream: StreamSpec, train: Shards | None) -> int | None:
     """Samples per epoch: the stream's, else one pass over the training set when its manifest counts it."""
     if stream.epoch_size is not None or train is None:
@@ -145,8 +209,8 @@ class ShardDataModule(L.LightningDataModule):
     """Batches from WebDataset shards (:class:`StreamSpec`); subclasses implement :meth:`decoder`.
 
     Each rank yields ``batches_per_rank`` full batches of ``batch_size`` per epoch. ``seed`` fixes shard
-    resampling, shuffling and the workers' RNGs, so a run is reproducible for a given world size and
-    worker count; a run resumed at step N reads a stream seeded with N too.
+    resampling, shuffling, augmentation and masks, so a run is reproducible for a given world size and
+    worker count, and a resumed run continues the stream of the uninterrupted run (:class:`TrainStream`).
     """
 
     def __init__(self, stream: StreamSpec) -> None:
@@ -192,29 +256,30 @@ class ShardDataModule(L.LightningDataModule):
         log.info("rank %d of %d reads %d of %d shards (%s)", self.rank, self.world_size, len(shards),
                  len(self.train_urls), ", ".join(os.path.basename(url) for url in shards[:4])
                  + (", ..." if len(shards) > 4 else ""))
-        # One seed per rank drives shard draws, shuffling and the workers' torch RNGs (augmentation,
-        # masks): reproducible for a given seed, and distinct across ranks. A resumed run's loader is built after
-        # its step is restored, and that step joins the seed: the stream continues, it does not replay.
-        step = self.trainer.global_step if self.trainer is not None else 0
-        seed = int(np.random.SeedSequence([self.seed, self.rank, *([step] if step else [])]).generate_state(1)[0])
         counter = SkipCounter()
-        pipeline = wds.DataPipeline(
-            # Resampling within this rank's shards: disjoint across ranks, endless within one.
-            wds.ResampledShards(shards, seed=seed, deterministic=True),
-            tar_samples(counter, self.shard_counts),
-            wds.detshuffle(self.shuffle_buffer, seed=seed),  # before decoding: the buffer holds bytes
-            self.decoder(counter, train=True),
-            wds.batched(self.batch_size, partial=False, collation_fn=partial(self.collate_fn(True), counter=counter)),
-        )
+        stream = TrainStream(shards, self.shard_counts, self.decoder(counter, train=True), counter, self.batch_size,
+                             self.shuffle_buffer, self.seed, self.rank, *self.resume_point(),
+                             collate_fn=self.collate_fn(True))
         loader = wds.WebLoader(
-            pipeline,
+            stream,
             batch_size=None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(seed),
+            generator=torch.Generator(),  # the loader draws its workers' seeds here, not from the model's RNG
         )
         # The epoch is counted on the loader (batches of this rank), not in each worker's stream.
         return loader.with_epoch(self.batches_per_rank).with_length(self.batches_per_rank, silent=True)
+
+    def resume_point(self) -> tuple[int, int]:
+        """The epoch training starts in and the batches of it this rank already took: (0, 0), or what the trainer
+        restored from a checkpoint (Lightning restores its loops before it asks for the training loader). A
+        checkpoint of an epoch's end may still name that epoch; Lightning goes on with the next."""
+        if self.trainer is None:
+            return 0, 0
+        epoch, accumulate = self.trainer.current_epoch, self.trainer.accumulate_grad_batches
+        steps_per_epoch = -(-self.batches_per_rank // accumulate)  # Lightning steps at an epoch's end too
+        taken = max(0, (self.trainer.global_step - epoch * steps_per_epoch) * accumulate)
+        return (epoch + 1, 0) if taken >= self.batches_per_rank else (epoch, taken)
 
     def val_dataloader(self) -> wds.WebLoader | list:
         if self.val_urls is None:
@@ -234,4 +299,5 @@ class ShardDataModule(L.LightningDataModule):
             partial(batches_reporting_skips, batch_size=self.batch_size, counter=counter,
                     collate_fn=self.collate_fn(False)),
         )
-        return wds.WebLoader(pipeline, batch_size=None, num_workers=min(self.num_workers, len(urls)))
+        return wds.WebLoader(pipeline, batch_size=None, num_workers=min(self.num_workers, len(urls)),
+                             generator=torch.Generator())  # nothing drawn from the training process's RNG

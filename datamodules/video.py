@@ -47,6 +47,7 @@ class ClipStage(Decoder):
         super().__init__(counter)
         self.masks = masks
         self.fixed_masks = fixed_masks
+        self.generator: torch.Generator | None = None
 
     def start(self) -> None:
         if torch.utils.data.get_worker_info() is not None:
@@ -58,7 +59,8 @@ class ClipStage(Decoder):
         video = self.views(read_frames(video_bytes(sample), self.indices))
         if self.masks is None:
             return {"video": video, "label": int(sample["cls"])}
-        return {"video": video, "mask": self.masks(fixed_generator(sample["__key__"]) if self.fixed_masks else None)}
+        return {"video": video,
+                "mask": self.masks(fixed_generator(sample["__key__"]) if self.fixed_masks else self.generator)}
 
     def indices(self, length: int) -> np.ndarray:
         raise NotImplementedError
@@ -80,14 +82,12 @@ class TrainClips(ClipStage):
         self.erasing = erasing
         self.rng = np.random.default_rng()
 
-    def start(self) -> None:
-        super().start()
-        # The stage arrives pickled with the same RNG states in every worker: reseed them from torch, which
-        # the loader seeds per worker and seed. timm's erasing draws from Python's `random`.
-        seed = int(torch.randint(2**31 - 1, ()))
+    def reseed(self, seed: int) -> None:
+        # timm's erasing draws from Python's `random`.
         self.rng = np.random.default_rng(seed)
         self.transform.set_random_seed(seed)
         random.seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)
 
     def indices(self, length: int) -> np.ndarray:
         return self.sampler.train(length, self.rng)

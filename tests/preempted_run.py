@@ -1,6 +1,7 @@
 """Runs ``python -m swinssl.pretrain ARGS`` as a SLURM preemption would interrupt it: SIGUSR1 is sent to the
 process itself when the optimizer step named in ``SIGNAL_AT_STEPS`` (comma-separated) ends, so a test can stop a run
-at exactly the steps it chooses. Used by tests/test_resume.py."""
+at exactly the steps it chooses; SIGKILL, as a crash, when a step of ``KILL_AT_STEPS`` ends. Used by
+tests/test_resume.py."""
 
 import os
 import runpy
@@ -10,6 +11,7 @@ import sys
 from swinssl.training import callbacks
 
 steps = {int(step) for step in os.environ.get("SIGNAL_AT_STEPS", "").split(",") if step}
+kills = {int(step) for step in os.environ.get("KILL_AT_STEPS", "").split(",") if step}
 batch_end = callbacks.SkippedSamples.on_train_batch_end
 
 
@@ -17,6 +19,8 @@ def signalling_batch_end(self, trainer, *args, **kwargs):
     batch_end(self, trainer, *args, **kwargs)
     if trainer.global_step in steps:
         os.kill(os.getpid(), signal.SIGUSR1)
+    if trainer.global_step in kills:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 callbacks.SkippedSamples.on_train_batch_end = signalling_batch_end

@@ -34,6 +34,8 @@ def test_data_quick_prints_the_table_and_writes_json(tmp_path):
 
     assert record["config"]["images"] == 16 and record["dataset"]["images"] == 16
     assert record["dataset"]["mean_kbytes"] > 0 and record["dataset"]["shards"] == 2
+    assert "resume: a training stream resumed 16 samples in skips them" in printed
+    assert isinstance(record["resume_skip_ms_per_1000"], float)
     rows = {row["pipeline"]: row for row in record["rows"]}
     assert list(rows) == PIPELINES
     for row in rows.values():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 from types import SimpleNamespace
 
 import numpy as np
@@ -90,7 +91,8 @@ def test_batches_have_documented_format_and_labels_follow_class_folders(data):
 
 def test_training_yields_exactly_batches_per_rank_full_batches(data):
     dm = ClassificationShardDataModule(data.train, batch_size=4, num_workers=0, epoch_size=30, **SMALL)
-    dm.trainer = SimpleNamespace(global_rank=1, world_size=2, global_step=0)
+    dm.trainer = SimpleNamespace(global_rank=1, world_size=2, global_step=0, current_epoch=0,
+                                 accumulate_grad_batches=1)
     dm.setup("fit")
     loader = dm.train_dataloader()
     batches = list(loader)
@@ -200,16 +202,19 @@ def test_two_workers_reproducible_and_distinct(tmp_path):
     assert not torch.equal(run1[0]["image"], run1[1]["image"])  # batches 0 and 1 come from different workers
 
 
-def test_python_and_numpy_rngs_are_seeded_from_torch(tmp_path):
-    """timm draws from Python's and numpy's RNGs too: without workers, fixing torch's seed must be enough."""
+def test_python_numpy_and_torch_rngs_are_seeded_per_sample(tmp_path):
+    """timm draws from Python's, numpy's and torch's RNGs: without workers, whatever their state before, the
+    stream's seed fixes the augmentation."""
     paths = same_image_shards(tmp_path)
 
-    def first_batch():
+    def first_batch(before: int):
         dm = ClassificationShardDataModule(paths, batch_size=4, num_workers=0, epoch_size=4, **SMALL)
-        torch.manual_seed(0)
+        random.seed(before)
+        np.random.seed(before)
+        torch.manual_seed(before)
         return next(iter(dm.train_dataloader()))["image"]
 
-    assert torch.equal(first_batch(), first_batch())
+    assert torch.equal(first_batch(1), first_batch(2))
 
 
 def test_without_train_shards_training_raises(data):

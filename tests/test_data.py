@@ -159,18 +159,40 @@ def test_batches_have_documented_format(shards):
 
 def test_batches_per_rank_splits_the_epoch_over_ranks(shards):
     dm = ImageShardDataModule(shards, batch_size=4, num_workers=0, epoch_size=22, **SMALL)
-    dm.trainer = SimpleNamespace(global_rank=1, world_size=2, global_step=0)
+    dm.trainer = SimpleNamespace(global_rank=1, world_size=2, global_step=0, current_epoch=0,
+                                 accumulate_grad_batches=1)
     dm.setup("fit")
     assert (dm.rank, dm.world_size, dm.batches_per_rank) == (1, 2, 2)
     assert len(list(dm.train_dataloader())) == 2
 
 
+@pytest.mark.parametrize("workers", [0, 3])
+def test_a_loader_resumed_mid_epoch_gives_the_batches_an_uninterrupted_one_gives_next(shards, workers):
+    """Batch 4 of the first epoch comes from the worker whose turn it is, with the same augmentation and masks, and
+    the next epoch is the uninterrupted run's. Today's main reseeded the stream with the step and began at worker 0."""
+
+    def epochs(step: int, count: int) -> list[dict]:
+        dm = ImageShardDataModule(shards, batch_size=2, num_workers=workers, epoch_size=12, **SMALL)
+        dm.trainer = SimpleNamespace(global_rank=0, world_size=1, global_step=step, current_epoch=step // 6,
+                                     accumulate_grad_batches=1)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        return [batch for _ in range(count) for batch in loader]
+
+    whole, resumed = epochs(0, 2), epochs(4, 2)
+    continued = resumed[:2] + resumed[6:]  # the resumed epoch's loader gives 6 batches; Lightning takes 2
+    assert len(whole) == len(resumed) == 12
+    for got, expected in zip(continued, whole[4:], strict=True):
+        assert torch.equal(got["image"], expected["image"]) and torch.equal(got["mask"], expected["mask"])
+    assert not torch.equal(whole[4]["image"], whole[5]["image"])
+
+
 def test_ranks_sharing_one_shard_still_draw_different_batches(shards):
     def first_batch(rank):
         dm = ImageShardDataModule(shards[:1], batch_size=4, num_workers=0, epoch_size=8, **SMALL)
-        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2, global_step=0)
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2, global_step=0, current_epoch=0,
+                                     accumulate_grad_batches=1)
         dm.setup("fit")
-        torch.manual_seed(0)  # with no workers the masks come from the global generator
         return next(iter(dm.train_dataloader()))
 
     assert not torch.equal(first_batch(0)["image"], first_batch(1)["image"])

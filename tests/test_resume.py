@@ -1,9 +1,11 @@
 """Preempted and resumed runs: one checkpoint per stop, the run reaches the step and the learning rate an
-uninterrupted run reaches, and its TensorBoard points continue on the same steps."""
+uninterrupted run reaches, its TensorBoard points continue on the same steps, and its losses and final weights
+are the uninterrupted run's (exact resume: two loader workers, one torch thread, drop path on)."""
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -15,13 +17,19 @@ import torch
 from conftest import TINY, random_image_shards, run_cli
 
 HERE = Path(__file__).parent
-# 16 samples per epoch in batches of 4: 4 steps an epoch, 12 in all.
-EPOCHS = [*TINY, "trainer.max_epochs=3", "trainer.max_steps=-1", "trainer.enable_progress_bar=false"]
+# 16 samples per epoch in batches of 4: 4 steps an epoch, 12 in all. Two workers: a resume mid-epoch must hand
+# the next batch to the worker whose turn it is; drop path: the training process's RNG must continue too.
+EPOCHS = [*TINY, "trainer.max_epochs=3", "trainer.max_steps=-1", "trainer.enable_progress_bar=false",
+          "data.num_workers=2", "threads=1", "model.drop_path_rate=0.5"]
+# Preempted after an epoch's last batch (step 4) and at two steps drawn anew each time the tests run.
+STOPS = sorted([4, *random.sample([step for step in range(1, 12) if step != 4], 2)])
 
 
-def preempted_run(args: list[str], signal_at: list[int]) -> subprocess.CompletedProcess:
-    """The pretraining CLI, sent SIGUSR1 (as SLURM preempts) when the optimizer steps ``signal_at`` end."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SIGNAL_AT_STEPS": ",".join(map(str, signal_at))}
+def preempted_run(args: list[str], signal_at: list[int], kill_at: int | None = None) -> subprocess.CompletedProcess:
+    """The pretraining CLI, sent SIGUSR1 (as SLURM preempts) when the optimizer steps ``signal_at`` end, and
+    SIGKILL (as a crash) when step ``kill_at`` ends."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SIGNAL_AT_STEPS": ",".join(map(str, signal_at)),
+           "KILL_AT_STEPS": str(kill_at or "")}
     env.pop("SWINSSL_RUN_ID", None)
     return subprocess.run([sys.executable, str(HERE / "preempted_run.py"), *args], capture_output=True, text=True,
                           env=env, timeout=300)
@@ -41,14 +49,14 @@ def scalars(run_dir: Path, tag: str) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """An uninterrupted 3-epoch run, and the same run preempted after steps 4 (an epoch's last batch) and 9
-    (mid-epoch), each time resumed with ``resume=auto``."""
+    """An uninterrupted 3-epoch run, and the same run preempted after the ``STOPS`` steps, each time resumed with
+    ``resume=auto``."""
     root = tmp_path_factory.mktemp("resume")
     shards = random_image_shards(root, images=8)  # root / "shards"
     runs = {"whole": root / "whole", "preempted": root / "preempted"}
     done = preempted_run([*EPOCHS, f"data.shards={shards}", f"out_dir={runs['whole']}", "resume=auto"], [])
     assert done.returncode == 0, done.stderr[-3000:]
-    stops = [4, 9]
+    stops = STOPS
     for attempt in range(len(stops) + 1):
         done = preempted_run([*EPOCHS, f"data.shards={shards}", f"out_dir={runs['preempted']}", "resume=auto"],
                              stops)
@@ -77,6 +85,43 @@ def test_a_resumed_run_logs_on_the_same_steps_and_keeps_counting_samples(runs):
     for tag in ("train/loss", "train/samples", "data/skipped"):
         assert scalars(runs["preempted"], tag).keys() == scalars(runs["whole"], tag).keys() == set(range(12)), tag
     assert scalars(runs["preempted"], "train/samples") == scalars(runs["whole"], "train/samples")
+
+
+def test_a_resumed_run_is_exact(runs):
+    """Same loss at every step and same final weights as the uninterrupted run. Today's main reseeded the stream
+    with the step on resume, restarted the loader at worker 0 and did not save the training process's RNG."""
+    losses = {name: scalars(path, "train/loss") for name, path in runs.items()}
+    assert losses["preempted"].keys() == losses["whole"].keys()
+    worst = max(abs(losses["preempted"][step] / losses["whole"][step] - 1) for step in losses["whole"])
+    assert worst <= 1e-6, (STOPS, losses)
+    final = {name: torch.load(path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+             for name, path in runs.items()}
+    for key, weights in final["whole"].items():
+        assert torch.equal(final["preempted"][key], weights), (STOPS, key)
+
+
+def test_a_run_killed_and_resumed_from_its_last_checkpoint_is_exact(runs):
+    """SIGKILL at a random step; resume=auto goes back to last.ckpt (written every 3 steps, mid-epoch) and takes
+    the steps since again: every loss it logs, and its final weights, are the uninterrupted run's."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, kill_at = runs["whole"].parent / "killed", random.randint(4, 11)
+    args = [*EPOCHS, f"data.shards={runs['whole'].parent / 'shards'}", f"out_dir={run_dir}", "resume=auto",
+            "checkpointing.last_every_n_steps=3"]
+    assert preempted_run(args, [], kill_at).returncode == -9
+    done = preempted_run(args, [])
+    assert done.returncode == 0, done.stderr[-3000:]
+    whole, logged = scalars(runs["whole"], "train/loss"), set()
+    for events in sorted(run_dir.glob("events.*")):  # a step after last.ckpt may be logged twice
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        for point in accumulator.Scalars("train/loss") if "train/loss" in accumulator.Tags()["scalars"] else []:
+            assert abs(point.value / whole[point.step] - 1) <= 1e-6, (kill_at, point.step)
+            logged.add(point.step)
+    assert logged == set(whole), kill_at
+    final = {name: torch.load(path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+             for name, path in (("whole", runs["whole"]), ("killed", run_dir))}
+    assert all(torch.equal(final["killed"][key], weights) for key, weights in final["whole"].items()), kill_at
 
 
 def pretrain(run_dir: Path, *args: str) -> subprocess.CompletedProcess:

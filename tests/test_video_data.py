@@ -233,8 +233,7 @@ def test_one_random_draw_per_clip():
     """A static clip stays static through crop, flip and RandAugment: every frame got the same draw."""
     dm = VideoShardDataModule(rand_augment={"num_ops": 3, "magnitude": 15}, **SMALL)
     stage = dm.decoder(SkipCounter(), train=True)
-    torch.manual_seed(0)
-    stage.start()
+    stage.reseed(0)
     static = np.repeat(noise_frames(1), 4, axis=0)
     clips = [stage.views(static.copy()) for _ in range(6)]
     for clip in clips:
@@ -246,8 +245,7 @@ def test_one_random_draw_per_clip():
 def test_random_erasing_puts_the_same_box_on_every_frame():
     dm = VideoShardDataModule(re_prob=1.0, **SMALL)
     stage = dm.decoder(SkipCounter(), train=True)
-    torch.manual_seed(0)
-    stage.start()
+    stage.reseed(0)
     for _ in range(4):
         clip = stage.views(noise_frames(4))
         erased = (clip == 0).all(0)  # (T, H, W): const mode fills zeros, the mean colour

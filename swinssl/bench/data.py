@@ -26,6 +26,8 @@ All run in this process (no loader workers, whose pickling both would pay alike)
 per worker core and holds on a busy machine (wall-clock images/s are shown too). The pipelines take
 turns (round robin, the order rotating every repeat) after an untimed warm-up pass each; the table
 gives the median over repeats. Divide a GPU's images/s by the per-core rate to size num_workers.
+Resume: what a training stream resumed past every image of the set pays before its first batch (the samples it
+skips are read and shuffled, not decoded), less a fresh stream's first batch: CPU ms per 1000 skipped samples.
 """
 
 from __future__ import annotations
@@ -204,6 +206,28 @@ def swinssl_batches(
     return lambda: ((batch["image"], batch["mask"]) for batch in loader)
 
 
+def resume_skip_ms(shards: str, cfg: DataBenchConfig) -> float:
+    """CPU ms per 1000 samples that a training stream resumed ``cfg.images`` samples in skips before its first
+    batch, beyond a fresh stream's first batch (median over ``cfg.repeats``)."""
+    from swinssl.datamodules import ImageShardDataModule
+    from swinssl.datamodules.shards import SkipCounter
+    from swinssl.datamodules.streaming import TrainStream
+
+    dm = ImageShardDataModule(shards, batch_size=cfg.batch_size, num_workers=0, img_size=cfg.img_size, seed=cfg.seed)
+
+    def first_batch_s(position: int) -> float:
+        counter = SkipCounter()
+        stream = TrainStream(dm.train_urls, dm.shard_counts, dm.decoder(counter, train=True), counter, dm.batch_size,
+                             dm.shuffle_buffer, dm.seed, 0, 0, position)
+        cpu = time.process_time()
+        next(iter(stream))
+        return time.process_time() - cpu
+
+    batches = cfg.images // cfg.batch_size
+    costs = [first_batch_s(batches) - first_batch_s(0) for _ in range(cfg.repeats + 1)][1:]  # the first warms up
+    return 1e6 * statistics.median(costs) / (batches * cfg.batch_size)
+
+
 # --- timing -------------------------------------------------------------------------------------
 
 
@@ -262,7 +286,8 @@ def run_data(cfg: DataBenchConfig, workdir: Path) -> dict:
     peer = next(row for row in rows if row["pipeline"] == "torchvision")["images_per_s"]
     for row in rows:
         row["vs_torchvision"] = round(row["images_per_s"] / peer, 2)
-    return {"dataset": {**dataset, "images": cfg.images, "shards": shards.shards}, "rows": rows}
+    return {"dataset": {**dataset, "images": cfg.images, "shards": shards.shards}, "rows": rows,
+            "resume_skip_ms_per_1000": round(resume_skip_ms(shards.pattern, cfg), 1)}
 
 
 def data_table(rows: list[dict]) -> str:
@@ -306,6 +331,8 @@ def run(args: argparse.Namespace, command: str) -> None:
     print(f"\n{cfg.images} JPEGs (quality {cfg.quality}, {cfg.subsampling}, mean {data['mean_megapixels']:.3f} Mpixel, "
           f"{data['mean_kbytes']:.0f} KB, {data['bits_per_pixel']:.2f} bit/pixel) -> {cfg.img_size} px + mask; "
           f"batches of {cfg.batch_size}; one process, one thread; median of {cfg.repeats} passes each.")
+    print(f"resume: a training stream resumed {cfg.images} samples in skips them (read, not decoded) at "
+          f"{result['resume_skip_ms_per_1000']:.0f} CPU ms per 1000 samples before its first batch")
     print(f"command: {command}\nwall time: {wall:.0f} s")
     if args.json:
         write_json(args.json, {"command": command, "wall_s": round(wall, 1), "versions": versions,

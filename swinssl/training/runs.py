@@ -27,7 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from swinssl.models import describe_encoder
 from swinssl.training import slurm
-from swinssl.training.callbacks import SkippedSamples, StopOnPreemption, ThreadTuning, ValidationSchedule
+from swinssl.training.callbacks import (RandomStates, SkippedSamples, StopOnPreemption, ThreadTuning,
+                                        ValidationSchedule)
 from swinssl.training.cli import recipe_name, user_errors
 from swinssl.training.nonfinite import NonFiniteGuard, NonFiniteLossError
 from swinssl.training.trainer import (CheckpointWriteError, build_trainer, optimizer_tensors, remove_partial_writes,
@@ -211,7 +212,7 @@ def train(cfg: DictConfig, run: Run, model: LightningModule, datamodule: Lightni
     preemption = StopOnPreemption(last, requeue=slurm.is_slurm_task() and cfg.cluster.requeue)
     tuning = ThreadTuning()
     guard = NonFiniteGuard(cfg.max_nonfinite_steps)
-    callbacks = [guard, SkippedSamples(), preemption, tuning, ValidationSchedule(), *callbacks]
+    callbacks = [guard, SkippedSamples(), preemption, tuning, ValidationSchedule(), RandomStates(), *callbacks]
     environment = slurm.environment() if slurm.is_slurm_task() else None
     trainer = build_trainer(cfg.trainer, run.dir, cfg.checkpointing, callbacks=callbacks, environment=environment)
     candidates = thread_candidates(cfg.threads, cfg.data.num_workers, trainer.num_devices)
