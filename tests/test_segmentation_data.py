@@ -4,6 +4,7 @@ datamodule's batches, and its refusals."""
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -160,6 +161,25 @@ def test_datamodule_yields_segmentation_batches(seg_shards):
     assert (val["mask"][:, 36:] == 255).all() and (val["image"][:, :, 36:] == 0).all()
     # reduce_zero_label: the stored 0 ("other") is ignored, stored 1..3 are classes 0..2, everywhere.
     assert set(val["mask"][:, :36].unique().tolist()) == {0, 1, 2, 255}
+
+
+def test_a_resumed_loader_gives_the_uninterrupted_batches_with_their_augmentation(seg_shards):
+    """The decoder reseeds per sample (rescale, crop, flip, photometric), so a run resumed at step 2 reads what the
+    uninterrupted run reads there; before, the transform was seeded once per worker pass."""
+
+    def batches(step: int) -> list[dict]:
+        data = SegmentationShardDataModule(f"{seg_shards}:train", crop_size=16, scale=(32, 24), batch_size=2,
+                                           num_workers=0, epoch_size=6)
+        data.trainer = SimpleNamespace(global_rank=0, world_size=1, global_step=step, current_epoch=0,
+                                       accumulate_grad_batches=1)
+        data.setup("fit")
+        return list(data.train_dataloader())
+
+    whole, resumed = batches(0), batches(2)  # the resumed loader's first batch is the uninterrupted run's third
+    assert len(whole) == 3
+    for key in ("image", "mask"):
+        assert torch.equal(resumed[0][key], whole[2][key])
+    assert not torch.equal(whole[1]["image"], whole[2]["image"])
 
 
 def test_a_sample_without_mask_or_with_a_bad_mask_is_skipped_and_named(tmp_path):
