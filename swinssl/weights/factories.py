@@ -18,7 +18,7 @@ from swinssl.models.backbone import features_only as stage_maps
 from swinssl.models.registry import SIZE_KEYS, STYLES, EncoderSpec, family_of, is_video, resolve_arch, triple
 from swinssl.models.swin import build_encoder
 from swinssl.models.video_swin import VideoSwinEncoder, build_video_encoder
-from swinssl.weights.formats import Checkpoint
+from swinssl.weights.checkpoint import Checkpoint
 from swinssl.weights.inflate import PATCH_INITS, inflate_checkpoint
 from swinssl.weights.transfer import check_architecture, check_family, load_checkpoint, load_into
 

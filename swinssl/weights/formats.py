@@ -27,12 +27,12 @@ import math
 import re
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from swinssl.models.registry import EncoderSpec
+from swinssl.models.windows import trained_window
+from swinssl.weights.checkpoint import Checkpoint
 from swinssl.weights.hf import HF_ANCHOR, from_hf, hf_config
 from swinssl.weights.io import EXPORT_RECORD, HF_CONFIG, CheckpointError
 
@@ -48,43 +48,6 @@ FORMAT_NAMES = {
 ANCHOR = "patch_embed.proj.weight"  # every Swin encoder has it, whatever the prefix
 TORCHVISION_ANCHORS = ("features.0.0.weight", "features.0.0.attn.qkv.weight")  # image, video
 REBUILT_BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mask")
-
-
-@dataclass
-class Checkpoint:
-    """An encoder's weights in timm's layout, with the facts a transfer needs.
-
-    ``pretrained_window_sizes`` holds, per stage, the window the Swin V2 position-bias coordinates were normalized by
-    (what a model moved from this one passes as ``pretrained_window_sizes``), or the V1 bias-table window; None when the source does
-    not record it (plain timm state dicts). Video checkpoints give a (t, h, w) window per stage.
-    """
-
-    format: str
-    family: str
-    state: dict[str, torch.Tensor]
-    arch: dict[str, Any]
-    pretrained_window_sizes: list[int] | list[list[int]] | None = None
-    decoder: dict[str, torch.Tensor] | None = None
-    hparams: dict[str, Any] | None = None
-    conversions: list[str] = field(default_factory=list)
-    source: str = "<state dict>"
-    sha256: str | None = None  # of the file a hub name or URL resolved to, recorded by the runs that load it
-
-    @property
-    def encoder_settings(self) -> dict[str, Any]:
-        """The encoder settings a swinssl checkpoint recorded: the ``encoder`` hyper-parameter of this version
-        (an :class:`~swinssl.models.registry.EncoderSpec`), or the flat ones of earlier versions; else none."""
-        hparams = dict(self.hparams or {})
-        nested = hparams.get("encoder")
-        if isinstance(nested, Mapping) and "arch" in nested:
-            return dict(nested)
-        flat = {key: value for key, value in hparams.items() if key in EncoderSpec.names()}
-        return {**flat, **(nested or {})}
-
-    @property
-    def num_classes(self) -> int:
-        head = self.state.get("head.fc.weight")
-        return 0 if head is None else int(head.shape[0])
 
 
 def parse_checkpoint(raw: Mapping[str, Any], source: str = "<state dict>") -> Checkpoint:
@@ -293,9 +256,8 @@ def _timm_layout(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor
 def recorded_windows(state: Mapping[str, torch.Tensor]) -> list[int] | None:
     """Per-stage windows recorded in persistent buffers (official files), else None.
 
-    A V2 ``relative_coords_table`` of window W holds sign(u)·log2(1 + |u|)/3 with u = 8·d/(P - 1), so its
-    largest value gives back the window P the coordinates were normalized by (the pretrained window of
-    a fine-tuned file). A V1 table of (2W - 1)^2 rows gives its window W. Video tables are not read:
+    A V2 ``relative_coords_table`` gives back the window its coordinates were normalized by (the pretrained
+    window of a fine-tuned file: :func:`~swinssl.models.windows.trained_window`). A V1 table of (2W - 1)^2 rows gives its window W. Video tables are not read:
     their shapes must match the model's.
     """
     if ANCHOR in state and state[ANCHOR].ndim == 5:
@@ -305,9 +267,7 @@ def recorded_windows(state: Mapping[str, torch.Tensor]) -> list[int] | None:
         coords = state.get(f"layers.{stage}.blocks.0.attn.relative_coords_table")
         table = state.get(f"layers.{stage}.blocks.0.attn.relative_position_bias_table")
         if coords is not None:
-            size = (coords.shape[1] + 1) // 2
-            peak = float(coords[..., 0].abs().max())
-            windows.append(size if size <= 1 or peak == 0 else round(1 + 8 * (size - 1) / (2 ** (3 * peak) - 1)))
+            windows.append(trained_window(coords[..., 0], (coords.shape[1] + 1) // 2))
         elif table is not None:
             windows.append((math.isqrt(table.shape[0]) + 1) // 2)
         else:

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from swinssl.weights.checkpoint import Checkpoint
 from swinssl.weights.io import CheckpointError
-
-if TYPE_CHECKING:
-    from swinssl.weights.formats import Checkpoint
 
 HF_ANCHOR = "embeddings.patch_embeddings.projection.weight"
 # Inside a block: (Microsoft/timm name, HF transformers name); query/key/value are split from qkv apart.

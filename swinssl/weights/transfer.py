@@ -20,7 +20,8 @@ from torch import nn
 
 from swinssl.models.registry import FAMILY_NAMES
 from swinssl.models.windows import resize_bias_table
-from swinssl.weights.formats import FORMAT_NAMES, Checkpoint, parse_checkpoint
+from swinssl.weights.checkpoint import Checkpoint
+from swinssl.weights.formats import FORMAT_NAMES, parse_checkpoint
 from swinssl.checkpoint_names import is_remote
 from swinssl.weights.hub import fetch
 from swinssl.weights.io import CheckpointError, checkpoint_file, non_finite_tensors, read_checkpoint
