@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from swinssl.models.registry import FAMILIES, family_for, is_video
 from swinssl.models.windows import trained_window
 from swinssl.weights.checkpoint import Checkpoint
 from swinssl.weights.hf import HF_ANCHOR, from_hf, hf_config
@@ -281,11 +282,11 @@ def _stage_count(state: Mapping[str, Any]) -> int:
 
 
 def _family(state: Mapping[str, torch.Tensor], source: str) -> str:
-    prefix = "video_" if state[ANCHOR].ndim == 5 else ""
+    video = state[ANCHOR].ndim == 5
     if any(".cpb_mlp." in key for key in state):
-        return f"{prefix}swinv2"
+        return family_for(video=video, v2=True).name
     if any(key.endswith("relative_position_bias_table") for key in state):
-        return f"{prefix}swin"
+        return family_for(video=video, v2=False).name
     raise CheckpointError(
         f"{source}: neither Swin V2 (cpb_mlp) nor Swin V1 (relative_position_bias_table) attention weights found"
     )
@@ -298,7 +299,7 @@ def infer_architecture(state: Mapping[str, torch.Tensor], family: str) -> dict[s
         len({int(m[1]) for key in state if (m := re.match(rf"layers\.{s}\.blocks\.(\d+)\.", key))})
         for s in range(stages)
     )
-    v2 = family.endswith("swinv2")
+    v2 = FAMILIES[family].v2
     head_source = "attn.logit_scale" if v2 else "attn.relative_position_bias_table"
     heads = tuple(int(state[f"layers.{s}.blocks.0.{head_source}"].shape[0 if v2 else 1]) for s in range(stages))
     patch = state[ANCHOR]
@@ -318,7 +319,7 @@ def to_timm(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, 
     timm state dicts do not record image size, window or pretrained windows, so they come back as
     constructor arguments to pass to timm along with the weights.
     """
-    if checkpoint.family.startswith("video_"):
+    if is_video(checkpoint.family):
         raise CheckpointError(f"{checkpoint.source}: timm has no Video Swin; keep video checkpoints in the swinssl format")
     if "extra_norm_period" in checkpoint.arch:
         raise CheckpointError(
@@ -332,7 +333,7 @@ def to_timm(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, 
     for key in ("img_size", "window_size"):
         if key in settings:
             kwargs[key] = settings[key]
-    if checkpoint.family == "swinv2" and checkpoint.pretrained_window_sizes:
+    if FAMILIES[checkpoint.family].v2 and checkpoint.pretrained_window_sizes:
         kwargs["pretrained_window_sizes"] = tuple(checkpoint.pretrained_window_sizes)
     return state, kwargs
 
