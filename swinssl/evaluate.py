@@ -22,6 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from swinssl.models.registry import is_video
 from swinssl.training import cli
 
 # Image preprocessing of evaluation when neither the command line nor the checkpoint says (official TEST.CROP).
@@ -33,7 +34,7 @@ def load_classifier(cfg: DictConfig, source):
 
     if source.num_classes == 0:
         raise ValueError(f"{source.source} has no classification head; fine-tune it first (python -m swinssl.finetune)")
-    video = source.family.startswith("video_")
+    video = is_video(source.family)
     keys = ("img_size", "window_size", "num_frames") if video else ("img_size", "window_size")
     sizes = {key: cfg[key] for key in keys if cfg[key] is not None}
     task = VideoClassifier if video else ImageClassifier

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from swinssl.models.registry import is_video
 from swinssl.training import cli
 
 # What a recipe's data keys say about reading data for evaluation, recorded in the model for `evaluate`.
@@ -34,7 +35,7 @@ def build_classifier(cfg: DictConfig, resume_from: Path | None = None):
     from swinssl.tasks import ImageClassifier, VideoClassifier
 
     encoder = cli.encoder_spec(cfg)
-    video = encoder.arch.startswith("video_")
+    video = is_video(encoder.arch)
     data_type = VideoShardDataModule if video else ClassificationShardDataModule
     data = cli.data_arguments(cfg, data_type)
     datamodule = data_type(cli.stream_spec(cfg), img_size=encoder.img_size, num_classes=cfg.model.num_classes,
@@ -58,7 +59,6 @@ def build_segmenter(cfg: DictConfig, resume_from: Path | None = None):
     """UperNet on the recipe's encoder and the image + mask shards; the classes and the ignore label are the
     shards'. Bad sizes, shards and checkpoints raise here, before any compute."""
     from swinssl.datamodules import SegmentationShardDataModule
-    from swinssl.models.registry import is_video
     from swinssl.tasks import Segmenter
 
     encoder = cli.encoder_spec(cfg)

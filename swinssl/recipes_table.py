@@ -24,6 +24,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 
+from swinssl.models.registry import FAMILIES, is_video
 from swinssl.training.recipe_checks import RECIPES, available_recipes, recipe_task
 
 BEGIN, END = "<!-- recipes-table:start -->", "<!-- recipes-table:end -->"
@@ -81,7 +82,7 @@ def _rate(value: float) -> str:
 def _model(model: DictConfig) -> str:
     encoder = model.get("encoder") or {}
     if encoder.get("embed_dim") is None:
-        sizes = " (sizes from the checkpoint)" if model.arch in ("swinv2", "swin", "video_swinv2", "video_swin") else ""
+        sizes = " (sizes from the checkpoint)" if model.arch in FAMILIES else ""
         return f"`{model.arch}`{sizes}"
     join = ",".join
     return (f"`{model.arch}` C={encoder.embed_dim}, depths {join(map(str, encoder.depths))}, "
@@ -89,7 +90,7 @@ def _model(model: DictConfig) -> str:
 
 
 def _geometry(model: DictConfig) -> str:
-    if model.arch.startswith("video_"):
+    if is_video(model.arch):
         return f"{model.num_frames}x{model.img_size} / {'x'.join(map(str, model.window_size))}"
     return f"{model.img_size} / {model.window_size}"
 

@@ -15,8 +15,6 @@ from typing import Any
 
 Triple = tuple[int, int, int]
 
-FAMILY_NAMES = {"swinv2": "Swin V2", "swin": "Swin V1", "video_swinv2": "Video Swin V2", "video_swin": "Video Swin (V1)"}
-STYLES = {"swinv2": "v2", "swin": "v1", "video_swinv2": "v2", "video_swin": "v1"}  # attention style per family
 SIZE_KEYS = ("embed_dim", "depths", "num_heads")  # what a bare family needs to be a model
 # How window attention runs (swinssl.models.attention); every kernel computes the same function.
 ATTENTION_KERNELS = ("plain", "fused", "chunked", "triton")
@@ -32,23 +30,69 @@ SIZES: dict[str, dict[str, Any]] = {
     "huge": dict(embed_dim=352, depths=(2, 2, 18, 2), num_heads=(11, 22, 44, 88), extra_norm_period=6),
     "giant": dict(embed_dim=512, depths=(2, 2, 42, 4), num_heads=(16, 32, 64, 128), extra_norm_period=6),
 }
-FAMILY_SIZES = {"swinv2": tuple(SIZES), "swin": ("tiny", "small", "base", "large"),
-                "video_swinv2": ("tiny", "small", "base", "large"), "video_swin": ("tiny", "small", "base", "large")}
+
+
+@dataclass(frozen=True)
+class Family:
+    """What an arch's family says before any size: image or video, Swin V1 or V2 attention, the sizes it comes in,
+    and the geometry a model of it gets when none is given."""
+
+    name: str
+    title: str
+    video: bool
+    v2: bool
+    sizes: tuple[str, ...]
+    patch_size: int | Triple  # without a checkpoint to read it from
+    window_size: Triple | None = None  # video: the window when none is given (image models are always given one)
+
+    @property
+    def style(self) -> str:
+        """The attention style: ``v2`` (cosine attention, log-CPB) or ``v1`` (dot product, bias table)."""
+        return "v2" if self.v2 else "v1"
+
+    @property
+    def image(self) -> Family:
+        """The image family of the same style: what a video family inflates from."""
+        return family_for(video=False, v2=self.v2)
+
+    def window_rule(self, attention: str) -> str:
+        """How clipped windows read the bias when no rule is given: the official Video Swin (V1) function for
+        joint attention, the geometric rule otherwise (swinssl.models.video_swin)."""
+        return "official" if (self.style, attention) == ("v1", "joint") else "geometric"
+
+
+_PAPER_SIZES = ("tiny", "small", "base", "large")  # what timm and the official releases have for all but Swin V2
+_VIDEO = dict(patch_size=(2, 4, 4), window_size=(8, 7, 7))  # the official Video Swin releases: 2 frames x 4 px, 8x7x7
+FAMILIES: dict[str, Family] = {family.name: family for family in (
+    Family("swinv2", "Swin V2", video=False, v2=True, sizes=tuple(SIZES), patch_size=4),
+    Family("swin", "Swin V1", video=False, v2=False, sizes=_PAPER_SIZES, patch_size=4),
+    Family("video_swinv2", "Video Swin V2", video=True, v2=True, sizes=_PAPER_SIZES, **_VIDEO),
+    Family("video_swin", "Video Swin (V1)", video=True, v2=False, sizes=_PAPER_SIZES, **_VIDEO),
+)}
 PRESETS: dict[str, dict[str, Any]] = {
-    f"{family}_{size}": dict(SIZES[size]) for family, sizes in FAMILY_SIZES.items() for size in sizes
+    f"{family.name}_{size}": dict(SIZES[size]) for family in FAMILIES.values() for size in family.sizes
 }
 
 
-def is_video(family: str) -> bool:
-    return family.startswith("video_")
+def family(arch: str) -> Family:
+    """The family record of a preset or family name (``video_swinv2_base`` -> Video Swin V2)."""
+    return FAMILIES[family_of(arch)]
+
+
+def family_for(video: bool, v2: bool) -> Family:
+    return next(family for family in FAMILIES.values() if (family.video, family.v2) == (video, v2))
+
+
+def is_video(arch: str) -> bool:
+    return family(arch).video
 
 
 def family_of(arch: str) -> str:
     """``swinv2_base`` -> ``swinv2``; ``video_swin_tiny`` or ``video_swin`` -> ``video_swin``."""
-    family = arch if arch in FAMILY_NAMES else arch.rpartition("_")[0]
-    if family not in FAMILY_NAMES or (arch not in PRESETS and arch != family):
-        video = arch.startswith("video_")
-        names = [name for name in [*PRESETS, *FAMILY_NAMES] if is_video(name) == video]
+    family = arch if arch in FAMILIES else arch.rpartition("_")[0]
+    if family not in FAMILIES or (arch not in PRESETS and arch != family):
+        video = arch.startswith("video_")  # an unknown name has no record: its prefix picks the names to offer
+        names = [name for name in [*PRESETS, *FAMILIES] if is_video(name) == video]
         raise ValueError(f"unknown {'video ' if video else ''}arch {arch!r}; choose one of: {', '.join(names)}")
     return family
 
@@ -165,17 +209,17 @@ def check_model_geometry(arch: str, img_size: int, window_size: int | Sequence[i
                          num_frames: int | None, overrides: dict[str, Any]) -> None:
     """The geometry checks of :func:`check_image_geometry` / :func:`check_video_geometry` for a recipe's model,
     before it is built. A bare family without sizes is skipped: its checkpoint brings them, checked on load."""
-    family = family_of(arch)
-    if arch == family and any(overrides.get(key) is None for key in SIZE_KEYS):
+    if arch == family_of(arch) and any(overrides.get(key) is None for key in SIZE_KEYS):
         return
     sizes = resolve_arch(arch, overrides)
-    if is_video(family):
-        check_video_geometry(num_frames or 1, img_size, triple(patch_size or (2, 4, 4), "patch_size"),
+    defaults = family(arch)
+    if defaults.video:
+        check_video_geometry(num_frames or 1, img_size, triple(patch_size or defaults.patch_size, "patch_size"),
                              triple(window_size, "window_size"), sizes["depths"], sizes["embed_dim"], sizes["num_heads"])
         return
     if not isinstance(window_size, int):
         raise ValueError(f"window_size of an image model is one int, got {window_size!r}")
-    check_image_geometry((img_size, img_size), patch_size or 4, window_size, sizes["depths"], sizes["embed_dim"],
+    check_image_geometry((img_size, img_size), patch_size or defaults.patch_size, window_size, sizes["depths"], sizes["embed_dim"],
                          sizes["num_heads"])
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from swinssl.models.registry import FAMILY_NAMES
+from swinssl.models.registry import FAMILIES
 
 
 def describe_encoder(model: nn.Module) -> str:
@@ -21,7 +21,7 @@ def describe_encoder(model: nn.Module) -> str:
         size = f"{height} px" if height == width else f"{height}x{width} px"
         windows = [stage.blocks[0].window_size[0] for stage in stages]
     parameters = sum(param.numel() for param in model.parameters())
-    return (f"{FAMILY_NAMES[model.family]}, embed_dim {embed_dim}, depths {depths}, heads {heads}, {size}, windows {windows}, "
+    return (f"{FAMILIES[model.family].title}, embed_dim {embed_dim}, depths {depths}, heads {heads}, {size}, windows {windows}, "
             f"position bias for windows {model.pretrained_window_sizes()}, {parameters / 1e6:.2f}M parameters")
 
 

@@ -38,7 +38,7 @@ from torch import nn
 from swinssl.masking import apply_mask_token
 from swinssl.models.attention import KernelAttention, check_kernel
 from swinssl.models.packing import positioned_attention
-from swinssl.models.registry import check_image_geometry, family_of, resolve_arch
+from swinssl.models.registry import FAMILIES, check_image_geometry, family_of, resolve_arch
 from swinssl.models.windows import (
     cosine_query_key,
     log_cpb_bias,
@@ -302,7 +302,7 @@ def build_encoder(
     if family not in ENCODERS:
         raise ValueError(f"{arch!r} is a video arch; build it with build_video_encoder / create_video_encoder")
     kwargs = resolve_arch(arch, overrides)
-    if family == "swin" and {"pretrained_window_sizes", "extra_norm_period"} & kwargs.keys():
+    if not FAMILIES[family].v2 and {"pretrained_window_sizes", "extra_norm_period"} & kwargs.keys():
         raise ValueError("pretrained_window_sizes and extra_norm_period are Swin V2 options; Swin V1 has neither")
     size = (img_size, img_size) if isinstance(img_size, int) else tuple(int(s) for s in img_size)
     kwargs["depths"] = tuple(kwargs["depths"])

@@ -45,11 +45,11 @@ from swinssl.masking import apply_mask_token
 from swinssl.models.attention import KernelAttention, check_kernel
 from swinssl.models.packing import positioned_attention
 from swinssl.models.registry import (
-    STYLES,
     Triple,
     check_video_geometry,
     check_window_rule,
-    family_of,
+    family,
+    family_for,
     resolve_arch,
     triple,
     video_pretrained_windows,
@@ -285,8 +285,8 @@ class VideoSwinEncoder(nn.Module):
         self,
         num_frames: int = 32,
         img_size: int = 224,
-        patch_size: Triple = (2, 4, 4),
-        window_size: Triple = (8, 7, 7),
+        patch_size: Triple | None = None,
+        window_size: Triple | None = None,
         embed_dim: int = 96,
         depths: Sequence[int] = (2, 2, 6, 2),
         num_heads: Sequence[int] = (3, 6, 12, 24),
@@ -304,7 +304,9 @@ class VideoSwinEncoder(nn.Module):
         window_rule: str | None = None,
     ) -> None:
         check_kernel(attn_kernel, attn_chunk_windows)
-        window_rule = window_rule or ("official" if (style, attention) == ("v1", "joint") else "geometric")
+        defaults = family_for(video=True, v2=style == "v2")  # what a size or rule left out defaults to
+        patch_size, window_size = patch_size or defaults.patch_size, window_size or defaults.window_size
+        window_rule = window_rule or defaults.window_rule(attention)
         check_window_rule(window_rule, style)
         super().__init__()
         self.num_frames, self.img_size, self.style, self.attention = num_frames, img_size, style, attention
@@ -347,7 +349,7 @@ class VideoSwinEncoder(nn.Module):
 
     @property
     def family(self) -> str:
-        return "video_swinv2" if self.style == "v2" else "video_swin"
+        return family_for(video=True, v2=self.style == "v2").name
 
     def set_attention_kernel(self, kernel: str = "fused", chunk_windows: int | None = None) -> None:
         """Run every window attention (joint, spatial and temporal) with ``kernel``; switchable at any time."""
@@ -465,8 +467,8 @@ def build_video_encoder(
     arch: str = "video_swinv2_base",
     num_frames: int = 32,
     img_size: int = 224,
-    window_size: int | Sequence[int] = (8, 7, 7),
-    patch_size: int | Sequence[int] = (2, 4, 4),
+    window_size: int | Sequence[int] | None = None,
+    patch_size: int | Sequence[int] | None = None,
     num_classes: int = 0,
     attention: str = "joint",
     attn_kernel: str = "fused",
@@ -480,21 +482,23 @@ def build_video_encoder(
     ``pretrained_window_sizes`` (per stage (t, h, w)), ``head_dropout``, ``grad_checkpointing``, ...).
     ``attn_kernel``/``attn_chunk_windows``: the attention kernel, as for :func:`swinssl.models.build_encoder`.
     ``window_rule``: ``official`` or ``geometric`` bias and padding of clipped windows (module docstring); None
-    is official for ``video_swin`` with joint attention, geometric otherwise.
+    is official for ``video_swin`` with joint attention, geometric otherwise. ``window_size``/``patch_size`` None:
+    the family's (:class:`swinssl.models.registry.Family`: the official Video Swin window and patch).
     """
-    family = family_of(arch)
-    if not family.startswith("video_"):
+    defaults = family(arch)
+    if not defaults.video:
         raise ValueError(f"{arch!r} is an image arch; video encoders are video_swinv2_* or video_swin_*")
     kwargs = resolve_arch(arch, overrides)
     if attention not in ATTENTION_MODES:
         raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
-    window, patch = triple(window_size, "window_size"), triple(patch_size, "patch_size")
+    window = triple(window_size or defaults.window_size, "window_size")
+    patch = triple(patch_size or defaults.patch_size, "patch_size")
     depths, heads = tuple(kwargs.pop("depths")), tuple(kwargs.pop("num_heads"))
     if kwargs.get("pretrained_window_sizes") is not None:
         kwargs["pretrained_window_sizes"] = video_pretrained_windows(kwargs["pretrained_window_sizes"], len(depths))
     check_video_geometry(num_frames, img_size, patch, window, depths, kwargs["embed_dim"], heads)
     return VideoSwinEncoder(
         num_frames=num_frames, img_size=img_size, patch_size=patch, window_size=window, depths=depths,
-        num_heads=heads, style=STYLES[family], attention=attention, num_classes=num_classes,
+        num_heads=heads, style=defaults.style, attention=attention, num_classes=num_classes,
         attn_kernel=attn_kernel, attn_chunk_windows=attn_chunk_windows, window_rule=window_rule, **kwargs,
     )

@@ -80,6 +80,15 @@ def log_spaced_coordinates(window: Size, pretrained_window: Size, device: torch.
     return (torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)).to(device)
 
 
+def trained_window(coordinates: torch.Tensor, window: int) -> int:
+    """The window P that Swin V2 log-CPB coordinates of a ``window`` were normalized by: the inverse of
+    :func:`log_spaced_coordinates` along one axis. Its largest value u = log2(1 + 8 (W - 1) / (P - 1)) / 3 gives
+    P = 1 + 8 (W - 1) / (2^(3u) - 1). P = 1 normalizes as P = 2 does, so it reads as 2; a window of 1 has no
+    offsets and gives itself."""
+    peak = float(coordinates.abs().max())
+    return window if window <= 1 or peak == 0 else round(1 + 8 * (window - 1) / (2 ** (3 * peak) - 1))
+
+
 @lru_cache(maxsize=32)
 def shift_mask(padded: Size, valid: Size, window: Size, shift: Size, device: torch.device) -> torch.Tensor | None:
     """(windows, N, N) additive mask: tokens that the cyclic shift brought together from different regions, and

@@ -461,11 +461,11 @@ def _check_orders(cfg: DictConfig) -> None:
 
 def _check_masking(cfg: DictConfig) -> None:
     from swinssl.masking import MaskGenerator, UniformMaskGenerator, VideoMaskGenerator
-    from swinssl.models.registry import family_of, is_video
+    from swinssl.models.registry import family, is_video
 
     model, simmim = cfg.model, cfg.simmim
     packing = simmim.get("packing")
-    if not is_video(family_of(model.arch)):
+    if not is_video(model.arch):
         if packing is None:
             MaskGenerator(model.img_size, simmim.mask_patch_size, model.patch_size, simmim.mask_ratio)
             return
@@ -473,7 +473,7 @@ def _check_masking(cfg: DictConfig) -> None:
         UniformMaskGenerator(model.img_size, simmim.mask_patch_size, model.patch_size, simmim.mask_ratio,
                              (model.patch_size or 4) * 2 ** (stages - 1))
         return
-    patch = model.get("patch_size") or (2, 4, 4)  # null: 2 frames x the checkpoint's patch, 4 for every Swin
+    patch = model.get("patch_size") or family(model.arch).patch_size  # null: 2 frames x the checkpoint's patch
     patch = (2, patch, patch) if isinstance(patch, int) else tuple(patch)
     stages = 4
     if packing is not None:
@@ -502,10 +502,10 @@ def _check_packing(model: DictConfig, patch: int, window: int) -> int:
 def _check_geometry(model: DictConfig) -> None:
     """The preset's (or the given) sizes against image size, patch and window; skipped when a checkpoint
     brings the sizes (they are checked when it is read). A video window rule fits the attention style."""
-    from swinssl.models.registry import STYLES, check_model_geometry, check_window_rule, family_of
+    from swinssl.models.registry import check_model_geometry, check_window_rule, family
 
     if model.get("window_rule") is not None:
-        check_window_rule(model.window_rule, STYLES[family_of(model.arch)])
+        check_window_rule(model.window_rule, family(model.arch).style)
 
     encoder = OmegaConf.to_container(model.get("encoder") or {}, resolve=True)
     check_model_geometry(model.arch, model.img_size, model.window_size, model.get("patch_size"),

@@ -1,7 +1,8 @@
 """Checkpoints in and out: format detection, loading at any size and window, 2D->3D inflation, export to timm and
 HF transformers."""
 
-from swinssl.weights.formats import Checkpoint, parse_checkpoint, swinssl_metadata, to_timm
+from swinssl.weights.checkpoint import Checkpoint
+from swinssl.weights.formats import parse_checkpoint, swinssl_metadata, to_timm
 from swinssl.weights.hf import to_hf
 from swinssl.weights.factories import create_encoder, create_video_encoder, encoder_from_spec
 from swinssl.weights.inflate import inflate_checkpoint, inflate_decoder

@@ -15,10 +15,10 @@ from typing import Any
 from torch import nn
 
 from swinssl.models.backbone import features_only as stage_maps
-from swinssl.models.registry import SIZE_KEYS, STYLES, EncoderSpec, family_of, is_video, resolve_arch, triple
+from swinssl.models.registry import SIZE_KEYS, EncoderSpec, family, family_of, is_video, resolve_arch, triple
 from swinssl.models.swin import build_encoder
 from swinssl.models.video_swin import VideoSwinEncoder, build_video_encoder
-from swinssl.weights.formats import Checkpoint
+from swinssl.weights.checkpoint import Checkpoint
 from swinssl.weights.inflate import PATCH_INITS, inflate_checkpoint
 from swinssl.weights.transfer import check_architecture, check_family, load_checkpoint, load_into
 
@@ -31,16 +31,16 @@ def checkpoint_arguments(arch: str, source: Checkpoint, overrides: dict[str, Any
     ``overrides`` win), every size is checked against it, and a Swin V2 model gets ``pretrained_window_sizes``
     = the windows the checkpoint's position bias was trained at (time normalized by the video window when an
     image checkpoint is inflated)."""
-    family = family_of(arch)
-    inflating = is_video(family) and not is_video(source.family)
-    check_family(source, family.removeprefix("video_") if inflating else family, arch, inflating)
-    if arch == family:
-        inferred = [*SIZE_KEYS, *([] if is_video(family) else ["extra_norm_period"])]
+    target = family(arch)
+    inflating = target.video and not is_video(source.family)
+    check_family(source, (target.image if inflating else target).name, arch, inflating)
+    if arch == target.name:
+        inferred = [*SIZE_KEYS, *([] if target.video else ["extra_norm_period"])]
         given = {key: value for key, value in overrides.items() if value is not None}
         overrides = {**{key: source.arch[key] for key in inferred if key in source.arch}, **given}
     requested = {**resolve_arch(arch, overrides), "patch_size": patch_size[1] if inflating else patch_size}
     check_architecture(source, requested, arch)
-    if STYLES[family] == "v2" and overrides.get("pretrained_window_sizes") is None:
+    if target.v2 and overrides.get("pretrained_window_sizes") is None:
         trained = source.pretrained_window_sizes
         if trained:
             overrides["pretrained_window_sizes"] = [(0, w, w) for w in trained] if inflating else trained
@@ -92,7 +92,7 @@ def create_video_encoder(
     arch: str = "video_swinv2_base",
     num_frames: int = 32,
     img_size: int = 224,
-    window_size: int | Sequence[int] = (8, 7, 7),
+    window_size: int | Sequence[int] | None = None,
     patch_size: int | Sequence[int] | None = None,
     num_classes: int = 0,
     attention: str = "joint",
@@ -112,7 +112,7 @@ def create_video_encoder(
     ``arch`` is a preset (``video_swinv2_base``, ``video_swin_tiny``, ...) whose sizes the checkpoint must
     match, or a family (``video_swinv2``, ``video_swin``) whose sizes are read off it. V2 image sources
     inflate to ``video_swinv2``, V1 ones to ``video_swin``. ``patch_size`` defaults to 2 frames x the
-    source's spatial patch. For V2, ``pretrained_window_sizes`` defaults to the windows the source
+    source's spatial patch (without a source: the family's), ``window_size`` to the family's. For V2, ``pretrained_window_sizes`` defaults to the windows the source
     recorded (an image checkpoint's window per stage, with time normalized by the video window).
     ``attn_kernel``/``attn_chunk_windows`` choose the attention kernel (:func:`swinssl.models.build_encoder`).
     ``mask_token=True`` adds SimMIM's mask token (the image checkpoint's, when it has one).
@@ -121,7 +121,8 @@ def create_video_encoder(
     match it at every size), ``geometric`` for ``video_swinv2`` (:mod:`swinssl.models.video_swin`).
     ``features_only``/``out_indices``: per-stage NCTHW maps, as :func:`create_encoder`.
     """
-    if not is_video(family_of(arch)):
+    defaults = family(arch)
+    if not defaults.video:
         raise ValueError(f"{arch!r} is an image arch; video encoders are video_swinv2_* or video_swin_*")
     if patch_init not in PATCH_INITS:
         raise ValueError(f"patch_init must be one of {PATCH_INITS}, got {patch_init!r}")
@@ -131,8 +132,9 @@ def create_video_encoder(
         patch_size = triple(patch_size or (source_patch if is_video(source.family) else (2, source_patch, source_patch)),
                             "patch_size")
         overrides = checkpoint_arguments(arch, source, overrides, patch_size)
-    model = build_video_encoder(arch, num_frames=num_frames, img_size=img_size, window_size=window_size,
-                                patch_size=patch_size or (2, 4, 4), num_classes=num_classes, attention=attention,
+    model = build_video_encoder(arch, num_frames=num_frames, img_size=img_size,
+                                window_size=window_size or defaults.window_size,
+                                patch_size=patch_size or defaults.patch_size, num_classes=num_classes, attention=attention,
                                 attn_kernel=attn_kernel, attn_chunk_windows=attn_chunk_windows, mask_token=mask_token,
                                 window_rule=window_rule, **overrides)
     if source is not None and not is_video(source.family):

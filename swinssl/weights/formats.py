@@ -27,12 +27,13 @@ import math
 import re
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from swinssl.models.registry import EncoderSpec
+from swinssl.models.registry import FAMILIES, family_for, is_video
+from swinssl.models.windows import trained_window
+from swinssl.weights.checkpoint import Checkpoint
 from swinssl.weights.hf import HF_ANCHOR, from_hf, hf_config
 from swinssl.weights.io import EXPORT_RECORD, HF_CONFIG, CheckpointError
 
@@ -48,43 +49,6 @@ FORMAT_NAMES = {
 ANCHOR = "patch_embed.proj.weight"  # every Swin encoder has it, whatever the prefix
 TORCHVISION_ANCHORS = ("features.0.0.weight", "features.0.0.attn.qkv.weight")  # image, video
 REBUILT_BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mask")
-
-
-@dataclass
-class Checkpoint:
-    """An encoder's weights in timm's layout, with the facts a transfer needs.
-
-    ``pretrained_window_sizes`` holds, per stage, the window the Swin V2 position-bias coordinates were normalized by
-    (what a model moved from this one passes as ``pretrained_window_sizes``), or the V1 bias-table window; None when the source does
-    not record it (plain timm state dicts). Video checkpoints give a (t, h, w) window per stage.
-    """
-
-    format: str
-    family: str
-    state: dict[str, torch.Tensor]
-    arch: dict[str, Any]
-    pretrained_window_sizes: list[int] | list[list[int]] | None = None
-    decoder: dict[str, torch.Tensor] | None = None
-    hparams: dict[str, Any] | None = None
-    conversions: list[str] = field(default_factory=list)
-    source: str = "<state dict>"
-    sha256: str | None = None  # of the file a hub name or URL resolved to, recorded by the runs that load it
-
-    @property
-    def encoder_settings(self) -> dict[str, Any]:
-        """The encoder settings a swinssl checkpoint recorded: the ``encoder`` hyper-parameter of this version
-        (an :class:`~swinssl.models.registry.EncoderSpec`), or the flat ones of earlier versions; else none."""
-        hparams = dict(self.hparams or {})
-        nested = hparams.get("encoder")
-        if isinstance(nested, Mapping) and "arch" in nested:
-            return dict(nested)
-        flat = {key: value for key, value in hparams.items() if key in EncoderSpec.names()}
-        return {**flat, **(nested or {})}
-
-    @property
-    def num_classes(self) -> int:
-        head = self.state.get("head.fc.weight")
-        return 0 if head is None else int(head.shape[0])
 
 
 def parse_checkpoint(raw: Mapping[str, Any], source: str = "<state dict>") -> Checkpoint:
@@ -293,9 +257,8 @@ def _timm_layout(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor
 def recorded_windows(state: Mapping[str, torch.Tensor]) -> list[int] | None:
     """Per-stage windows recorded in persistent buffers (official files), else None.
 
-    A V2 ``relative_coords_table`` of window W holds sign(u)·log2(1 + |u|)/3 with u = 8·d/(P - 1), so its
-    largest value gives back the window P the coordinates were normalized by (the pretrained window of
-    a fine-tuned file). A V1 table of (2W - 1)^2 rows gives its window W. Video tables are not read:
+    A V2 ``relative_coords_table`` gives back the window its coordinates were normalized by (the pretrained
+    window of a fine-tuned file: :func:`~swinssl.models.windows.trained_window`). A V1 table of (2W - 1)^2 rows gives its window W. Video tables are not read:
     their shapes must match the model's.
     """
     if ANCHOR in state and state[ANCHOR].ndim == 5:
@@ -305,9 +268,7 @@ def recorded_windows(state: Mapping[str, torch.Tensor]) -> list[int] | None:
         coords = state.get(f"layers.{stage}.blocks.0.attn.relative_coords_table")
         table = state.get(f"layers.{stage}.blocks.0.attn.relative_position_bias_table")
         if coords is not None:
-            size = (coords.shape[1] + 1) // 2
-            peak = float(coords[..., 0].abs().max())
-            windows.append(size if size <= 1 or peak == 0 else round(1 + 8 * (size - 1) / (2 ** (3 * peak) - 1)))
+            windows.append(trained_window(coords[..., 0], (coords.shape[1] + 1) // 2))
         elif table is not None:
             windows.append((math.isqrt(table.shape[0]) + 1) // 2)
         else:
@@ -321,11 +282,11 @@ def _stage_count(state: Mapping[str, Any]) -> int:
 
 
 def _family(state: Mapping[str, torch.Tensor], source: str) -> str:
-    prefix = "video_" if state[ANCHOR].ndim == 5 else ""
+    video = state[ANCHOR].ndim == 5
     if any(".cpb_mlp." in key for key in state):
-        return f"{prefix}swinv2"
+        return family_for(video=video, v2=True).name
     if any(key.endswith("relative_position_bias_table") for key in state):
-        return f"{prefix}swin"
+        return family_for(video=video, v2=False).name
     raise CheckpointError(
         f"{source}: neither Swin V2 (cpb_mlp) nor Swin V1 (relative_position_bias_table) attention weights found"
     )
@@ -338,7 +299,7 @@ def infer_architecture(state: Mapping[str, torch.Tensor], family: str) -> dict[s
         len({int(m[1]) for key in state if (m := re.match(rf"layers\.{s}\.blocks\.(\d+)\.", key))})
         for s in range(stages)
     )
-    v2 = family.endswith("swinv2")
+    v2 = FAMILIES[family].v2
     head_source = "attn.logit_scale" if v2 else "attn.relative_position_bias_table"
     heads = tuple(int(state[f"layers.{s}.blocks.0.{head_source}"].shape[0 if v2 else 1]) for s in range(stages))
     patch = state[ANCHOR]
@@ -358,7 +319,7 @@ def to_timm(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, 
     timm state dicts do not record image size, window or pretrained windows, so they come back as
     constructor arguments to pass to timm along with the weights.
     """
-    if checkpoint.family.startswith("video_"):
+    if is_video(checkpoint.family):
         raise CheckpointError(f"{checkpoint.source}: timm has no Video Swin; keep video checkpoints in the swinssl format")
     if "extra_norm_period" in checkpoint.arch:
         raise CheckpointError(
@@ -372,7 +333,7 @@ def to_timm(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, 
     for key in ("img_size", "window_size"):
         if key in settings:
             kwargs[key] = settings[key]
-    if checkpoint.family == "swinv2" and checkpoint.pretrained_window_sizes:
+    if FAMILIES[checkpoint.family].v2 and checkpoint.pretrained_window_sizes:
         kwargs["pretrained_window_sizes"] = tuple(checkpoint.pretrained_window_sizes)
     return state, kwargs
 

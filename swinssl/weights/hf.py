@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from swinssl.models.registry import FAMILIES, is_video
+from swinssl.weights.checkpoint import Checkpoint
 from swinssl.weights.io import CheckpointError
-
-if TYPE_CHECKING:
-    from swinssl.weights.formats import Checkpoint
 
 HF_ANCHOR = "embeddings.patch_embeddings.projection.weight"
 # Inside a block: (Microsoft/timm name, HF transformers name); query/key/value are split from qkv apart.
@@ -127,7 +126,7 @@ def to_hf(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, An
     """The state dict of HF transformers' ``Swinv2ForImageClassification`` (V1: ``SwinForImageClassification``) and
     its config arguments: image size, window, per-stage pretrained windows (those the position bias was trained
     at), and ``id2label`` from the class names a swinssl classifier recorded. The mask token is left out."""
-    if checkpoint.family.startswith("video_"):
+    if is_video(checkpoint.family):
         raise CheckpointError(f"{checkpoint.source}: HF transformers has no Video Swin; keep video checkpoints in the "
                               "swinssl format")
     if "extra_norm_period" in checkpoint.arch:
@@ -139,7 +138,8 @@ def to_hf(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, An
     if "img_size" not in settings or "window_size" not in settings:
         raise CheckpointError(f"{checkpoint.source} records no image size and window, which an HF config needs; "
                               "export a swinssl checkpoint, or load this one with create_encoder and train or save it")
-    prefix = "swinv2." if checkpoint.family == "swinv2" else "swin."
+    v2 = FAMILIES[checkpoint.family].v2
+    prefix = "swinv2." if v2 else "swin."
     qkv_parts = {"attn.qkv.weight": ("query.weight", "key.weight", "value.weight"),
                  "attn.qkv.bias": ("query.bias", "key.bias", "value.bias"),
                  "attn.q_bias": ("query.bias",), "attn.v_bias": ("value.bias",)}
@@ -166,7 +166,7 @@ def to_hf(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, An
     if "drop_path_rate" in settings:  # the run's; a file that does not say: none (not HF's default 0.1)
         config["drop_path_rate"] = float(settings["drop_path_rate"])
     config["encoder_stride"] = arch["patch_size"] * 2 ** (len(arch["depths"]) - 1)  # the final feature stride
-    if checkpoint.family == "swinv2":
+    if v2:
         config["pretrained_window_sizes"] = list(checkpoint.pretrained_window_sizes or [0] * len(arch["depths"]))
     names = (checkpoint.hparams or {}).get("class_names")
     if checkpoint.num_classes:

@@ -25,7 +25,8 @@ import torch
 
 from swinssl.models.video_swin import VideoSwinEncoder
 from swinssl.models.windows import resize_bias_table
-from swinssl.weights.formats import ANCHOR, Checkpoint
+from swinssl.weights.checkpoint import Checkpoint
+from swinssl.weights.formats import ANCHOR
 from swinssl.weights.io import CheckpointError
 
 PATCH_INITS = ("inflate", "center")

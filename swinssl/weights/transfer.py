@@ -18,9 +18,10 @@ from typing import Any
 
 from torch import nn
 
-from swinssl.models.registry import FAMILY_NAMES
+from swinssl.models.registry import FAMILIES
 from swinssl.models.windows import resize_bias_table
-from swinssl.weights.formats import FORMAT_NAMES, Checkpoint, parse_checkpoint
+from swinssl.weights.checkpoint import Checkpoint
+from swinssl.weights.formats import FORMAT_NAMES, parse_checkpoint
 from swinssl.checkpoint_names import is_remote
 from swinssl.weights.hub import fetch
 from swinssl.weights.io import CheckpointError, checkpoint_file, non_finite_tensors, read_checkpoint
@@ -78,8 +79,9 @@ def load_checkpoint(checkpoint: str | Path | Mapping[str, Any] | Checkpoint, tru
 def check_family(checkpoint: Checkpoint, family: str, arch: str, inflating: bool = False) -> None:
     """The checkpoint is of ``family``: what ``arch`` builds, or with ``inflating``, what it inflates from."""
     if checkpoint.family != family:
-        wanted = f"{arch!r} takes {FAMILY_NAMES[family]} weights" if inflating else f"arch {arch!r} is {FAMILY_NAMES[family]}"
-        raise CheckpointError(f"{checkpoint.source} is a {FAMILY_NAMES[checkpoint.family]} checkpoint; {wanted}")
+        title = FAMILIES[family].title
+        wanted = f"{arch!r} takes {title} weights" if inflating else f"arch {arch!r} is {title}"
+        raise CheckpointError(f"{checkpoint.source} is a {FAMILIES[checkpoint.family].title} checkpoint; {wanted}")
 
 
 def check_architecture(checkpoint: Checkpoint, requested: Mapping[str, Any], arch: str) -> None:
@@ -125,7 +127,7 @@ def load_into(model: nn.Module, checkpoint: Checkpoint) -> LoadReport:
         raise CheckpointError(f"{checkpoint.source} does not fit the model; " + "; ".join(problems))
     model.load_state_dict(state, strict=False)
     report.loaded = len(state)
-    if checkpoint.family.endswith("swinv2"):
+    if FAMILIES[checkpoint.family].v2:
         source = checkpoint.pretrained_window_sizes or "not recorded in the checkpoint"
         built = [s.blocks[0].window_size[0] for s in model.layers] if image_model else list(model.window_size)
         report.position_bias = (f"coordinates normalized by windows {model.pretrained_window_sizes()} "

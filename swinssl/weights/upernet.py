@@ -15,7 +15,7 @@ from swinssl.weights.hf import to_hf
 from swinssl.weights.io import CheckpointError, read_checkpoint
 
 if TYPE_CHECKING:
-    from swinssl.weights.formats import Checkpoint
+    from swinssl.weights.checkpoint import Checkpoint
 
 HEADS = ("decode_head.", "auxiliary_head.")
 HF_STAGES = ["stage1", "stage2", "stage3", "stage4"]
