@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from swinssl.tasks.base import SwinTask
 from swinssl.tasks.classification import AccuracyMetrics, check_classes
 from swinssl.tasks.optim import OptimConfig, backbone_and_head_groups
-from swinssl.models.registry import EncoderSpec
+from swinssl.models.registry import EncoderSpec, family, family_for
 from swinssl.weights import Checkpoint, encoder_from_spec
 
 
@@ -31,8 +31,8 @@ class VideoClassifier(AccuracyMetrics, SwinTask):
     ``frame_interval``, ``test_clips``, ...), so evaluation reads clips the same way.
     """
 
-    default_encoder = EncoderSpec(arch="video_swinv2_base", num_frames=32, img_size=224, window_size=(8, 7, 7),
-                                  drop_path_rate=0.2)
+    default_encoder = EncoderSpec(arch="video_swinv2_base", num_frames=32, img_size=224,
+                                  window_size=family("video_swinv2").window_size, drop_path_rate=0.2)
 
     def __init__(
         self,
@@ -60,9 +60,10 @@ class VideoClassifier(AccuracyMetrics, SwinTask):
 
     @classmethod
     def arguments_from_weights(cls, source: Checkpoint) -> dict[str, Any]:
-        if source.family.startswith("video_"):
-            return {"arch": source.family, "num_classes": source.num_classes}
-        return {"arch": f"video_{source.family}"}
+        weights = family(source.family)
+        if weights.video:
+            return {"arch": weights.name, "num_classes": source.num_classes}
+        return {"arch": family_for(video=True, v2=weights.v2).name}
 
     @property
     def encoder(self) -> torch.nn.Module:
