@@ -34,7 +34,7 @@ import torch
 
 from swinssl.checkpoint_names import is_remote
 from swinssl.normalization import IMAGENET_MEAN, IMAGENET_STD
-from swinssl.training.cli import quiet_broken_pipe
+from swinssl.pipes import quiet_broken_pipe
 from swinssl.weights import Checkpoint, CheckpointError, load_checkpoint, to_hf, to_timm
 from swinssl.weights.factories import CheckpointLike
 from swinssl.weights.onnx import OPSET

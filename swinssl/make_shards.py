@@ -477,7 +477,7 @@ def _pair_classes(args: argparse.Namespace, src: Path, pairs: bool) -> list[str]
 
 
 if __name__ == "__main__":
-    from swinssl.training.cli import quiet_broken_pipe
+    from swinssl.pipes import quiet_broken_pipe
 
     with quiet_broken_pipe():
         main()

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from swinssl.training.cli import quiet_broken_pipe
+    from swinssl.pipes import quiet_broken_pipe
 
     with quiet_broken_pipe():
         main()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from swinssl.pipes import quiet_broken_pipe
 from swinssl.training.recipe_checks import RECIPES, check_arguments, check_config, own_data
 
 log = logging.getLogger(__name__)
@@ -63,17 +63,6 @@ def one_handler_for_lightning() -> None:
     if logging.getLogger().handlers:
         for handler in list(logging.getLogger("lightning").handlers):
             logging.getLogger("lightning").removeHandler(handler)
-
-
-@contextmanager
-def quiet_broken_pipe() -> Iterator[None]:
-    """A reader that stops early (``| head -1``) ends the program quietly, as other command-line tools do."""
-    try:
-        yield
-        sys.stdout.flush()
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would fail again
-        raise SystemExit(1) from None
 
 
 def register_resolvers() -> None:
