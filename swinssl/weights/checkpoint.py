@@ -33,6 +33,7 @@ class Checkpoint:
     sizes: dict[str, Any]
     pretrained_window_sizes: list[int] | list[list[int]] | None = None
     decoder: dict[str, torch.Tensor] | None = None
+    task_state: dict[str, torch.Tensor] | None = None  # a swinssl run's other tensors (a segmenter's heads), as saved
     hparams: dict[str, Any] | None = None
     conversions: list[str] = field(default_factory=list)
     origin: str = "<state dict>"

@@ -111,8 +111,9 @@ def _from_lightning(raw: Mapping[str, Any], origin: str) -> Checkpoint:
         raise CheckpointError(f"{origin}: this Lightning checkpoint holds no Swin encoder (no '*{ANCHOR}' key)")
     prefix = anchors[0][: -len(ANCHOR)]
     parent = prefix.rstrip(".").rpartition(".")[0]
-    state = _split_prefix(full, prefix)
-    decoder = _split_prefix(full, f"{parent}.decoder." if parent else "decoder.") or None
+    decoder_prefix = f"{parent}.decoder." if parent else "decoder."
+    state, decoder = _split_prefix(full, prefix), _split_prefix(full, decoder_prefix) or None
+    task_state = {key: value for key, value in full.items() if not key.startswith((prefix, decoder_prefix))}
     state, notes, _ = _canonical_keys(state, official_layout=False)
     family = _family(state, origin)
     meta = raw.get("swinssl") or {}
@@ -120,7 +121,7 @@ def _from_lightning(raw: Mapping[str, Any], origin: str) -> Checkpoint:
         format="swinssl", family=family, state=state, sizes=infer_sizes(state, family),
         # checkpoints written before the rename recorded them as "position_bias_windows"
         pretrained_window_sizes=meta.get("pretrained_window_sizes", meta.get("position_bias_windows")),
-        decoder=decoder, hparams=dict(raw.get("hyper_parameters") or {}),
+        decoder=decoder, task_state=task_state or None, hparams=dict(raw.get("hyper_parameters") or {}),
         conversions=[f"took the encoder under '{prefix}'"] + notes, origin=origin,
     )
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from swinssl.weights.hf import to_hf
-from swinssl.weights.io import CheckpointError, read_checkpoint
+from swinssl.weights.checkpoint import CheckpointError
 
 if TYPE_CHECKING:
     from swinssl.weights.checkpoint import Checkpoint
@@ -27,11 +27,11 @@ def is_segmenter(source: Checkpoint) -> bool:
 
 
 def head_weights(source: Checkpoint) -> dict[str, torch.Tensor]:
-    """The UperNet heads' tensors of a swinssl segmentation checkpoint (``decode_head.*``, ``auxiliary_head.*``)."""
+    """The UperNet heads' tensors of a swinssl segmentation checkpoint (``decode_head.*``, ``auxiliary_head.*``), as
+    its reader kept them beside the encoder."""
     if not is_segmenter(source):
         return {}
-    state = read_checkpoint(source.origin)["state_dict"]
-    return {key.removeprefix("model."): value for key, value in state.items()
+    return {key.removeprefix("model."): value for key, value in (source.task_state or {}).items()
             if key.removeprefix("model.").startswith(HEADS)}
 
 
