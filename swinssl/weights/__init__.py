@@ -1,5 +1,7 @@
-"""Checkpoints in and out: format detection, loading at any size and window, 2D->3D inflation, export to timm and
-HF transformers."""
+"""Checkpoints in and out, one way: :mod:`~swinssl.weights.read` turns any input into a :class:`Checkpoint` (hub
+names resolved, files read by :mod:`~swinssl.weights.io`, formats told apart and parsed by
+:mod:`~swinssl.weights.formats`), which :mod:`~swinssl.weights.transfer` loads into a model at any size and window;
+2D->3D inflation; export to timm, HF transformers and ONNX beside their readers."""
 
 from swinssl.weights.checkpoint import Checkpoint, CheckpointError
 from swinssl.weights.formats import parse_checkpoint, swinssl_metadata, to_timm
