@@ -33,7 +33,7 @@ def load_classifier(cfg: DictConfig, source):
     from swinssl.tasks import ImageClassifier, VideoClassifier
 
     if source.num_classes == 0:
-        raise ValueError(f"{source.source} has no classification head; fine-tune it first (python -m swinssl.finetune)")
+        raise ValueError(f"{source.origin} has no classification head; fine-tune it first (python -m swinssl.finetune)")
     video = is_video(source.family)
     keys = ("img_size", "window_size", "num_frames") if video else ("img_size", "window_size")
     sizes = {key: cfg[key] for key in keys if cfg[key] is not None}
@@ -142,7 +142,7 @@ def evaluate(cfg: DictConfig) -> dict:
         img_size = model.encoder_spec.img_size
         data, loader, preprocessing = (segmentation_data if segmenter else test_data)(cfg, model)
         check_classes(data, model)
-        out = result_path(cfg, source.source, data.val_data.name, img_size)
+        out = result_path(cfg, source.origin, data.val_data.name, img_size)
     skips = SkippedSamples()
     trainer = Trainer(accelerator=cfg.accelerator, devices=1, precision=select_precision(cfg.precision),
                       logger=False, enable_checkpointing=False, enable_model_summary=False, callbacks=[skips])
@@ -155,7 +155,7 @@ def evaluate(cfg: DictConfig) -> dict:
             raise ValueError(f"no sample of {data.val_data.name} could be evaluated ({skipped} skipped{example}); "
                              "nothing written")
     results = {
-        "checkpoint": source.source,
+        "checkpoint": source.origin,
         "data": str(cfg.data),
         "data_set": data.val_data.name,
         "samples": evaluated,

@@ -157,7 +157,7 @@ def export_onnx(source: Checkpoint, out: Path, img_size: int | None = None, wind
     from swinssl.weights.onnx import exportable_kernel, to_onnx
 
     if source.decoder is not None and not (encoder_only or features_only):
-        raise CheckpointError(f"{source.source} is a SimMIM pretraining checkpoint: its decoder serves only training; "
+        raise CheckpointError(f"{source.origin} is a SimMIM pretraining checkpoint: its decoder serves only training; "
                               "export the encoder with --encoder-only (pooled features) or --features-only (stage maps)")
     video = is_video(source.family)
     given = {key: value for key, value in
@@ -166,7 +166,7 @@ def export_onnx(source: Checkpoint, out: Path, img_size: int | None = None, wind
     missing = [key for key in ("img_size", "window_size", *(["num_frames"] if video else []))
                if key not in settings and key not in given]
     if missing:
-        raise CheckpointError(f"{source.source} does not record its {', '.join(missing)}; pass "
+        raise CheckpointError(f"{source.origin} does not record its {', '.join(missing)}; pass "
                               + " ".join(f"--{key.replace('_', '-')}" for key in missing))
     spec = EncoderSpec(arch=source.family).updated(settings, given, grad_checkpointing=False, compile=False)
     spec = spec.updated(attn_kernel=exportable_kernel(spec.attn_kernel))
@@ -179,7 +179,7 @@ def export_onnx(source: Checkpoint, out: Path, img_size: int | None = None, wind
     outputs = ([f"stage{index}" for index in range(len(model.feature_info.channels()))] if features_only
                else ["logits" if num_classes else "features"])
     preprocessing = timm_pretrained_cfg(source, {"img_size": spec.img_size, "num_classes": num_classes})
-    metadata = {"source": source.source, **({"checkpoint_sha256": source.sha256} if source.sha256 else {}),
+    metadata = {"source": source.origin, **({"checkpoint_sha256": source.sha256} if source.sha256 else {}),
                 "arch": spec.arch, "input": f"{'video' if video else 'image'} {list(example.shape[1:])}, any batch",
                 "outputs": outputs, "img_size": spec.img_size, "window_size": spec.window_size,
                 **({"num_frames": spec.num_frames} if video else {}),

@@ -52,7 +52,7 @@ def test_hf_swinv2_classifier_gives_the_hf_logits(tmp_path, images, saved_as):
     with torch.no_grad():
         assert relative_error(ours(images[:, :, :64, :64]), source(images[:, :, :64, :64]).logits) <= 1e-5
     checkpoint = load_checkpoint(path)
-    assert checkpoint.format == "hf" and checkpoint.arch["depths"] == (1, 1, 2, 1)
+    assert checkpoint.format == "hf" and checkpoint.sizes["depths"] == (1, 1, 2, 1)
     if saved_as == "folder":  # the config tells the windows and the classes
         assert checkpoint.pretrained_window_sizes == [4, 4, 4, 2]
         assert checkpoint.hparams == {"img_size": 64, "window_size": 4, "class_names": ["cat", "dog", "fox"]}

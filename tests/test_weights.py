@@ -241,7 +241,7 @@ def test_pickled_objects_need_the_explicit_opt_in(tmp_path):
     path = save(tmp_path, {"model": state, "extra": Untrusted()})
     with pytest.raises(CheckpointError, match=r"Untrusted.*trust_checkpoint=True"):
         load_checkpoint(path)
-    assert load_checkpoint(path, trust_checkpoint=True).arch["embed_dim"] == 16
+    assert load_checkpoint(path, trust_checkpoint=True).sizes["embed_dim"] == 16
 
 
 def test_official_yacs_config_is_read_as_plain_data(tmp_path, monkeypatch):

@@ -178,6 +178,11 @@ def window_log_cpb_bias(cpb_mlp: nn.Module, heads: int, window: Size, pretrained
     return log_cpb_bias(cpb_mlp, coordinates, relative_position_index(tuple(window), tuple(window), weight.device), heads)
 
 
+def table_window(rows: int) -> int:
+    """The window W of a square Swin V1 bias table of (2W-1)^2 ``rows``."""
+    return (math.isqrt(rows) + 1) // 2
+
+
 def resize_bias_table(table: torch.Tensor, window: int) -> torch.Tensor:
     """A Swin V1 ((2W-1)^2, heads) bias table resampled bicubically to another window (official transfer rule)."""
     size = round(table.shape[0] ** 0.5)

@@ -103,7 +103,7 @@ class SwinTask(LightningModule):
         self.encoder_spec = self.default_encoder.updated(encoder, settings)
         source = load_checkpoint(checkpoint, trust_checkpoint) if checkpoint is not None else None
         self.save_hyperparameters({"encoder": self.encoder_spec.to_dict(), **arguments,
-                                   "checkpoint": source.source if source is not None else None,
+                                   "checkpoint": source.origin if source is not None else None,
                                    **({"checkpoint_sha256": source.sha256} if source is not None and source.sha256 else {}),
                                    "trust_checkpoint": trust_checkpoint})
         return source

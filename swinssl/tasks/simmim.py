@@ -82,7 +82,7 @@ class SimMIM(SwinTask):
             try:
                 self.model.decoder.load_state_dict(decoder)
             except RuntimeError as error:
-                raise CheckpointError(f"{source.source}: its SimMIM decoder does not fit this model ({error})") from None
+                raise CheckpointError(f"{source.origin}: its SimMIM decoder does not fit this model ({error})") from None
 
     @property
     def encoder(self):

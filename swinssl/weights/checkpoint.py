@@ -1,5 +1,5 @@
 """The canonical form every checkpoint format is read into (:mod:`swinssl.weights.formats`, :mod:`swinssl.weights.hf`)
-and a transfer loads from (:mod:`swinssl.weights.transfer`)."""
+and a transfer loads from (:mod:`swinssl.weights.transfer`), and the one error every step raises."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ import torch
 from swinssl.models.registry import EncoderSpec
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as asked; the message says what was expected and what was found."""
+
+
 @dataclass
 class Checkpoint:
     """An encoder's weights in timm's layout, with the facts a transfer needs.
@@ -19,17 +23,20 @@ class Checkpoint:
     ``pretrained_window_sizes`` holds, per stage, the window the Swin V2 position-bias coordinates were normalized by
     (what a model moved from this one passes as ``pretrained_window_sizes``), or the V1 bias-table window; None when the source does
     not record it (plain timm state dicts). Video checkpoints give a (t, h, w) window per stage.
+    ``sizes`` are the encoder sizes read off the tensor shapes (``embed_dim``, ``depths``, ``num_heads``,
+    ``patch_size``, ``extra_norm_period``); ``origin`` names where the weights came from (a path, hub name or URL).
     """
 
     format: str
     family: str
     state: dict[str, torch.Tensor]
-    arch: dict[str, Any]
+    sizes: dict[str, Any]
     pretrained_window_sizes: list[int] | list[list[int]] | None = None
     decoder: dict[str, torch.Tensor] | None = None
+    task_state: dict[str, torch.Tensor] | None = None  # a swinssl run's other tensors (a segmenter's heads), as saved
     hparams: dict[str, Any] | None = None
     conversions: list[str] = field(default_factory=list)
-    source: str = "<state dict>"
+    origin: str = "<state dict>"
     sha256: str | None = None  # of the file a hub name or URL resolved to, recorded by the runs that load it
 
     @property

@@ -20,7 +20,8 @@ from swinssl.models.swin import build_encoder
 from swinssl.models.video_swin import VideoSwinEncoder, build_video_encoder
 from swinssl.weights.checkpoint import Checkpoint
 from swinssl.weights.inflate import PATCH_INITS, inflate_checkpoint
-from swinssl.weights.transfer import check_architecture, check_family, load_checkpoint, load_into
+from swinssl.weights.read import load_checkpoint
+from swinssl.weights.transfer import check_architecture, check_family, load_into
 
 log = logging.getLogger("swinssl.weights")
 CheckpointLike = str | Path | Mapping[str, Any] | Checkpoint
@@ -37,7 +38,7 @@ def checkpoint_arguments(arch: str, source: Checkpoint, overrides: dict[str, Any
     if arch == target.name:
         inferred = [*SIZE_KEYS, *([] if target.video else ["extra_norm_period"])]
         given = {key: value for key, value in overrides.items() if value is not None}
-        overrides = {**{key: source.arch[key] for key in inferred if key in source.arch}, **given}
+        overrides = {**{key: source.sizes[key] for key in inferred if key in source.sizes}, **given}
     requested = {**resolve_arch(arch, overrides), "patch_size": patch_size[1] if inflating else patch_size}
     check_architecture(source, requested, arch)
     if target.v2 and overrides.get("pretrained_window_sizes") is None:
@@ -48,7 +49,7 @@ def checkpoint_arguments(arch: str, source: Checkpoint, overrides: dict[str, Any
             log.warning("%s does not record the windows its position bias was trained at; coordinates are normalized "
                         "by the new windows. Give them: model.encoder.pretrained_window_sizes=[12,12,12,6] on the command "
                         "line (after 192 px / window 12), pretrained_window_sizes=[12, 12, 12, 6] in the API.",
-                        source.source)
+                        source.origin)
     return overrides
 
 
@@ -80,7 +81,7 @@ def create_encoder(
     """
     source = load_checkpoint(checkpoint, trust_checkpoint) if checkpoint is not None else None
     if source is not None:
-        patch_size = patch_size or (source.arch["patch_size"] if arch == family_of(arch) else None)
+        patch_size = patch_size or (source.sizes["patch_size"] if arch == family_of(arch) else None)
         overrides = checkpoint_arguments(arch, source, overrides, patch_size or 4)
     model = build_encoder(arch, img_size=img_size, window_size=window_size, patch_size=patch_size or 4,
                           num_classes=num_classes, mask_token=mask_token, attn_kernel=attn_kernel,
@@ -128,7 +129,7 @@ def create_video_encoder(
         raise ValueError(f"patch_init must be one of {PATCH_INITS}, got {patch_init!r}")
     source = load_checkpoint(checkpoint, trust_checkpoint) if checkpoint is not None else None
     if source is not None:
-        source_patch = source.arch["patch_size"]
+        source_patch = source.sizes["patch_size"]
         patch_size = triple(patch_size or (source_patch if is_video(source.family) else (2, source_patch, source_patch)),
                             "patch_size")
         overrides = checkpoint_arguments(arch, source, overrides, patch_size)

@@ -23,7 +23,6 @@ Video encoders (5-D patch kernel) get the families ``video_swinv2`` / ``video_sw
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -32,10 +31,10 @@ from typing import Any
 import torch
 
 from swinssl.models.registry import FAMILIES, family_for, is_video
-from swinssl.models.windows import trained_window
-from swinssl.weights.checkpoint import Checkpoint
+from swinssl.models.windows import table_window, trained_window
+from swinssl.weights.checkpoint import Checkpoint, CheckpointError
 from swinssl.weights.hf import HF_ANCHOR, from_hf, hf_config
-from swinssl.weights.io import EXPORT_RECORD, HF_CONFIG, CheckpointError
+from swinssl.weights.io import EXPORT_RECORD, HF_CONFIG
 
 FORMAT_NAMES = {
     "swinssl": "swinssl Lightning checkpoint",
@@ -51,10 +50,11 @@ TORCHVISION_ANCHORS = ("features.0.0.weight", "features.0.0.attn.qkv.weight")  #
 REBUILT_BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mask")
 
 
-def parse_checkpoint(raw: Mapping[str, Any], source: str = "<state dict>") -> Checkpoint:
-    """Detect the format of a loaded checkpoint and convert it to the canonical form."""
+def parse_checkpoint(raw: Mapping[str, Any], origin: str = "<state dict>") -> Checkpoint:
+    """Detect the format of a loaded checkpoint (what :mod:`swinssl.weights.io` read from ``origin``) and convert it to
+    the canonical form."""
     if "state_dict" in raw and ("pytorch-lightning_version" in raw or "hyper_parameters" in raw):
-        return _from_lightning(raw, source)
+        return _from_lightning(raw, origin)
     state, ignored = _unwrap(raw)
     notes = [f"ignored training state: {', '.join(ignored)}"] if ignored else []
     hparams, windows = None, None
@@ -69,7 +69,7 @@ def parse_checkpoint(raw: Mapping[str, Any], source: str = "<state dict>") -> Ch
         hparams, windows = hf_config(raw.get(HF_CONFIG), state)
     elif any(".attn.meta_mlp." in key for key in state):
         raise CheckpointError(
-            f"{source} is a timm swinv2_cr_* state dict: another architecture (its position bias comes from raw log "
+            f"{origin} is a timm swinv2_cr_* state dict: another architecture (its position bias comes from raw log "
             "offsets through a meta-MLP, without Swin V2's normalized log-CPB and 16*sigmoid), so its weights do not "
             "map onto Swin V2; use it with timm's swinv2_cr_* models"
         )
@@ -91,37 +91,38 @@ def parse_checkpoint(raw: Mapping[str, Any], source: str = "<state dict>") -> Ch
     else:
         sample = ", ".join(list(state or raw)[:4]) or "none"
         raise CheckpointError(
-            f"{source}: unrecognized checkpoint format; expected a swinssl Lightning checkpoint, a Microsoft "
+            f"{origin}: unrecognized checkpoint format; expected a swinssl Lightning checkpoint, a Microsoft "
             f"official Swin/SimMIM .pth, a timm, HF transformers or torchvision Swin state dict (keys like "
             f"'{ANCHOR}', 'encoder.{ANCHOR}', '{HF_ANCHOR}' or '{TORCHVISION_ANCHORS[0]}'), found keys: {sample}"
         )
     state, more_notes, recorded = _canonical_keys(state, official_layout=fmt not in ("timm", "torchvision"))
-    family = _family(state, source)
+    family = _family(state, origin)
     return Checkpoint(
-        format=fmt, family=family, state=state, arch=infer_architecture(state, family),
+        format=fmt, family=family, state=state, sizes=infer_sizes(state, family),
         pretrained_window_sizes=windows or recorded, decoder=decoder or None, hparams=hparams,
-        conversions=notes + more_notes, source=source,
+        conversions=notes + more_notes, origin=origin,
     )
 
 
-def _from_lightning(raw: Mapping[str, Any], source: str) -> Checkpoint:
+def _from_lightning(raw: Mapping[str, Any], origin: str) -> Checkpoint:
     full = raw["state_dict"]
     anchors = sorted((key for key in full if key.endswith(ANCHOR)), key=len)
     if not anchors:
-        raise CheckpointError(f"{source}: this Lightning checkpoint holds no Swin encoder (no '*{ANCHOR}' key)")
+        raise CheckpointError(f"{origin}: this Lightning checkpoint holds no Swin encoder (no '*{ANCHOR}' key)")
     prefix = anchors[0][: -len(ANCHOR)]
     parent = prefix.rstrip(".").rpartition(".")[0]
-    state = _split_prefix(full, prefix)
-    decoder = _split_prefix(full, f"{parent}.decoder." if parent else "decoder.") or None
+    decoder_prefix = f"{parent}.decoder." if parent else "decoder."
+    state, decoder = _split_prefix(full, prefix), _split_prefix(full, decoder_prefix) or None
+    task_state = {key: value for key, value in full.items() if not key.startswith((prefix, decoder_prefix))}
     state, notes, _ = _canonical_keys(state, official_layout=False)
-    family = _family(state, source)
+    family = _family(state, origin)
     meta = raw.get("swinssl") or {}
     return Checkpoint(
-        format="swinssl", family=family, state=state, arch=infer_architecture(state, family),
+        format="swinssl", family=family, state=state, sizes=infer_sizes(state, family),
         # checkpoints written before the rename recorded them as "position_bias_windows"
         pretrained_window_sizes=meta.get("pretrained_window_sizes", meta.get("position_bias_windows")),
-        decoder=decoder, hparams=dict(raw.get("hyper_parameters") or {}),
-        conversions=[f"took the encoder under '{prefix}'"] + notes, source=source,
+        decoder=decoder, task_state=task_state or None, hparams=dict(raw.get("hyper_parameters") or {}),
+        conversions=[f"took the encoder under '{prefix}'"] + notes, origin=origin,
     )
 
 
@@ -270,7 +271,7 @@ def recorded_windows(state: Mapping[str, torch.Tensor]) -> list[int] | None:
         if coords is not None:
             windows.append(trained_window(coords[..., 0], (coords.shape[1] + 1) // 2))
         elif table is not None:
-            windows.append((math.isqrt(table.shape[0]) + 1) // 2)
+            windows.append(table_window(table.shape[0]))
         else:
             return None
     return windows or None
@@ -281,18 +282,18 @@ def _stage_count(state: Mapping[str, Any]) -> int:
     return max(stages) + 1 if stages else 0
 
 
-def _family(state: Mapping[str, torch.Tensor], source: str) -> str:
+def _family(state: Mapping[str, torch.Tensor], origin: str) -> str:
     video = state[ANCHOR].ndim == 5
     if any(".cpb_mlp." in key for key in state):
         return family_for(video=video, v2=True).name
     if any(key.endswith("relative_position_bias_table") for key in state):
         return family_for(video=video, v2=False).name
     raise CheckpointError(
-        f"{source}: neither Swin V2 (cpb_mlp) nor Swin V1 (relative_position_bias_table) attention weights found"
+        f"{origin}: neither Swin V2 (cpb_mlp) nor Swin V1 (relative_position_bias_table) attention weights found"
     )
 
 
-def infer_architecture(state: Mapping[str, torch.Tensor], family: str) -> dict[str, Any]:
+def infer_sizes(state: Mapping[str, torch.Tensor], family: str) -> dict[str, Any]:
     """Widths, depths, heads and patch size read off the tensor shapes."""
     stages = _stage_count(state)
     depths = tuple(
@@ -303,14 +304,14 @@ def infer_architecture(state: Mapping[str, torch.Tensor], family: str) -> dict[s
     head_source = "attn.logit_scale" if v2 else "attn.relative_position_bias_table"
     heads = tuple(int(state[f"layers.{s}.blocks.0.{head_source}"].shape[0 if v2 else 1]) for s in range(stages))
     patch = state[ANCHOR]
-    arch: dict[str, Any] = dict(
+    sizes: dict[str, Any] = dict(
         embed_dim=int(patch.shape[0]), depths=depths, num_heads=heads,
         patch_size=tuple(patch.shape[2:]) if patch.ndim == 5 else int(patch.shape[-1]),
     )
     extra = sorted({int(m[1]) + 1 for key in state if (m := re.match(r"layers\.\d+\.blocks\.(\d+)\.norm3\.", key))})
     if extra:
-        arch["extra_norm_period"] = extra[0]
-    return arch
+        sizes["extra_norm_period"] = extra[0]
+    return sizes
 
 
 def to_timm(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -320,14 +321,14 @@ def to_timm(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, 
     constructor arguments to pass to timm along with the weights.
     """
     if is_video(checkpoint.family):
-        raise CheckpointError(f"{checkpoint.source}: timm has no Video Swin; keep video checkpoints in the swinssl format")
-    if "extra_norm_period" in checkpoint.arch:
+        raise CheckpointError(f"{checkpoint.origin}: timm has no Video Swin; keep video checkpoints in the swinssl format")
+    if "extra_norm_period" in checkpoint.sizes:
         raise CheckpointError(
-            f"{checkpoint.source}: the paper's extra LayerNorms (H/G models) have no place in timm's Swin; "
+            f"{checkpoint.origin}: the paper's extra LayerNorms (H/G models) have no place in timm's Swin; "
             "keep this checkpoint in the swinssl format"
         )
     state = {key: value for key, value in checkpoint.state.items() if key != "mask_token"}
-    kwargs: dict[str, Any] = {key: checkpoint.arch[key] for key in ("embed_dim", "depths", "num_heads", "patch_size")}
+    kwargs: dict[str, Any] = {key: checkpoint.sizes[key] for key in ("embed_dim", "depths", "num_heads", "patch_size")}
     kwargs["num_classes"] = checkpoint.num_classes
     settings = checkpoint.encoder_settings
     for key in ("img_size", "window_size"):

@@ -11,8 +11,7 @@ from typing import Any
 import torch
 
 from swinssl.models.registry import FAMILIES, is_video
-from swinssl.weights.checkpoint import Checkpoint
-from swinssl.weights.io import CheckpointError
+from swinssl.weights.checkpoint import Checkpoint, CheckpointError
 
 HF_ANCHOR = "embeddings.patch_embeddings.projection.weight"
 # Inside a block: (Microsoft/timm name, HF transformers name); query/key/value are split from qkv apart.
@@ -127,16 +126,16 @@ def to_hf(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, An
     its config arguments: image size, window, per-stage pretrained windows (those the position bias was trained
     at), and ``id2label`` from the class names a swinssl classifier recorded. The mask token is left out."""
     if is_video(checkpoint.family):
-        raise CheckpointError(f"{checkpoint.source}: HF transformers has no Video Swin; keep video checkpoints in the "
+        raise CheckpointError(f"{checkpoint.origin}: HF transformers has no Video Swin; keep video checkpoints in the "
                               "swinssl format")
-    if "extra_norm_period" in checkpoint.arch:
+    if "extra_norm_period" in checkpoint.sizes:
         raise CheckpointError(
-            f"{checkpoint.source}: the paper's extra LayerNorms (H/G models) have no place in HF transformers' "
+            f"{checkpoint.origin}: the paper's extra LayerNorms (H/G models) have no place in HF transformers' "
             "Swin V2; keep this checkpoint in the swinssl format"
         )
     settings = checkpoint.encoder_settings
     if "img_size" not in settings or "window_size" not in settings:
-        raise CheckpointError(f"{checkpoint.source} records no image size and window, which an HF config needs; "
+        raise CheckpointError(f"{checkpoint.origin} records no image size and window, which an HF config needs; "
                               "export a swinssl checkpoint, or load this one with create_encoder and train or save it")
     v2 = FAMILIES[checkpoint.family].v2
     prefix = "swinv2." if v2 else "swin."
@@ -159,15 +158,15 @@ def to_hf(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, An
             state[f"classifier.{key[len('head.fc.'):]}"] = value
         elif key != "mask_token":
             state[prefix + _renamed(key, HF_TOP_NAMES, 0, 1)] = value
-    arch = checkpoint.arch
+    sizes = checkpoint.sizes
     config: dict[str, Any] = {"image_size": settings["img_size"], "window_size": int(settings["window_size"]),
-                              "patch_size": arch["patch_size"], "embed_dim": arch["embed_dim"],
-                              "depths": list(arch["depths"]), "num_heads": list(arch["num_heads"]), **TIMM_SWIN}
+                              "patch_size": sizes["patch_size"], "embed_dim": sizes["embed_dim"],
+                              "depths": list(sizes["depths"]), "num_heads": list(sizes["num_heads"]), **TIMM_SWIN}
     if "drop_path_rate" in settings:  # the run's; a file that does not say: none (not HF's default 0.1)
         config["drop_path_rate"] = float(settings["drop_path_rate"])
-    config["encoder_stride"] = arch["patch_size"] * 2 ** (len(arch["depths"]) - 1)  # the final feature stride
+    config["encoder_stride"] = sizes["patch_size"] * 2 ** (len(sizes["depths"]) - 1)  # the final feature stride
     if v2:
-        config["pretrained_window_sizes"] = list(checkpoint.pretrained_window_sizes or [0] * len(arch["depths"]))
+        config["pretrained_window_sizes"] = list(checkpoint.pretrained_window_sizes or [0] * len(sizes["depths"]))
     names = (checkpoint.hparams or {}).get("class_names")
     if checkpoint.num_classes:
         count = checkpoint.num_classes

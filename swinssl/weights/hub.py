@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from swinssl.checkpoint_names import HUB_PREFIX
-from swinssl.weights.io import HF_CONFIG, HF_WEIGHTS, CheckpointError
+from swinssl.weights.checkpoint import CheckpointError
+from swinssl.weights.io import HF_CONFIG, HF_WEIGHTS
 
 
 

@@ -25,9 +25,8 @@ import torch
 
 from swinssl.models.video_swin import VideoSwinEncoder
 from swinssl.models.windows import resize_bias_table
-from swinssl.weights.checkpoint import Checkpoint
+from swinssl.weights.checkpoint import Checkpoint, CheckpointError
 from swinssl.weights.formats import ANCHOR
-from swinssl.weights.io import CheckpointError
 
 PATCH_INITS = ("inflate", "center")
 
@@ -82,8 +81,8 @@ def inflate_checkpoint(image: Checkpoint, model: VideoSwinEncoder, patch_init: s
     if fresh:
         notes.append(f"kept the initialization of {len(fresh)} temporal-attention tensors (identity at start)")
     return Checkpoint(
-        format=image.format, family=f"video_{image.family}", state=state, arch=image.arch, pretrained_window_sizes=image.pretrained_window_sizes,
-        conversions=image.conversions + notes, source=image.source, sha256=image.sha256,
+        format=image.format, family=f"video_{image.family}", state=state, sizes=image.sizes, pretrained_window_sizes=image.pretrained_window_sizes,
+        conversions=image.conversions + notes, origin=image.origin, sha256=image.sha256,
     )
 
 

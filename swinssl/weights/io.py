@@ -14,9 +14,7 @@ from typing import Any
 
 import torch
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used as asked; the message says what was expected and what was found."""
+from swinssl.weights.checkpoint import CheckpointError
 
 
 class PickledCheckpointError(CheckpointError):

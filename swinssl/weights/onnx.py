@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from swinssl.weights.io import CheckpointError
+from swinssl.weights.checkpoint import CheckpointError
 
 OPSET = 17
 TOLERANCE = 1e-4

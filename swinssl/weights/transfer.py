@@ -1,4 +1,5 @@
-"""Loading a checkpoint into an encoder of any image size and window, with a report of every change.
+"""Loading a :class:`~swinssl.weights.checkpoint.Checkpoint` (read by :mod:`swinssl.weights.read`) into an encoder of
+any image size and window, with a report of every change.
 
 Swin V2 keeps its ``cpb_mlp`` weights as they are (that is the point of log-spaced CPB) and is built with
 ``pretrained_window_sizes`` = the windows the source normalized its coordinates by; position indices,
@@ -10,24 +11,19 @@ shape matches, else re-initialized with a warning. Everything else must match ex
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from swinssl.models.registry import FAMILIES
-from swinssl.models.windows import resize_bias_table
-from swinssl.weights.checkpoint import Checkpoint
-from swinssl.weights.formats import FORMAT_NAMES, parse_checkpoint
-from swinssl.checkpoint_names import is_remote
-from swinssl.weights.hub import fetch
-from swinssl.weights.io import CheckpointError, checkpoint_file, non_finite_tensors, read_checkpoint
+from swinssl.models.registry import FAMILIES, SIZE_KEYS
+from swinssl.models.windows import resize_bias_table, table_window
+from swinssl.weights.checkpoint import Checkpoint, CheckpointError
+from swinssl.weights.formats import FORMAT_NAMES
 
 log = logging.getLogger("swinssl.weights")
-ARCH_KEYS = ("embed_dim", "depths", "num_heads", "patch_size", "extra_norm_period")
+CHECKED_SIZES = (*SIZE_KEYS, "patch_size", "extra_norm_period")  # what a checkpoint and its model must share
 
 
 @dataclass
@@ -54,43 +50,21 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def load_checkpoint(checkpoint: str | Path | Mapping[str, Any] | Checkpoint, trust_checkpoint: bool = False) -> Checkpoint:
-    """Any supported checkpoint (a file, a run folder: its newest ``last.ckpt``, a hub name or URL:
-    :mod:`swinssl.weights.hub`, a loaded dict or state dict) in canonical form."""
-    if isinstance(checkpoint, Checkpoint):
-        return checkpoint
-    if isinstance(checkpoint, Mapping):
-        parsed = parse_checkpoint(checkpoint)
-    elif is_remote(checkpoint):
-        fetched = fetch(checkpoint)
-        parsed = parse_checkpoint(read_checkpoint(fetched.path, trust_checkpoint), source=fetched.name)
-        parsed.sha256 = fetched.sha256
-        parsed.conversions.insert(0, f"read {fetched.path} (sha256 {fetched.sha256})")
-    else:
-        path = checkpoint_file(checkpoint)
-        parsed = parse_checkpoint(read_checkpoint(path, trust_checkpoint), source=str(path))
-    bad = non_finite_tensors({**parsed.state, **{f"decoder.{k}": v for k, v in (parsed.decoder or {}).items()}})
-    if bad:
-        raise CheckpointError(f"{parsed.source} holds NaN or inf values in {len(bad)} tensors (e.g. {bad[0]}); "
-                              "its weights cannot be used")
-    return parsed
-
-
 def check_family(checkpoint: Checkpoint, family: str, arch: str, inflating: bool = False) -> None:
     """The checkpoint is of ``family``: what ``arch`` builds, or with ``inflating``, what it inflates from."""
     if checkpoint.family != family:
         title = FAMILIES[family].title
         wanted = f"{arch!r} takes {title} weights" if inflating else f"arch {arch!r} is {title}"
-        raise CheckpointError(f"{checkpoint.source} is a {FAMILIES[checkpoint.family].title} checkpoint; {wanted}")
+        raise CheckpointError(f"{checkpoint.origin} is a {FAMILIES[checkpoint.family].title} checkpoint; {wanted}")
 
 
 def check_architecture(checkpoint: Checkpoint, requested: Mapping[str, Any], arch: str) -> None:
     """One error naming every size on which the checkpoint and the requested model disagree."""
-    differ = [key for key in ARCH_KEYS if _size(checkpoint.arch.get(key)) != _size(requested.get(key))]
+    differ = [key for key in CHECKED_SIZES if _size(checkpoint.sizes.get(key)) != _size(requested.get(key))]
     if differ:
-        found = ", ".join(f"{key} {_size(checkpoint.arch.get(key))}" for key in differ)
+        found = ", ".join(f"{key} {_size(checkpoint.sizes.get(key))}" for key in differ)
         wanted = ", ".join(f"{key} {_size(requested.get(key))}" for key in differ)
-        raise CheckpointError(f"{checkpoint.source} does not fit arch {arch!r}: the checkpoint has {found}; "
+        raise CheckpointError(f"{checkpoint.origin} does not fit arch {arch!r}: the checkpoint has {found}; "
                               f"{arch!r} expects {wanted}")
 
 
@@ -100,15 +74,14 @@ def _size(value: Any) -> Any:
 
 def load_into(model: nn.Module, checkpoint: Checkpoint) -> LoadReport:
     """Copy ``checkpoint`` into ``model`` (built at its target size); strict except for the head and mask token."""
-    report = LoadReport(source=checkpoint.source, format=checkpoint.format, conversions=list(checkpoint.conversions))
+    report = LoadReport(source=checkpoint.origin, format=checkpoint.format, conversions=list(checkpoint.conversions))
     target = model.state_dict()
     state = dict(checkpoint.state)
     image_model = model.patch_embed.proj.weight.ndim == 4  # video tables must match: no rule resizes them
     for key, value in list(state.items()):
         if (image_model and key.endswith("relative_position_bias_table") and key in target
                 and value.shape != target[key].shape):
-            window = (math.isqrt(target[key].shape[0]) + 1) // 2
-            state[key] = resize_bias_table(value, window)
+            state[key] = resize_bias_table(value, table_window(target[key].shape[0]))
             report.resized.append(f"{key} {tuple(value.shape)} -> {tuple(target[key].shape)} (bicubic)")
     _fit_optional(state, target, "mask_token", report, "SimMIM mask token")
     _fit_head(state, target, report)
@@ -124,7 +97,7 @@ def load_into(model: nn.Module, checkpoint: Checkpoint) -> LoadReport:
         problems = [f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''} ({len(keys)})"
                     for label, keys in (("unexpected", unexpected), ("missing", missing),
                                         ("shape checkpoint vs model", mismatched)) if keys]
-        raise CheckpointError(f"{checkpoint.source} does not fit the model; " + "; ".join(problems))
+        raise CheckpointError(f"{checkpoint.origin} does not fit the model; " + "; ".join(problems))
     model.load_state_dict(state, strict=False)
     report.loaded = len(state)
     if FAMILIES[checkpoint.family].v2:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from swinssl.weights.hf import to_hf
-from swinssl.weights.io import CheckpointError, read_checkpoint
+from swinssl.weights.checkpoint import CheckpointError
 
 if TYPE_CHECKING:
     from swinssl.weights.checkpoint import Checkpoint
@@ -27,11 +27,11 @@ def is_segmenter(source: Checkpoint) -> bool:
 
 
 def head_weights(source: Checkpoint) -> dict[str, torch.Tensor]:
-    """The UperNet heads' tensors of a swinssl segmentation checkpoint (``decode_head.*``, ``auxiliary_head.*``)."""
+    """The UperNet heads' tensors of a swinssl segmentation checkpoint (``decode_head.*``, ``auxiliary_head.*``), as
+    its reader kept them beside the encoder."""
     if not is_segmenter(source):
         return {}
-    state = read_checkpoint(source.source)["state_dict"]
-    return {key.removeprefix("model."): value for key, value in state.items()
+    return {key.removeprefix("model."): value for key, value in (source.task_state or {}).items()
             if key.removeprefix("model.").startswith(HEADS)}
 
 
@@ -40,7 +40,7 @@ def to_hf_upernet(source: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str
     ``Swinv2Config`` arguments. The encoder's final norm (unused by the stage maps) is left out, as HF's
     ``Swinv2Backbone`` has none."""
     if source.family != "swinv2":
-        raise CheckpointError(f"{source.source}: HF UperNet export takes a Swin V2 segmenter, not {source.family}")
+        raise CheckpointError(f"{source.origin}: HF UperNet export takes a Swin V2 segmenter, not {source.family}")
     encoder, backbone_config = to_hf(source)
     state = {f"backbone.{key.removeprefix('swinv2.')}": value for key, value in encoder.items()
              if not key.startswith(("swinv2.layernorm.", "classifier."))}
@@ -54,7 +54,7 @@ def to_hf_upernet(source: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str
               "auxiliary_channels": head["auxiliary_channels"], "auxiliary_num_convs": head["auxiliary_num_convs"],
               "auxiliary_concat_input": False, "loss_ignore_index": hparams.get("ignore_index", 255)}
     if head["auxiliary_index"] != 2:
-        raise CheckpointError(f"{source.source}: HF UperNet's auxiliary head reads stage 3; this one reads stage "
+        raise CheckpointError(f"{source.origin}: HF UperNet's auxiliary head reads stage 3; this one reads stage "
                               f"{head['auxiliary_index'] + 1}")
     backbone_config = {key: value for key, value in backbone_config.items() if key not in ("id2label", "label2id")}
     return state, config, {**backbone_config, "out_features": HF_STAGES}
