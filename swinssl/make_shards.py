@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import av
-import webdataset as wds
 from av.video.reformatter import VideoReformatter
 from PIL import Image
 from rich.progress import track
@@ -126,6 +125,8 @@ def write_shards(
                 skipped.append(item.name)
                 continue
             if writer is None:  # opened on the first good sample, so no empty shard is ever left behind
+                import webdataset as wds  # here, not at the top: it imports torch, which a recipe's config check must not wait for
+
                 filename = str(out / f"{prefix}-%06d.tar")
                 # whole-second mtimes: a fractional one costs every member an extra pax header to read
                 writer = wds.ShardWriter(filename, maxcount=maxcount, maxsize=maxsize, verbose=0, mtime=int(time.time()),

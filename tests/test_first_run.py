@@ -145,3 +145,20 @@ def test_a_hydra_cli_whose_reader_is_gone_ends_quietly():
     os.close(write)
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
     assert done.returncode == 1
+
+
+@pytest.mark.parametrize("task, recipe", [("pretrain", "demo"), ("finetune", "video_demo"), ("finetune", "seg_demo")])
+def test_a_config_error_in_a_demo_recipe_answers_before_torch_is_imported(task, recipe):
+    """The demo data's resolver imported the shard writer, and with it webdataset and torch (~8 s), before the
+    recipe check could reject a typo."""
+    code = f"""if True:
+        import runpy, sys
+        sys.argv = ["swinssl.{task}", "recipe={recipe}", "model.arch=swinv2_medium"]
+        try:
+            runpy.run_module("swinssl.{task}", run_name="__main__")
+        except SystemExit as exit:
+            print(exit.code, sorted(m for m in ("torch", "lightning", "timm") if m in sys.modules))
+    """
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "2 []", done.stdout + done.stderr[-2000:]
+    assert "unknown arch 'swinv2_medium'" in done.stderr
