@@ -45,6 +45,7 @@ from swinssl.masking import apply_mask_token
 from swinssl.models.attention import KernelAttention, check_kernel
 from swinssl.models.packing import positioned_attention
 from swinssl.models.registry import (
+    EncoderSpec,
     Triple,
     check_video_geometry,
     check_window_rule,
@@ -463,42 +464,34 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def build_video_encoder(
-    arch: str = "video_swinv2_base",
-    num_frames: int = 32,
-    img_size: int = 224,
-    window_size: int | Sequence[int] | None = None,
-    patch_size: int | Sequence[int] | None = None,
-    num_classes: int = 0,
-    attention: str = "joint",
-    attn_kernel: str = "fused",
-    attn_chunk_windows: int | None = None,
-    window_rule: str | None = None,
-    **overrides: Any,
-) -> VideoSwinEncoder:
-    """A freshly initialized Video Swin (``video_swinv2_*`` V2 style, ``video_swin_*`` V1 style), no I/O.
+def build_video_encoder(spec: EncoderSpec | str = "video_swinv2_base", num_classes: int = 0, mask_token: bool = False,
+                        **settings: Any) -> VideoSwinEncoder:
+    """A freshly initialized Video Swin (``video_swinv2_*`` V2 style, ``video_swin_*`` V1 style) as ``spec``
+    describes it, no I/O: sizes, clip (``num_frames``, ``img_size``), window and patch (None: the family's,
+    :class:`swinssl.models.registry.Family`: the official Video Swin window and patch), ``attention``,
+    ``window_rule`` (``official`` or ``geometric`` bias and padding of clipped windows, module docstring; None is
+    official for ``video_swin`` with joint attention, geometric otherwise), ``pretrained_window_sizes`` (per stage
+    (t, h, w)), drop-path rate, head dropout, attention kernel and activation checkpointing.
 
-    ``overrides`` reach the model (``embed_dim``, ``depths``, ``num_heads``, ``drop_path_rate``,
-    ``pretrained_window_sizes`` (per stage (t, h, w)), ``head_dropout``, ``grad_checkpointing``, ...).
-    ``attn_kernel``/``attn_chunk_windows``: the attention kernel, as for :func:`swinssl.models.build_encoder`.
-    ``window_rule``: ``official`` or ``geometric`` bias and padding of clipped windows (module docstring); None
-    is official for ``video_swin`` with joint attention, geometric otherwise. ``window_size``/``patch_size`` None:
-    the family's (:class:`swinssl.models.registry.Family`: the official Video Swin window and patch).
+    ``spec`` may be an arch name (then 224 px and the family's window), with ``settings``
+    (:class:`~swinssl.models.registry.EncoderSpec` fields) laid over it, as :func:`swinssl.models.build_encoder`.
     """
-    defaults = family(arch)
-    if not defaults.video:
-        raise ValueError(f"{arch!r} is an image arch; video encoders are video_swinv2_* or video_swin_*")
-    kwargs = resolve_arch(arch, overrides)
-    if attention not in ATTENTION_MODES:
-        raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
-    window = triple(window_size or defaults.window_size, "window_size")
-    patch = triple(patch_size or defaults.patch_size, "patch_size")
-    depths, heads = tuple(kwargs.pop("depths")), tuple(kwargs.pop("num_heads"))
-    if kwargs.get("pretrained_window_sizes") is not None:
-        kwargs["pretrained_window_sizes"] = video_pretrained_windows(kwargs["pretrained_window_sizes"], len(depths))
-    check_video_geometry(num_frames, img_size, patch, window, depths, kwargs["embed_dim"], heads)
+    if not isinstance(spec, EncoderSpec):
+        spec = EncoderSpec(arch=spec, img_size=224, window_size=None)
+    spec = spec.updated(settings)
+    record = family(spec.arch, video=True)
+    sizes = resolve_arch(spec.arch, spec.sizes())
+    if spec.attention not in ATTENTION_MODES:
+        raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {spec.attention!r}")
+    window, patch = record.window(spec.window_size), record.patch(spec.patch_size)
+    depths, heads = sizes.pop("depths"), sizes.pop("num_heads")
+    if sizes.get("pretrained_window_sizes") is not None:
+        sizes["pretrained_window_sizes"] = video_pretrained_windows(sizes["pretrained_window_sizes"], len(depths))
+    check_video_geometry(spec.num_frames, spec.img_size, patch, window, depths, sizes["embed_dim"], heads)
     return VideoSwinEncoder(
-        num_frames=num_frames, img_size=img_size, patch_size=patch, window_size=window, depths=depths,
-        num_heads=heads, style=defaults.style, attention=attention, num_classes=num_classes,
-        attn_kernel=attn_kernel, attn_chunk_windows=attn_chunk_windows, window_rule=window_rule, **kwargs,
+        num_frames=spec.num_frames, img_size=spec.img_size, patch_size=patch, window_size=window, depths=depths,
+        num_heads=heads, style=record.style, attention=spec.attention, num_classes=num_classes,
+        drop_path_rate=spec.drop_path_rate, head_dropout=spec.head_dropout, grad_checkpointing=spec.grad_checkpointing,
+        attn_kernel=spec.attn_kernel, attn_chunk_windows=spec.attn_chunk_windows, mask_token=mask_token,
+        window_rule=spec.window_rule, **sizes,
     )
