@@ -132,19 +132,36 @@ class SwinExtras:
     attention_class: type[KernelAttention]
     block_class: type[PaddedWindows]
 
-    def __init__(self, *, mask_token: bool = False, attn_kernel: str = "fused", attn_chunk_windows: int | None = None,
-                 **kwargs: Any) -> None:
-        """timm's model from ``kwargs``, taking any input size the patch divides, with the mask token (when
-        ``mask_token``) and the attention kernel."""
-        check_kernel(attn_kernel, attn_chunk_windows)  # before building, as the geometry checks
-        super().__init__(**kwargs)
+    def __init__(self, spec: EncoderSpec, num_classes: int = 0, mask_token: bool = False) -> None:
+        """timm's model as ``spec`` describes it (sizes, image size, window, patch, drop-path rate, position-bias
+        windows, extra norm, attention kernel, activation checkpointing), checked before anything is built; it
+        takes any input size the patch divides, ``num_classes`` outputs (0: features) and SimMIM's mask token
+        when ``mask_token``."""
+        record = family(spec.arch, video=False)
+        sizes = resolve_arch(spec.arch, spec.sizes())
+        if not record.v2 and {"pretrained_window_sizes", "extra_norm_period"} & sizes.keys():
+            raise ValueError("pretrained_window_sizes and extra_norm_period are Swin V2 options; Swin V1 has neither")
+        size = (spec.img_size, spec.img_size) if isinstance(spec.img_size, int) else tuple(map(int, spec.img_size))
+        patch = record.patch(spec.patch_size)
+        check_image_geometry(size, patch, spec.window_size, sizes["depths"], sizes["embed_dim"], sizes["num_heads"])
+        check_kernel(spec.attn_kernel, spec.attn_chunk_windows)
+        extra_norm_period = sizes.pop("extra_norm_period", 0)
+        super().__init__(img_size=size, patch_size=patch, window_size=spec.window_size, num_classes=num_classes,
+                         drop_path_rate=spec.drop_path_rate, **sizes)
         self.patch_embed.strict_img_size = False  # only the patch must divide the input: blocks and merges pad
         if mask_token:
             self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
             trunc_normal_(self.mask_token, std=0.02)
         else:
             self.mask_token = None
-        self.set_attention_kernel(attn_kernel, attn_chunk_windows)
+        self.set_attention_kernel(spec.attn_kernel, spec.attn_chunk_windows)
+        self.extra_norm_period = extra_norm_period  # the paper's extra norm (Swin V2 only, checked above)
+        if extra_norm_period:
+            for stage in self.layers:
+                for index, block in enumerate(stage.blocks):
+                    if (index + 1) % extra_norm_period == 0:
+                        _add_extra_norm(block)
+        self.set_grad_checkpointing(spec.grad_checkpointing)
 
     def set_attention_kernel(self, kernel: str = "fused", chunk_windows: int | None = None) -> None:
         """Run every window attention with ``kernel`` (``plain``, ``fused``, ``chunked``; see
@@ -238,15 +255,6 @@ class SwinV2Encoder(SwinExtras, SwinTransformerV2):
     block_class = PaddedBlockV2
     family = "swinv2"
 
-    def __init__(self, *, extra_norm_period: int = 0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.extra_norm_period = extra_norm_period
-        if extra_norm_period:
-            for stage in self.layers:
-                for index, block in enumerate(stage.blocks):
-                    if (index + 1) % extra_norm_period == 0:
-                        _add_extra_norm(block)
-
 
 class SwinEncoder(SwinExtras, SwinTransformer):
     """timm Swin V1 with an optional SimMIM mask token and a choice of attention kernel."""
@@ -272,25 +280,13 @@ def build_encoder(spec: EncoderSpec | str = "swinv2_base", num_classes: int = 0,
                   **settings: Any) -> SwinV2Encoder | SwinEncoder:
     """A freshly initialized image encoder as ``spec`` describes it: a preset (``swinv2_{tiny,...,giant}``,
     ``swin_{tiny,...,large}``) or a family (``swinv2``, ``swin``) with its sizes, at its image size, window and
-    patch (None: the family's), with its drop-path rate, attention kernel and activation checkpointing.
+    patch (None: the family's), with its drop-path rate, attention kernel (``plain``, ``fused``, ``chunked`` with
+    ``attn_chunk_windows`` windows per chunk, ``triton``; :mod:`swinssl.models.attention`; all compute the same
+    function) and activation checkpointing. ``num_classes=0`` gives a feature encoder; ``mask_token`` adds
+    SimMIM's mask token.
 
-    ``spec`` may be an arch name, and ``settings`` (:class:`~swinssl.models.registry.EncoderSpec` fields:
-    ``img_size``, ``window_size``, ``embed_dim``, ``pretrained_window_sizes``, ``attn_kernel``, ...) are laid
-    over it, so ``build_encoder("swinv2", img_size=64, window_size=4, embed_dim=16, ...)`` works as a keyword
-    form. ``num_classes=0`` gives a feature encoder; ``mask_token`` adds SimMIM's mask token.
+    ``spec`` may be an arch name, with ``settings`` (:class:`~swinssl.models.registry.EncoderSpec` fields) laid
+    over it: ``build_encoder("swinv2", img_size=64, window_size=4, embed_dim=16, depths=..., num_heads=...)``.
     """
     spec = (spec if isinstance(spec, EncoderSpec) else EncoderSpec(arch=spec)).updated(settings)
-    record = family(spec.arch, video=False)
-    sizes = resolve_arch(spec.arch, spec.sizes())
-    if not record.v2 and {"pretrained_window_sizes", "extra_norm_period"} & sizes.keys():
-        raise ValueError("pretrained_window_sizes and extra_norm_period are Swin V2 options; Swin V1 has neither")
-    size = (spec.img_size, spec.img_size) if isinstance(spec.img_size, int) else tuple(int(s) for s in spec.img_size)
-    patch = record.patch(spec.patch_size)
-    check_image_geometry(size, patch, spec.window_size, sizes["depths"], sizes["embed_dim"], sizes["num_heads"])
-    model = ENCODERS[record.name](
-        img_size=size, patch_size=patch, window_size=spec.window_size, num_classes=num_classes, mask_token=mask_token,
-        attn_kernel=spec.attn_kernel, attn_chunk_windows=spec.attn_chunk_windows, drop_path_rate=spec.drop_path_rate,
-        **sizes,
-    )
-    model.set_grad_checkpointing(spec.grad_checkpointing)
-    return model
+    return ENCODERS[family(spec.arch, video=False).name](spec, num_classes=num_classes, mask_token=mask_token)

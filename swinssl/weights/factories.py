@@ -119,7 +119,10 @@ def encoder_from_spec(spec: EncoderSpec, num_classes: int = 0, mask_token: bool 
     source = load_checkpoint(checkpoint, trust_checkpoint) if checkpoint is not None else None
     if source is not None:
         spec = checkpoint_spec(spec, source)
-    model = (build_video_encoder if video else build_encoder)(spec, num_classes=num_classes, mask_token=mask_token)
+    if video:
+        model = build_video_encoder(spec, num_classes=num_classes, mask_token=mask_token)
+    else:
+        model = build_encoder(spec, num_classes=num_classes, mask_token=mask_token)
     if source is not None:
         if video and not is_video(source.family):
             source = inflate_checkpoint(source, model, spec.patch_init)
