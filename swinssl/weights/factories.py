@@ -1,8 +1,10 @@
-"""``create_encoder`` and ``create_video_encoder``: an encoder of any size and window from any checkpoint.
+"""An encoder of any size and window from any checkpoint: :func:`encoder_from_spec`, and its keyword forms
+``create_encoder`` and ``create_video_encoder``.
 
-Both take one path: read the checkpoint, infer the sizes a bare family leaves open, check them against the
-requested model, take the windows its position bias was trained at, build, (inflate an image checkpoint to
-video,) and load strictly with a report (:func:`swinssl.weights.load_into`).
+One path: read the checkpoint, lay what it implies over the :class:`~swinssl.models.registry.EncoderSpec` (the
+sizes a bare family leaves open, the patch, the windows its position bias was trained at) after checking it
+against the requested model, build from the spec, (inflate an image checkpoint to video,) and load strictly with a
+report (:func:`swinssl.weights.load_into`).
 """
 
 from __future__ import annotations
