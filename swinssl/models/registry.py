@@ -253,8 +253,8 @@ class EncoderSpec:
 
     arch: str = "swinv2_base"
     img_size: int = 192
-    window_size: int | tuple[int, ...] = 12
-    patch_size: int | tuple[int, ...] | None = None  # None: the checkpoint's (4, or 2x4x4 for video, without one)
+    window_size: int | tuple[int, ...] | None = 12  # video None: the family's
+    patch_size: int | tuple[int, ...] | None = None  # None: the checkpoint's, else the family's
     drop_path_rate: float = 0.1
     embed_dim: int | None = None
     depths: tuple[int, ...] | None = None
