@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from swinssl.models.registry import family
+
 if TYPE_CHECKING:
     import torch
 
@@ -193,7 +195,7 @@ class VideoMaskGenerator:
         num_frames: int = 16,
         input_size: int | tuple[int, int] = 192,
         mask_patch_size: int = 32,
-        model_patch_size: tuple[int, int, int] | list[int] = (2, 4, 4),
+        model_patch_size: tuple[int, int, int] | list[int] = family("video_swinv2").patch_size,
         mask_ratio: float = 0.9,
         mode: str = "tube",
         mask_frames: int = 4,

@@ -281,9 +281,11 @@ def pretraining_stage(cfg: VideoBenchConfig):
     from swinssl.datamodules import SkipCounter
     from swinssl.datamodules.video import VideoShardDataModule
     from swinssl.masking import VideoMaskGenerator
+    from swinssl.models.registry import family
 
     model, simmim, data = pretraining_recipe()
-    masks = VideoMaskGenerator(model["num_frames"], model["img_size"], simmim["mask_patch_size"], (2, 4, 4),
+    patch = model["patch_size"] or family(model["arch"]).patch_size
+    masks = VideoMaskGenerator(model["num_frames"], model["img_size"], simmim["mask_patch_size"], patch,
                                simmim["mask_ratio"], simmim["mask_mode"], simmim["mask_frames"])
     dm = VideoShardDataModule(
         num_frames=model["num_frames"], img_size=model["img_size"], masks=masks,

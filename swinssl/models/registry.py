@@ -55,6 +55,19 @@ class Family:
         """The image family of the same style: what a video family inflates from."""
         return family_for(video=False, v2=self.v2)
 
+    def patch(self, given: int | Sequence[int] | None = None) -> int | Triple:
+        """A model's patch: ``given``, else this family's (video: as (time, height, width))."""
+        patch = given or self.patch_size
+        return triple(patch, "patch_size") if self.video else patch
+
+    def inflated_patch(self, image_patch: int) -> Triple:
+        """The patch of this (video) family over an image checkpoint's square ``image_patch``: its frames x that."""
+        return self.patch_size[0], image_patch, image_patch
+
+    def window(self, given: int | Sequence[int] | None = None) -> int | Triple:
+        """A model's window: ``given``, else (video) this family's, as (time, height, width)."""
+        return triple(given or self.window_size, "window_size") if self.video else given
+
     def window_rule(self, attention: str) -> str:
         """How clipped windows read the bias when no rule is given: the official Video Swin (V1) function for
         joint attention, the geometric rule otherwise (swinssl.models.video_swin)."""
@@ -74,9 +87,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def family(arch: str) -> Family:
-    """The family record of a preset or family name (``video_swinv2_base`` -> Video Swin V2)."""
-    return FAMILIES[family_of(arch)]
+def family(arch: str, video: bool | None = None) -> Family:
+    """The family record of a preset or family name (``video_swinv2_base`` -> Video Swin V2); with ``video``, an
+    error unless the arch is video (True) or image (False)."""
+    record = FAMILIES[family_of(arch)]
+    if video is True and not record.video:
+        raise ValueError(f"{arch!r} is an image arch; video encoders are video_swinv2_* or video_swin_*")
+    if video is False and record.video:
+        raise ValueError(f"{arch!r} is a video arch; build it with build_video_encoder / create_video_encoder")
+    return record
 
 
 def family_for(video: bool, v2: bool) -> Family:
@@ -234,8 +253,8 @@ class EncoderSpec:
 
     arch: str = "swinv2_base"
     img_size: int = 192
-    window_size: int | tuple[int, ...] = 12
-    patch_size: int | tuple[int, ...] | None = None  # None: the checkpoint's (4, or 2x4x4 for video, without one)
+    window_size: int | tuple[int, ...] | None = 12  # video None: the family's
+    patch_size: int | tuple[int, ...] | None = None  # None: the checkpoint's, else the family's
     drop_path_rate: float = 0.1
     embed_dim: int | None = None
     depths: tuple[int, ...] | None = None

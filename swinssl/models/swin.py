@@ -38,7 +38,7 @@ from torch import nn
 from swinssl.masking import apply_mask_token
 from swinssl.models.attention import KernelAttention, check_kernel
 from swinssl.models.packing import positioned_attention
-from swinssl.models.registry import FAMILIES, check_image_geometry, family_of, resolve_arch
+from swinssl.models.registry import EncoderSpec, check_image_geometry, family, resolve_arch
 from swinssl.models.windows import (
     cosine_query_key,
     log_cpb_bias,
@@ -132,6 +132,37 @@ class SwinExtras:
     attention_class: type[KernelAttention]
     block_class: type[PaddedWindows]
 
+    def __init__(self, spec: EncoderSpec, num_classes: int = 0, mask_token: bool = False) -> None:
+        """timm's model as ``spec`` describes it (sizes, image size, window, patch, drop-path rate, position-bias
+        windows, extra norm, attention kernel, activation checkpointing), checked before anything is built; it
+        takes any input size the patch divides, ``num_classes`` outputs (0: features) and SimMIM's mask token
+        when ``mask_token``."""
+        record = family(spec.arch, video=False)
+        sizes = resolve_arch(spec.arch, spec.sizes())
+        if not record.v2 and {"pretrained_window_sizes", "extra_norm_period"} & sizes.keys():
+            raise ValueError("pretrained_window_sizes and extra_norm_period are Swin V2 options; Swin V1 has neither")
+        size = (spec.img_size, spec.img_size) if isinstance(spec.img_size, int) else tuple(map(int, spec.img_size))
+        patch = record.patch(spec.patch_size)
+        check_image_geometry(size, patch, spec.window_size, sizes["depths"], sizes["embed_dim"], sizes["num_heads"])
+        check_kernel(spec.attn_kernel, spec.attn_chunk_windows)
+        extra_norm_period = sizes.pop("extra_norm_period", 0)
+        super().__init__(img_size=size, patch_size=patch, window_size=spec.window_size, num_classes=num_classes,
+                         drop_path_rate=spec.drop_path_rate, **sizes)
+        self.patch_embed.strict_img_size = False  # only the patch must divide the input: blocks and merges pad
+        if mask_token:
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
+            trunc_normal_(self.mask_token, std=0.02)
+        else:
+            self.mask_token = None
+        self.set_attention_kernel(spec.attn_kernel, spec.attn_chunk_windows)
+        self.extra_norm_period = extra_norm_period  # the paper's extra norm (Swin V2 only, checked above)
+        if extra_norm_period:
+            for stage in self.layers:
+                for index, block in enumerate(stage.blocks):
+                    if (index + 1) % extra_norm_period == 0:
+                        _add_extra_norm(block)
+        self.set_grad_checkpointing(spec.grad_checkpointing)
+
     def set_attention_kernel(self, kernel: str = "fused", chunk_windows: int | None = None) -> None:
         """Run every window attention with ``kernel`` (``plain``, ``fused``, ``chunked``; see
         :mod:`swinssl.models.attention`), ``chunk_windows`` windows at a time for ``chunked``.
@@ -149,18 +180,6 @@ class SwinExtras:
                 block.attn.__class__ = self.attention_class
                 block.attn.kernel, block.attn.chunk_windows = kernel, chunk_windows
         self.attn_kernel, self.attn_chunk_windows = kernel, chunk_windows
-
-    def _accept_any_size(self) -> None:
-        """timm's patch embedding then checks only that the patch divides the input (timm's strict size check
-        is off; the blocks pad, the merges pad odd sizes)."""
-        self.patch_embed.strict_img_size = False
-
-    def _init_mask_token(self, enabled: bool) -> None:
-        if enabled:
-            self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
-            trunc_normal_(self.mask_token, std=0.02)
-        else:
-            self.mask_token = None
 
     @property
     def stride(self) -> int:
@@ -236,20 +255,6 @@ class SwinV2Encoder(SwinExtras, SwinTransformerV2):
     block_class = PaddedBlockV2
     family = "swinv2"
 
-    def __init__(self, *, mask_token: bool = False, extra_norm_period: int = 0, attn_kernel: str = "fused",
-                 attn_chunk_windows: int | None = None, **kwargs: Any) -> None:
-        check_kernel(attn_kernel, attn_chunk_windows)  # before building, as the geometry checks
-        super().__init__(**kwargs)
-        self._accept_any_size()
-        self._init_mask_token(mask_token)
-        self.set_attention_kernel(attn_kernel, attn_chunk_windows)
-        self.extra_norm_period = extra_norm_period
-        if extra_norm_period:
-            for stage in self.layers:
-                for index, block in enumerate(stage.blocks):
-                    if (index + 1) % extra_norm_period == 0:
-                        _add_extra_norm(block)
-
 
 class SwinEncoder(SwinExtras, SwinTransformer):
     """timm Swin V1 with an optional SimMIM mask token and a choice of attention kernel."""
@@ -257,14 +262,6 @@ class SwinEncoder(SwinExtras, SwinTransformer):
     attention_class = WindowAttentionV1
     block_class = PaddedBlockV1
     family = "swin"
-
-    def __init__(self, *, mask_token: bool = False, attn_kernel: str = "fused",
-                 attn_chunk_windows: int | None = None, **kwargs: Any) -> None:
-        check_kernel(attn_kernel, attn_chunk_windows)  # before building, as the geometry checks
-        super().__init__(**kwargs)
-        self._accept_any_size()
-        self._init_mask_token(mask_token)
-        self.set_attention_kernel(attn_kernel, attn_chunk_windows)
 
 
 ENCODERS = {encoder.family: encoder for encoder in (SwinV2Encoder, SwinEncoder)}
@@ -279,44 +276,17 @@ def _apply_extra_norm(block: nn.Module, _inputs: Any, output: torch.Tensor) -> t
     return block.norm3(output)
 
 
-def build_encoder(
-    arch: str = "swinv2_base",
-    img_size: int | tuple[int, int] = 192,
-    window_size: int = 12,
-    patch_size: int = 4,
-    num_classes: int = 0,
-    mask_token: bool = False,
-    attn_kernel: str = "fused",
-    attn_chunk_windows: int | None = None,
-    **overrides: Any,
-) -> SwinV2Encoder | SwinEncoder:
-    """A freshly initialized encoder from a preset (``swinv2_{tiny,...,giant}``, ``swin_{tiny,...,large}``)
-    or a family (``swinv2``, ``swin``) + explicit sizes.
+def build_encoder(spec: EncoderSpec | str = "swinv2_base", num_classes: int = 0, mask_token: bool = False,
+                  **settings: Any) -> SwinV2Encoder | SwinEncoder:
+    """A freshly initialized image encoder as ``spec`` describes it: a preset (``swinv2_{tiny,...,giant}``,
+    ``swin_{tiny,...,large}``) or a family (``swinv2``, ``swin``) with its sizes, at its image size, window and
+    patch (None: the family's), with its drop-path rate, attention kernel (``plain``, ``fused``, ``chunked`` with
+    ``attn_chunk_windows`` windows per chunk, ``triton``; :mod:`swinssl.models.attention`; all compute the same
+    function) and activation checkpointing. ``num_classes=0`` gives a feature encoder; ``mask_token`` adds
+    SimMIM's mask token.
 
-    ``overrides`` go to the model (``embed_dim``, ``depths``, ``num_heads``, ``drop_path_rate``,
-    ``pretrained_window_sizes``, ``extra_norm_period``, ...). ``num_classes=0`` gives a feature encoder.
-    ``attn_kernel`` picks the attention kernel (``plain``, ``fused``, ``chunked`` with ``attn_chunk_windows``
-    windows per chunk; :mod:`swinssl.models.attention`); all compute the same function.
+    ``spec`` may be an arch name, with ``settings`` (:class:`~swinssl.models.registry.EncoderSpec` fields) laid
+    over it: ``build_encoder("swinv2", img_size=64, window_size=4, embed_dim=16, depths=..., num_heads=...)``.
     """
-    family = family_of(arch)
-    if family not in ENCODERS:
-        raise ValueError(f"{arch!r} is a video arch; build it with build_video_encoder / create_video_encoder")
-    kwargs = resolve_arch(arch, overrides)
-    if not FAMILIES[family].v2 and {"pretrained_window_sizes", "extra_norm_period"} & kwargs.keys():
-        raise ValueError("pretrained_window_sizes and extra_norm_period are Swin V2 options; Swin V1 has neither")
-    size = (img_size, img_size) if isinstance(img_size, int) else tuple(int(s) for s in img_size)
-    kwargs["depths"] = tuple(kwargs["depths"])
-    kwargs["num_heads"] = tuple(kwargs["num_heads"])
-    if "pretrained_window_sizes" in kwargs:
-        kwargs["pretrained_window_sizes"] = tuple(kwargs["pretrained_window_sizes"])
-    check_image_geometry(size, patch_size, window_size, kwargs["depths"], kwargs["embed_dim"], kwargs["num_heads"])
-    return ENCODERS[family](
-        img_size=size,
-        patch_size=patch_size,
-        window_size=window_size,
-        num_classes=num_classes,
-        mask_token=mask_token,
-        attn_kernel=attn_kernel,
-        attn_chunk_windows=attn_chunk_windows,
-        **kwargs,
-    )
+    spec = (spec if isinstance(spec, EncoderSpec) else EncoderSpec(arch=spec)).updated(settings)
+    return ENCODERS[family(spec.arch, video=False).name](spec, num_classes=num_classes, mask_token=mask_token)

@@ -45,13 +45,13 @@ from swinssl.masking import apply_mask_token
 from swinssl.models.attention import KernelAttention, check_kernel
 from swinssl.models.packing import positioned_attention
 from swinssl.models.registry import (
+    EncoderSpec,
     Triple,
     check_video_geometry,
     check_window_rule,
     family,
     family_for,
     resolve_arch,
-    triple,
     video_pretrained_windows,
 )
 from swinssl.models.windows import (
@@ -281,45 +281,37 @@ class VideoHead(nn.Module):
 class VideoSwinEncoder(nn.Module):
     """Video Swin over (B, 3, T, H, W) clips; ``forward_features`` gives final-normed (B, T', H', W', C) tokens."""
 
-    def __init__(
-        self,
-        num_frames: int = 32,
-        img_size: int = 224,
-        patch_size: Triple | None = None,
-        window_size: Triple | None = None,
-        embed_dim: int = 96,
-        depths: Sequence[int] = (2, 2, 6, 2),
-        num_heads: Sequence[int] = (3, 6, 12, 24),
-        style: str = "v2",
-        attention: str = "joint",
-        mlp_ratio: float = 4.0,
-        drop_path_rate: float = 0.1,
-        pretrained_window_sizes: Sequence[Triple] | None = None,
-        num_classes: int = 0,
-        head_dropout: float = 0.5,
-        grad_checkpointing: bool = False,
-        attn_kernel: str = "fused",
-        attn_chunk_windows: int | None = None,
-        mask_token: bool = False,
-        window_rule: str | None = None,
-    ) -> None:
-        check_kernel(attn_kernel, attn_chunk_windows)
-        defaults = family_for(video=True, v2=style == "v2")  # what a size or rule left out defaults to
-        patch_size, window_size = patch_size or defaults.patch_size, window_size or defaults.window_size
-        window_rule = window_rule or defaults.window_rule(attention)
+    def __init__(self, spec: EncoderSpec, num_classes: int = 0, mask_token: bool = False) -> None:
+        """The model ``spec`` describes (sizes, clip, window and patch, attention, window rule, position-bias
+        windows, drop-path rate, head dropout, attention kernel, activation checkpointing), checked before anything
+        is built; ``num_classes`` outputs (0: features) and SimMIM's mask token when ``mask_token``."""
+        record = family(spec.arch, video=True)
+        sizes = resolve_arch(spec.arch, spec.sizes())
+        if "extra_norm_period" in sizes:
+            raise ValueError("extra_norm_period is a Swin V2 image option; Video Swin has none")
+        if spec.attention not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {spec.attention!r}")
+        window_size, patch_size = record.window(spec.window_size), record.patch(spec.patch_size)
+        embed_dim, depths, num_heads = sizes["embed_dim"], sizes["depths"], sizes["num_heads"]
+        stages = len(depths)
+        pretrained = sizes.get("pretrained_window_sizes")
+        pretrained = video_pretrained_windows(pretrained, stages) if pretrained is not None else [(0, 0, 0)] * stages
+        check_video_geometry(spec.num_frames, spec.img_size, patch_size, window_size, depths, embed_dim, num_heads)
+        check_kernel(spec.attn_kernel, spec.attn_chunk_windows)
+        style, attention = record.style, spec.attention
+        window_rule = spec.window_rule or record.window_rule(attention)
         check_window_rule(window_rule, style)
         super().__init__()
-        self.num_frames, self.img_size, self.style, self.attention = num_frames, img_size, style, attention
+        self.num_frames, self.img_size, self.style, self.attention = spec.num_frames, spec.img_size, style, attention
         self.window_size, self.num_classes = window_size, num_classes
-        stages = len(depths)
-        self._requested_pretrained_windows = pretrained = tuple(pretrained_window_sizes or [(0, 0, 0)] * stages)
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self._requested_pretrained_windows = pretrained = tuple(pretrained)
+        rates = torch.linspace(0, spec.drop_path_rate, sum(depths)).tolist()
         self.patch_embed = PatchEmbed3D(patch_size, embed_dim)
         self.layers = nn.Sequential(*(
             VideoSwinStage(
                 dim=embed_dim * 2 ** max(s - 1, 0), out_dim=embed_dim * 2**s, depth=depths[s], downsample=s > 0,
                 drop_path=rates[sum(depths[:s]): sum(depths[: s + 1])], num_heads=num_heads[s],
-                window_size=window_size, style=style, attention=attention, mlp_ratio=mlp_ratio,
+                window_size=window_size, style=style, attention=attention, mlp_ratio=4.0,  # as every Swin
                 pretrained_window_size=pretrained[s],
             )
             for s in range(stages)
@@ -328,7 +320,7 @@ class VideoSwinEncoder(nn.Module):
         self.feature_info = [dict(num_chs=embed_dim * 2**s, reduction=patch_size[1] * 2**s, module=f"layers.{s}")
                              for s in range(stages)]
         self.norm = nn.LayerNorm(self.num_features)
-        self.head = VideoHead(self.num_features, num_classes, head_dropout)
+        self.head = VideoHead(self.num_features, num_classes, spec.head_dropout)
         # SimMIM's mask token, shaped as the image model's so inflation copies it unchanged
         self.mask_token = nn.Parameter(trunc_normal_(torch.zeros(1, 1, embed_dim), std=0.02)) if mask_token else None
         self.apply(_init_weights)
@@ -340,8 +332,8 @@ class VideoSwinEncoder(nn.Module):
                             nn.init.zeros_(norm.weight)
                 if hasattr(module, "temporal_attn"):  # the factorized temporal branch starts as an identity
                     nn.init.zeros_(module.temporal_attn.proj.weight)
-        self.set_grad_checkpointing(grad_checkpointing)
-        self.set_attention_kernel(attn_kernel, attn_chunk_windows)
+        self.set_grad_checkpointing(spec.grad_checkpointing)
+        self.set_attention_kernel(spec.attn_kernel, spec.attn_chunk_windows)
         self.window_rule = window_rule
         for module in self.modules():
             if isinstance(module, WindowAttention3D):
@@ -463,42 +455,18 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def build_video_encoder(
-    arch: str = "video_swinv2_base",
-    num_frames: int = 32,
-    img_size: int = 224,
-    window_size: int | Sequence[int] | None = None,
-    patch_size: int | Sequence[int] | None = None,
-    num_classes: int = 0,
-    attention: str = "joint",
-    attn_kernel: str = "fused",
-    attn_chunk_windows: int | None = None,
-    window_rule: str | None = None,
-    **overrides: Any,
-) -> VideoSwinEncoder:
-    """A freshly initialized Video Swin (``video_swinv2_*`` V2 style, ``video_swin_*`` V1 style), no I/O.
+def build_video_encoder(spec: EncoderSpec | str = "video_swinv2_base", num_classes: int = 0, mask_token: bool = False,
+                        **settings: Any) -> VideoSwinEncoder:
+    """A freshly initialized Video Swin (``video_swinv2_*`` V2 style, ``video_swin_*`` V1 style) as ``spec``
+    describes it, no I/O: sizes, clip (``num_frames``, ``img_size``), window and patch (None: the family's,
+    :class:`swinssl.models.registry.Family`: the official Video Swin window and patch), ``attention``,
+    ``window_rule`` (``official`` or ``geometric`` bias and padding of clipped windows, module docstring; None is
+    official for ``video_swin`` with joint attention, geometric otherwise), ``pretrained_window_sizes`` (per stage
+    (t, h, w)), drop-path rate, head dropout, attention kernel and activation checkpointing.
 
-    ``overrides`` reach the model (``embed_dim``, ``depths``, ``num_heads``, ``drop_path_rate``,
-    ``pretrained_window_sizes`` (per stage (t, h, w)), ``head_dropout``, ``grad_checkpointing``, ...).
-    ``attn_kernel``/``attn_chunk_windows``: the attention kernel, as for :func:`swinssl.models.build_encoder`.
-    ``window_rule``: ``official`` or ``geometric`` bias and padding of clipped windows (module docstring); None
-    is official for ``video_swin`` with joint attention, geometric otherwise. ``window_size``/``patch_size`` None:
-    the family's (:class:`swinssl.models.registry.Family`: the official Video Swin window and patch).
+    ``spec`` may be an arch name (then 224 px and the family's window), with ``settings``
+    (:class:`~swinssl.models.registry.EncoderSpec` fields) laid over it, as :func:`swinssl.models.build_encoder`.
     """
-    defaults = family(arch)
-    if not defaults.video:
-        raise ValueError(f"{arch!r} is an image arch; video encoders are video_swinv2_* or video_swin_*")
-    kwargs = resolve_arch(arch, overrides)
-    if attention not in ATTENTION_MODES:
-        raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
-    window = triple(window_size or defaults.window_size, "window_size")
-    patch = triple(patch_size or defaults.patch_size, "patch_size")
-    depths, heads = tuple(kwargs.pop("depths")), tuple(kwargs.pop("num_heads"))
-    if kwargs.get("pretrained_window_sizes") is not None:
-        kwargs["pretrained_window_sizes"] = video_pretrained_windows(kwargs["pretrained_window_sizes"], len(depths))
-    check_video_geometry(num_frames, img_size, patch, window, depths, kwargs["embed_dim"], heads)
-    return VideoSwinEncoder(
-        num_frames=num_frames, img_size=img_size, patch_size=patch, window_size=window, depths=depths,
-        num_heads=heads, style=defaults.style, attention=attention, num_classes=num_classes,
-        attn_kernel=attn_kernel, attn_chunk_windows=attn_chunk_windows, window_rule=window_rule, **kwargs,
-    )
+    if not isinstance(spec, EncoderSpec):
+        spec = EncoderSpec(arch=spec, img_size=224, window_size=None)
+    return VideoSwinEncoder(spec.updated(settings), num_classes=num_classes, mask_token=mask_token)
