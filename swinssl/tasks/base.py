@@ -135,7 +135,7 @@ class SwinTask(LightningModule):
         return {"layer_decay": layer_decay} if layer_decay else {}
 
     def log_training(self, loss: torch.Tensor) -> None:
-        """Loss and peak learning rate (skipped samples: :class:`swinssl.training.callbacks.SkippedSamples`)."""
+        """Loss and peak learning rate (skipped samples: :class:`swinssl.training.skipped_samples.SkippedSamples`)."""
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", max(group["lr"] for group in self.optimizers().param_groups))
 
