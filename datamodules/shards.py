@@ -324,7 +324,7 @@ class SkipCounter:
     One instance is pickled into each worker together with the pipeline; every stage of that worker's
     pipeline shares it, and the collate function drains it into the batch (``skipped``, and
     ``skipped_files``: up to ``names_per_batch`` (file, reason) pairs). The training process, not the worker,
-    reports them, once per file (:class:`swinssl.training.callbacks.SkippedSamples`). More than ``limit`` skips
+    reports them, once per file (:class:`swinssl.training.skipped_samples.SkippedSamples`). More than ``limit`` skips
     without a batch in between raise: data that is all bad would otherwise spin an endless resampled
     stream forever.
     """

@@ -131,7 +131,7 @@ def evaluate(cfg: DictConfig) -> dict:
     from lightning.pytorch import Trainer
 
     from swinssl.weights.upernet import is_segmenter
-    from swinssl.training.callbacks import SkippedSamples
+    from swinssl.training.skipped_samples import SkippedSamples
     from swinssl.training.trainer import select_precision
     from swinssl.weights import load_checkpoint
 

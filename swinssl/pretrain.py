@@ -72,7 +72,7 @@ def probe_callbacks(cfg: DictConfig) -> list:
 
 
 def pretrain(cfg: DictConfig) -> None:
-    from swinssl.training.callbacks import ReconstructionImages
+    from swinssl.training.reconstructions import ReconstructionImages
     from swinssl.training.runs import run_training
 
     run_training(cfg, "pretrain", build, [ReconstructionImages(every_n_steps=cfg.images_every_n_steps)],

@@ -41,14 +41,29 @@ def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None)
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def class_folders(root: Path, labels: tuple[str, ...] = ("a",), per_class: int = 8, size: tuple[int, int] = (72, 72),
+                  smooth: bool = False, suffix: str = "png") -> Path:
+    """A user's image folder: a subfolder per label of ``per_class`` images ``size`` (width, height) wide, uniform
+    noise or, ``smooth``, photo-like gradients (noise summed along both axes, so neighbours correlate); ``root``."""
+    rng = np.random.default_rng(0)
+    width, height = size
+    for label in labels:
+        (root / label).mkdir(parents=True)
+        for index in range(per_class):
+            if smooth:
+                field = rng.normal(size=(12, 12, 3)).cumsum(0).cumsum(1)
+                pixels = (255 * (field - field.min()) / np.ptp(field)).astype(np.uint8)
+                image = Image.fromarray(pixels).resize(size, Image.BICUBIC)
+            else:
+                image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+            image.save(root / label / f"{index}.{suffix}")
+    return root
+
+
 def random_image_shards(folder: Path, images: int = 8, maxcount: int = 4) -> str:
     """``images`` random 72 px PNGs written into shards by the real make_shards CLI; returns the shard folder."""
-    root = folder / "images" / "a"
-    root.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for index in range(images):
-        Image.fromarray(rng.integers(0, 255, (72, 72, 3), dtype=np.uint8)).save(root / f"{index}.png")
-    done = run_cli("swinssl.make_shards", str(root.parent), str(folder / "shards"), "--maxcount", str(maxcount))
+    root = class_folders(folder / "images", per_class=images)
+    done = run_cli("swinssl.make_shards", str(root), str(folder / "shards"), "--maxcount", str(maxcount))
     assert done.returncode == 0, done.stderr
     return str(folder / "shards")
 

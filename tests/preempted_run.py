@@ -8,11 +8,11 @@ import runpy
 import signal
 import sys
 
-from swinssl.training import callbacks
+from swinssl.training import skipped_samples
 
 steps = {int(step) for step in os.environ.get("SIGNAL_AT_STEPS", "").split(",") if step}
 kills = {int(step) for step in os.environ.get("KILL_AT_STEPS", "").split(",") if step}
-batch_end = callbacks.SkippedSamples.on_train_batch_end
+batch_end = skipped_samples.SkippedSamples.on_train_batch_end
 
 
 def signalling_batch_end(self, trainer, *args, **kwargs):
@@ -23,6 +23,6 @@ def signalling_batch_end(self, trainer, *args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-callbacks.SkippedSamples.on_train_batch_end = signalling_batch_end
+skipped_samples.SkippedSamples.on_train_batch_end = signalling_batch_end
 sys.argv = ["swinssl.pretrain", *sys.argv[1:]]
 runpy.run_module("swinssl.pretrain", run_name="__main__", alter_sys=True)

@@ -288,7 +288,7 @@ def test_a_resumed_run_continues_the_data_stream_and_the_skip_count(tmp_path):
 
     from swinssl import SimMIM
     from swinssl.datamodules import ImageShardDataModule
-    from swinssl.training.callbacks import SkippedSamples
+    from swinssl.training.skipped_samples import SkippedSamples
 
     shard_dir = random_image_shards(tmp_path, images=16, maxcount=4)
 
@@ -382,7 +382,7 @@ def test_a_signal_outside_slurm_saves_and_ends_cleanly(shards, tmp_path):
 
 
 def test_thread_candidates_leave_a_core_to_each_loader_worker_or_take_them_all(monkeypatch):
-    from swinssl.training.trainer import thread_candidates
+    from swinssl.training.threads import thread_candidates
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
     assert thread_candidates(None, num_workers=2, processes=1) == [6, 8]
@@ -398,13 +398,13 @@ def test_thread_tuning_keeps_the_faster_count_and_checks_again(monkeypatch, fast
     busy job (bench threads): the default measures instead of guessing."""
     from types import SimpleNamespace
 
-    from swinssl.training import callbacks
+    from swinssl.training import threads as tuning_module
 
     clock = {"now": 0.0}
     threads = {"count": 1}
-    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: clock["now"])
-    monkeypatch.setattr(callbacks.torch, "set_num_threads", lambda count: threads.update(count=count))
-    tuning = callbacks.ThreadTuning([1, 2], probe=3, every_n_steps=20, start=2)
+    monkeypatch.setattr(tuning_module.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(tuning_module.torch, "set_num_threads", lambda count: threads.update(count=count))
+    tuning = tuning_module.ThreadTuning([1, 2], probe=3, every_n_steps=20, start=2)
     trainer = SimpleNamespace()
     chosen = []
     for step in range(42):  # probes at batches 2 and 22; the next would be at 42

@@ -7,12 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from conftest import TINY, run_cli
+from conftest import TINY, class_folders, run_cli
 
 SIZES = ["model.encoder.embed_dim=16", "model.encoder.depths=[1,1,1,1]", "model.encoder.num_heads=[1,2,2,4]"]
 
@@ -20,12 +18,7 @@ SIZES = ["model.encoder.embed_dim=16", "model.encoder.depths=[1,1,1,1]", "model.
 @pytest.fixture(scope="module")
 def own_images(tmp_path_factory) -> Path:
     """A user's folder: two classes of four images each, and a note that is no image."""
-    root = tmp_path_factory.mktemp("mine")
-    rng = np.random.default_rng(0)
-    for label in ("boats", "trees"):
-        (root / label).mkdir()
-        for index in range(4):
-            Image.fromarray(rng.integers(0, 255, (72, 72, 3), dtype=np.uint8)).save(root / label / f"{index}.png")
+    root = class_folders(tmp_path_factory.mktemp("mine"), ("boats", "trees"), per_class=4)
     (root / "readme.txt").write_text("where these come from\n")
     return root
 

@@ -16,20 +16,14 @@ import webdataset as wds
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY, run_cli
+from conftest import TINY, class_folders, run_cli
 
 
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory) -> str:
     """Shards written by the real make_shards CLI from a folder of small photos-like images."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for label in ("a", "b"):
-        (root / label).mkdir()
-        for index in range(6):
-            smooth = rng.normal(size=(12, 12, 3)).cumsum(0).cumsum(1)
-            pixels = (255 * (smooth - smooth.min()) / np.ptp(smooth)).astype(np.uint8)
-            Image.fromarray(pixels).resize((96, 80), Image.BICUBIC).save(root / label / f"{index}.jpg")
+    root = class_folders(tmp_path_factory.mktemp("images"), ("a", "b"), per_class=6, size=(96, 80), smooth=True,
+                         suffix="jpg")
     out = tmp_path_factory.mktemp("shards")
     done = run_cli("swinssl.make_shards", str(root), str(out), "--maxcount", "4")
     assert done.returncode == 0, done.stderr

@@ -10,8 +10,9 @@ needed here; mmsegmentation's dropout before the classifiers (0.1) acts in train
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,11 @@ class UperNetSpec:
 
     def to_dict(self) -> dict:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> UperNetSpec:
+        """The spec from :meth:`to_dict`'s plain values (or a recipe's), lists back to tuples."""
+        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in (values or {}).items()})
 
 
 class ConvNormReLU(nn.Module):

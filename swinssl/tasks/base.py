@@ -15,7 +15,7 @@ from torch import nn
 
 from swinssl.models.registry import EncoderSpec
 from swinssl.tasks.optim import OptimConfig, build_optimizer, build_scheduler, plan_steps
-from swinssl.weights import Checkpoint, load_checkpoint, swinssl_metadata
+from swinssl.weights import Checkpoint, encoder_from_spec, load_checkpoint, swinssl_metadata
 
 log = logging.getLogger("swinssl.tasks")
 
@@ -56,7 +56,7 @@ def batches_per_epoch(trainer: Trainer) -> int:
 
 class SwinTask(LightningModule):
     """Base of the tasks. Subclasses set ``default_encoder``, ``optim_config`` and ``model``, and implement
-    ``encoder`` and ``optimized_module``.
+    ``encoder`` (and ``optimized_module`` where it is not ``model``).
 
     Every task takes its encoder as an :class:`~swinssl.models.registry.EncoderSpec`, a mapping of its
     settings (``encoder=``), or its settings as keywords (``arch=``, ``img_size=``, ``attn_kernel=``, ...), laid
@@ -118,7 +118,7 @@ class SwinTask(LightningModule):
 
     def optimized_module(self) -> nn.Module:
         """The module whose parameter names define the weight-decay and layer-decay groups."""
-        raise NotImplementedError
+        return self.model
 
     def configure_model(self) -> None:
         if self.encoder_spec.compile:
@@ -135,7 +135,7 @@ class SwinTask(LightningModule):
         return {"layer_decay": layer_decay} if layer_decay else {}
 
     def log_training(self, loss: torch.Tensor) -> None:
-        """Loss and peak learning rate (skipped samples: :class:`swinssl.training.callbacks.SkippedSamples`)."""
+        """Loss and peak learning rate (skipped samples: :class:`swinssl.training.skipped_samples.SkippedSamples`)."""
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", max(group["lr"] for group in self.optimizers().param_groups))
 
@@ -166,3 +166,39 @@ class SwinTask(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["swinssl"] = swinssl_metadata(self.encoder)
+
+
+class FineTuningTask(SwinTask):
+    """Base of the tasks that fine-tune an encoder to tell ``num_classes`` classes apart (of images, clips or pixels).
+
+    It checks the classes, records the encoder spec and checkpoint with the task's arguments, sets the optimizer
+    settings over the task's ``schedule`` and builds ``model`` with :meth:`build_model` (the encoder with a
+    ``num_classes`` head unless a task says otherwise). Each task keeps its own explicit signature, which is what
+    a checkpoint records and :meth:`~SwinTask.from_checkpoint` matches, and hands its arguments on whole.
+    """
+
+    schedule = "cosine"
+
+    def __init__(self, encoder: EncoderSpec | Mapping[str, Any] | None, settings: dict[str, Any],
+                 checkpoint: str | Path | Checkpoint | None, trust_checkpoint: bool, *, num_classes: int,
+                 class_names: list[str] | None, optim: dict[str, Any] | None, **arguments: Any) -> None:
+        if num_classes < 2:
+            raise ValueError(f"{type(self).__name__} needs num_classes >= 2, got {num_classes}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+        super().__init__()
+        source = self.setup_encoder_and_arguments(encoder, settings, checkpoint, trust_checkpoint,
+                                                  num_classes=num_classes, class_names=class_names, optim=optim,
+                                                  **arguments)
+        self.optim_config = OptimConfig(**{"schedule": self.schedule, **(optim or {})})
+        self.model = self.build_model(source)
+
+    def build_model(self, source: Checkpoint | None) -> nn.Module:
+        return encoder_from_spec(self.encoder_spec, num_classes=self.hparams.num_classes, checkpoint=source)
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.model
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(inputs)

@@ -15,19 +15,11 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torchmetrics.classification import MulticlassAccuracy
 
-from swinssl.tasks.base import SwinTask, samples_in
-from swinssl.tasks.optim import OptimConfig
+from swinssl.tasks.base import FineTuningTask, samples_in
 from swinssl.models.registry import EncoderSpec
-from swinssl.weights import Checkpoint, encoder_from_spec
+from swinssl.weights import Checkpoint
 
 MIXUP_DEFAULTS = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode="batch")
-
-
-def check_classes(num_classes: int, class_names: list[str] | None) -> None:
-    if num_classes < 2:
-        raise ValueError(f"a classifier needs num_classes >= 2, got {num_classes}")
-    if class_names is not None and len(class_names) != num_classes:
-        raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
 
 
 class AccuracyMetrics:
@@ -57,7 +49,7 @@ class AccuracyMetrics:
         self.log(f"{stage}/{self.top5_name}", self.top5, batch_size=size)
 
 
-class ImageClassifier(AccuracyMetrics, SwinTask):
+class ImageClassifier(AccuracyMetrics, FineTuningTask):
     """A Swin encoder with a linear head; batches are dicts with ``image`` (B, 3, H, W) and ``label`` (B,).
 
     The encoder is an :class:`~swinssl.models.registry.EncoderSpec` (``encoder=``) or its settings as keywords
@@ -85,13 +77,9 @@ class ImageClassifier(AccuracyMetrics, SwinTask):
         evaluation: dict[str, Any] | None = None,
         **settings: Any,
     ) -> None:
-        super().__init__()
-        check_classes(num_classes, class_names)
-        source = self.setup_encoder_and_arguments(
-            encoder, settings, checkpoint, trust_checkpoint, num_classes=num_classes, layer_decay=layer_decay,
-            mixup=mixup, label_smoothing=label_smoothing, optim=optim, class_names=class_names, evaluation=evaluation)
-        self.optim_config = OptimConfig(**{"schedule": "cosine", **(optim or {})})
-        self.model = encoder_from_spec(self.encoder_spec, num_classes=num_classes, checkpoint=source)
+        super().__init__(encoder, settings, checkpoint, trust_checkpoint, num_classes=num_classes,
+                         layer_decay=layer_decay, mixup=mixup, label_smoothing=label_smoothing, optim=optim,
+                         class_names=class_names, evaluation=evaluation)
         self.mixup = None
         if mixup is not None:
             self.mixup = Mixup(**{**MIXUP_DEFAULTS, **mixup}, label_smoothing=label_smoothing, num_classes=num_classes)
@@ -103,16 +91,6 @@ class ImageClassifier(AccuracyMetrics, SwinTask):
     @classmethod
     def arguments_from_weights(cls, source: Checkpoint) -> dict[str, Any]:
         return {"arch": source.family, "num_classes": source.num_classes}
-
-    @property
-    def encoder(self) -> torch.nn.Module:
-        return self.model
-
-    def optimized_module(self) -> torch.nn.Module:
-        return self.model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch["image"], batch["label"]

@@ -21,8 +21,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from swinssl.models.backbone import features_only
 from swinssl.models.registry import EncoderSpec
 from swinssl.models.upernet import UperNet, UperNetSpec
-from swinssl.tasks.base import SwinTask, samples_in
-from swinssl.tasks.optim import OptimConfig
+from swinssl.tasks.base import FineTuningTask, samples_in
 from swinssl.weights import Checkpoint, encoder_from_spec
 from swinssl.weights.upernet import head_weights
 
@@ -43,7 +42,7 @@ class SegmentationMetrics(MulticlassConfusionMatrix):
                 "Acc": accuracy.tolist()}
 
 
-class Segmenter(SwinTask):
+class Segmenter(FineTuningTask):
     """A Swin encoder + UperNet; batches are dicts with ``image`` (B, 3, H, W) and ``mask`` (B, H, W) of class
     indices, ``ignore_index`` marking pixels without a label.
 
@@ -55,6 +54,7 @@ class Segmenter(SwinTask):
     """
 
     default_encoder = EncoderSpec(arch="swinv2_base", img_size=512, window_size=16, drop_path_rate=0.3)
+    schedule = "poly"
 
     def __init__(
         self,
@@ -71,41 +71,30 @@ class Segmenter(SwinTask):
         evaluation: dict[str, Any] | None = None,
         **settings: Any,
     ) -> None:
-        super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"a segmenter needs num_classes >= 2, got {num_classes}")
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         if 0 <= ignore_index < num_classes:
             raise ValueError(f"ignore_index {ignore_index} is one of the {num_classes} classes")
-        spec = UperNetSpec(**{key: tuple(value) if isinstance(value, list) else value
-                              for key, value in (upernet or {}).items()})
         inference = {**INFERENCE_DEFAULTS, **(inference or {})}
-        source = self.setup_encoder_and_arguments(
-            encoder, settings, checkpoint, trust_checkpoint, num_classes=num_classes, layer_decay=layer_decay,
-            optim=optim, class_names=class_names, ignore_index=ignore_index, upernet=spec.to_dict(),
-            inference=inference, evaluation=evaluation)
-        check_inference(inference, self.encoder_spec)
-        self.optim_config = OptimConfig(**{"schedule": "poly", **(optim or {})})
+        check_inference(inference)
+        super().__init__(encoder, settings, checkpoint, trust_checkpoint, num_classes=num_classes,
+                         layer_decay=layer_decay, optim=optim, class_names=class_names, ignore_index=ignore_index,
+                         upernet=UperNetSpec.from_dict(upernet).to_dict(), inference=inference, evaluation=evaluation)
+        self.val_scores = SegmentationMetrics(num_classes, ignore_index=ignore_index)
+        self.test_scores = SegmentationMetrics(num_classes, ignore_index=ignore_index)
+
+    def build_model(self, source: Checkpoint | None) -> UperNet:
+        """The encoder's stage maps under UperNet; a segmentation run's checkpoint brings its heads too."""
         encoder = encoder_from_spec(self.encoder_spec, checkpoint=source)
         norm = encoder.norm
         backbone = features_only(encoder)  # HF's Swinv2Backbone maps: every stage, no final norm
         backbone.model.norm = norm.requires_grad_(False)  # kept (unused), so the run loads as any encoder checkpoint
-        self.model = UperNet(backbone, num_classes, spec)
+        model = UperNet(backbone, self.hparams.num_classes, UperNetSpec.from_dict(self.hparams.upernet))
         if source is not None and (heads := head_weights(source)):
-            self.model.load_state_dict({**self.model.state_dict(), **heads})
-        self.val_scores = SegmentationMetrics(num_classes, ignore_index=ignore_index)
-        self.test_scores = SegmentationMetrics(num_classes, ignore_index=ignore_index)
+            model.load_state_dict({**model.state_dict(), **heads})
+        return model
 
     @property
     def encoder(self) -> torch.nn.Module:
         return self.model.encoder
-
-    def optimized_module(self) -> torch.nn.Module:
-        return self.model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
 
     def loss(self, logits: torch.Tensor, auxiliary: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
         ignore = self.hparams.ignore_index
@@ -161,8 +150,8 @@ class Segmenter(SwinTask):
             self.logger.experiment.add_image("val/segmentation", grid, self.global_step)
 
 
-def check_inference(inference: Mapping[str, Any], spec: EncoderSpec) -> None:
-    """A known mode; for slide, a crop and stride (crop: the training size when not given) that tile."""
+def check_inference(inference: Mapping[str, Any]) -> None:
+    """A known mode; for slide, a crop and a stride that tile."""
     if inference["mode"] not in ("whole", "slide"):
         raise ValueError(f"inference mode must be whole or slide, got {inference['mode']!r}")
     if inference["mode"] == "slide":

@@ -102,6 +102,3 @@ class SimMIM(SwinTask):
         loss, reconstruction = self(batch[self.input_key], batch["mask"])
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=samples_in(batch))
         return {"loss": loss, "reconstruction": reconstruction}
-
-    def optimized_module(self) -> torch.nn.Module:
-        return self.model

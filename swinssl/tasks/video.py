@@ -14,14 +14,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from swinssl.tasks.base import SwinTask
-from swinssl.tasks.classification import AccuracyMetrics, check_classes
-from swinssl.tasks.optim import OptimConfig, backbone_and_head_groups
+from swinssl.tasks.base import FineTuningTask
+from swinssl.tasks.classification import AccuracyMetrics
+from swinssl.tasks.optim import backbone_and_head_groups
 from swinssl.models.registry import EncoderSpec, family, family_for
-from swinssl.weights import Checkpoint, encoder_from_spec
+from swinssl.weights import Checkpoint
 
 
-class VideoClassifier(AccuracyMetrics, SwinTask):
+class VideoClassifier(AccuracyMetrics, FineTuningTask):
     """Video Swin + average pooling, dropout and a linear head; batches hold ``video`` and ``label``.
 
     ``video`` is (B, 3, T, H, W) in training and validation, or (B, V, 3, T, H, W) for V views of each
@@ -47,15 +47,11 @@ class VideoClassifier(AccuracyMetrics, SwinTask):
         optim: dict[str, Any] | None = None,
         **settings: Any,
     ) -> None:
-        super().__init__()
-        check_classes(num_classes, class_names)
         if head_lr_ratio <= 0:
             raise ValueError(f"head_lr_ratio must be positive (head lr / backbone lr), got {head_lr_ratio}")
-        source = self.setup_encoder_and_arguments(
-            encoder, settings, checkpoint, trust_checkpoint, num_classes=num_classes, head_lr_ratio=head_lr_ratio,
-            label_smoothing=label_smoothing, clip_sampling=clip_sampling, class_names=class_names, optim=optim)
-        self.optim_config = OptimConfig(**{"schedule": "cosine", **(optim or {})})
-        self.model = encoder_from_spec(self.encoder_spec, num_classes=num_classes, checkpoint=source)
+        super().__init__(encoder, settings, checkpoint, trust_checkpoint, num_classes=num_classes,
+                         head_lr_ratio=head_lr_ratio, label_smoothing=label_smoothing, clip_sampling=clip_sampling,
+                         class_names=class_names, optim=optim)
         self.init_accuracy(num_classes)
 
     @classmethod
@@ -65,18 +61,8 @@ class VideoClassifier(AccuracyMetrics, SwinTask):
             return {"arch": weights.name, "num_classes": source.num_classes}
         return {"arch": family_for(video=True, v2=weights.v2).name}
 
-    @property
-    def encoder(self) -> torch.nn.Module:
-        return self.model
-
-    def optimized_module(self) -> torch.nn.Module:
-        return self.model
-
     def optimizer_parameters(self) -> list[dict[str, Any]]:
         return backbone_and_head_groups(self.model, self.optim_config.weight_decay, 1.0 / self.hparams.head_lr_ratio)
-
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.model(video)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = F.cross_entropy(self(batch["video"]), batch["label"], label_smoothing=self.hparams.label_smoothing)

@@ -27,12 +27,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from swinssl.models import describe_encoder
 from swinssl.training import slurm
-from swinssl.training.callbacks import (RandomStates, SkippedSamples, StopOnPreemption, ThreadTuning,
-                                        ValidationSchedule)
 from swinssl.training.cli import recipe_name, user_errors
 from swinssl.training.nonfinite import NonFiniteGuard, NonFiniteLossError
+from swinssl.training.preemption import StopOnPreemption
+from swinssl.training.random_states import RandomStates
+from swinssl.training.skipped_samples import SkippedSamples
+from swinssl.training.threads import ThreadTuning, thread_candidates
 from swinssl.training.trainer import (CheckpointWriteError, build_trainer, optimizer_tensors, remove_partial_writes,
-                                     resolve_strategy, thread_candidates)
+                                     resolve_strategy)
+from swinssl.training.validation import ValidationSchedule
 
 log = logging.getLogger(__name__)
 RUN_ID_ENV = "SWINSSL_RUN_ID"

@@ -7,7 +7,7 @@ runs the same command under ``srun`` with ``resume=auto``, and the CLI submits i
 task is one rank: Lightning's ``SLURMEnvironment`` reads the ranks from SLURM's variables, and the run
 directory is ``runs/<recipe>/<job id>``.
 
-Preemption has one owner, :class:`swinssl.training.callbacks.StopOnPreemption`. SLURM sends SIGUSR1 ``cluster.signal_delay_s``
+Preemption has one owner, :class:`swinssl.training.preemption.StopOnPreemption`. SLURM sends SIGUSR1 ``cluster.signal_delay_s``
 seconds before the time limit (``--signal=USR1@...``), and a scheduler that preempts the job sends it
 too. The handler, installed when the training program starts (:func:`catch_preemption_signal`), only sets
 a flag. At the next batch end all ranks save ``checkpoints/last.ckpt`` together, rank 0 runs ``scontrol
@@ -150,7 +150,7 @@ def submit(cfg: DictConfig, task: str, recipe: str, overrides: list[str]) -> str
 
 
 def environment():
-    """Ranks from SLURM's variables; requeueing is :class:`swinssl.training.callbacks.StopOnPreemption`'s job, not
+    """Ranks from SLURM's variables; requeueing is :class:`swinssl.training.preemption.StopOnPreemption`'s job, not
     Lightning's."""
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 

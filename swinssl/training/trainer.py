@@ -221,20 +221,3 @@ class ResumedThroughput(ThroughputMonitor):
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self.resumed = dict(state_dict)
-
-
-def thread_candidates(threads: int | None, num_workers: int, processes: int) -> list[int]:
-    """Torch thread counts for one training process, safest first: ``[threads]`` when given; else the cores this
-    process may use (its CPU affinity, shared by the node's ``processes``) less one per loader worker, and,
-    when that differs, all of its cores (:class:`swinssl.training.callbacks.ThreadTuning` keeps the faster).
-
-    Loader workers decode with one thread each (torch's default in workers; OpenCV is set so in the decode
-    stage). Threads that compete with the workers, or with other jobs, for the cores can make a step many
-    times slower; threads beside idle workers make it faster. Which holds depends on the data and the
-    machine, so it is measured (``python -m swinssl.bench threads``).
-    """
-    if threads is not None:
-        return [threads]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    share = max(1, cores // max(1, processes))
-    return sorted({max(1, share - num_workers), share})
