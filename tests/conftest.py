@@ -60,6 +60,33 @@ def class_folders(root: Path, labels: tuple[str, ...] = ("a",), per_class: int =
     return root
 
 
+def cli_refusal(module: str, *args: str, monkeypatch, capsys) -> tuple[int, str]:
+    """``python -m <module> ARGS`` run in this process, for a command line it must refuse: its exit code and
+    stderr. Saves a process start (seconds) where the test is the check, not the process; what the CLI sets
+    up in the process before refusing (signal handler, Hydra, logging handlers) is put back."""
+    import importlib
+    import logging
+    import signal
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    monkeypatch.setattr(sys, "argv", [module, *args])
+    monkeypatch.delenv("SWINSSL_RUN_ID", raising=False)
+    root = logging.getLogger()
+    handlers, level, usr1 = list(root.handlers), root.level, signal.getsignal(signal.SIGUSR1)
+    capsys.readouterr()
+    try:
+        importlib.import_module(module).main()
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+    finally:
+        signal.signal(signal.SIGUSR1, usr1)
+        root.handlers[:], root.level = handlers, level
+        GlobalHydra.instance().clear()
+    return code, capsys.readouterr().err
+
+
 def random_image_shards(folder: Path, images: int = 8, maxcount: int = 4) -> str:
     """``images`` random 72 px PNGs written into shards by the real make_shards CLI; returns the shard folder."""
     root = class_folders(folder / "images", per_class=images)

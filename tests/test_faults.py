@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, fake_command, random_image_shards, run_cli, slurm_task_env
+from conftest import TINY, cli_refusal, fake_command, random_image_shards, run_cli, slurm_task_env
 
 
 @pytest.fixture(scope="module")
@@ -81,21 +81,38 @@ def masked(line: str) -> str:
     return re.sub(r"has \d+ cores; use at most trainer.devices=\d+", "has N cores; use at most trainer.devices=N", line)
 
 
-@pytest.mark.parametrize("override, message", BAD_CONFIGS, ids=[override for override, _ in BAD_CONFIGS])
-def test_a_bad_config_is_one_error_line_before_any_compute(shards, tmp_path, override, message):
-    """Today's main: tracebacks after a run directory was made, silently accepted values, 99 forked processes."""
-    run_dir = tmp_path / "run"
+def bad_config_arguments(shards: str, run_dir: Path, override: str) -> list[str]:
     args = [*TINY, f"data.shards={shards}", f"out_dir={run_dir}"]
     if not override.startswith("out_dir"):
         args.append(override.format(shards=shards))
     else:
         args[-1] = override.format(shards=shards)
+    return args
+
+
+@pytest.mark.parametrize("override, message", BAD_CONFIGS, ids=[override for override, _ in BAD_CONFIGS])
+def test_a_bad_config_is_one_error_line_before_any_compute(shards, tmp_path, override, message, monkeypatch, capsys):
+    """Today's main: tracebacks after a run directory was made, silently accepted values, 99 forked processes.
+    The CLI's main() runs in this process (the checks are the test); the next test runs the real process."""
+    run_dir = tmp_path / "run"
     started = time.perf_counter()
-    done = run_cli("swinssl.pretrain", *args, timeout=120)
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert masked(done.stderr.strip().splitlines()[-1]) == "error: " + message.format(shards=shards)
-    assert "Traceback" not in done.stderr and not run_dir.exists()
+    code, stderr = cli_refusal("swinssl.pretrain", *bad_config_arguments(shards, run_dir, override),
+                               monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 2, stderr[-2000:]
+    assert masked(stderr.strip().splitlines()[-1]) == "error: " + message.format(shards=shards)
+    assert "Traceback" not in stderr and not run_dir.exists()
     assert time.perf_counter() - started < 30  # no model was built and nothing trained
+
+
+def test_a_bad_config_ends_the_process_with_exit_code_2_and_one_line(shards, tmp_path):
+    run_dir = tmp_path / "run"
+    override, message = BAD_CONFIGS[0]
+    started = time.perf_counter()
+    done = run_cli("swinssl.pretrain", *bad_config_arguments(shards, run_dir, override), timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == ["error: " + message]
+    assert not run_dir.exists()
+    assert time.perf_counter() - started < 30
 
 
 def test_a_bad_checkpoint_file_is_one_line(shards, tmp_path):

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from swinssl import ImageClassifier
-from conftest import TINY, run_cli
+from conftest import TINY, cli_refusal, run_cli
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -110,31 +110,33 @@ def test_chain_make_shards_pretrain_finetune_evaluate_export(photo_shards, pretr
     (["data.auto_augment=bogus"], "data.auto_augment='bogus' is not a timm augmentation string (e.g. "
                                   "rand-m9-mstd0.5-inc1, augmix-m5-w3, original, v0, 3a) or null"),
 ])
-def test_finetune_bad_input_fails_in_one_line(photo_shards, tmp_path, args, message):
-    done = run_cli("swinssl.finetune", *FINETUNE, *SIZES, "checkpoint=null", f"data.shards={photo_shards}",
-                   "data.val_shards=null", f"out_dir={tmp_path}", *args, timeout=120)
-    assert done.returncode != 0
-    assert done.stderr.strip().splitlines()[-1] == f"error: {message}"
+def test_finetune_bad_input_fails_in_one_line(photo_shards, tmp_path, args, message, monkeypatch, capsys):
+    # main() in this process: the refusal is the test (the chain and the bare-family test start the process)
+    code, stderr = cli_refusal("swinssl.finetune", *FINETUNE, *SIZES, "checkpoint=null", f"data.shards={photo_shards}",
+                               "data.val_shards=null", f"out_dir={tmp_path}", *args,
+                               monkeypatch=monkeypatch, capsys=capsys)
+    assert code != 0
+    assert stderr.strip().splitlines()[-1] == f"error: {message}"
 
 
-def test_finetune_needs_labels_and_a_class_count(tmp_path):
+def test_finetune_needs_labels_and_a_class_count(tmp_path, monkeypatch, capsys):
     images = tmp_path / "flat"
     images.mkdir()
     Image.new("RGB", (64, 64)).save(images / "0.png")
     run_cli("swinssl.make_shards", str(images), str(tmp_path / "shards"))
-    done = run_cli("swinssl.finetune", *FINETUNE, *SIZES, "checkpoint=null", f"data.shards={tmp_path / 'shards'}",
-                   "data.val_shards=null", f"out_dir={tmp_path / 'run'}", timeout=120)
-    assert done.stderr.strip().splitlines()[-1] == ("error: shards:train has no class labels (make_shards found no class "
+    args = [*FINETUNE, *SIZES, "checkpoint=null", f"data.shards={tmp_path / 'shards'}", "data.val_shards=null",
+            f"out_dir={tmp_path / 'run'}"]
+    _, stderr = cli_refusal("swinssl.finetune", *args, monkeypatch=monkeypatch, capsys=capsys)
+    assert stderr.strip().splitlines()[-1] == ("error: shards:train has no class labels (make_shards found no class "
                                                      "subfolders in its source); classification needs shards written "
                                                      "from class folders")
     # shards another tool wrote say nothing about classes: the count must be given
     (tmp_path / "shards" / "train.manifest.json").unlink()
-    done = run_cli("swinssl.finetune", *FINETUNE, *SIZES, "checkpoint=null", f"data.shards={tmp_path / 'shards'}",
-                   "data.val_shards=null", f"out_dir={tmp_path / 'run'}", timeout=120)
-    assert "cannot tell the number of classes: the shards record no class names; set model.num_classes" in done.stderr
+    _, stderr = cli_refusal("swinssl.finetune", *args, monkeypatch=monkeypatch, capsys=capsys)
+    assert "cannot tell the number of classes: the shards record no class names; set model.num_classes" in stderr
 
 
-def test_evaluate_refuses_to_evaluate_nothing(pretrained, photo_shards, tmp_path):
+def test_evaluate_refuses_to_evaluate_nothing(pretrained, photo_shards, tmp_path, monkeypatch, capsys):
     """Today's main exited 0 with no metric (and overwrote the previous result) on shards without labels."""
     classifier = ImageClassifier(arch="swinv2", num_classes=2, img_size=64, window_size=2, checkpoint=pretrained)
     checkpoint = tmp_path / "classifier.ckpt"
@@ -144,17 +146,18 @@ def test_evaluate_refuses_to_evaluate_nothing(pretrained, photo_shards, tmp_path
     for index in range(3):
         Image.new("RGB", (64, 64), (index, 0, 0)).save(flat / f"{index}.png")
     assert run_cli("swinssl.make_shards", str(flat), str(tmp_path / "unlabeled")).returncode == 0
-    done = run_cli("swinssl.evaluate", f"checkpoint={checkpoint}", f"data={tmp_path / 'unlabeled'}", "num_workers=0")
-    assert done.returncode != 0 and done.stderr.strip().splitlines()[-1] == (
+    args = [f"checkpoint={checkpoint}", f"data={tmp_path / 'unlabeled'}", "num_workers=0"]
+    code, stderr = cli_refusal("swinssl.evaluate", *args, monkeypatch=monkeypatch, capsys=capsys)
+    assert code != 0 and stderr.strip().splitlines()[-1] == (
         "error: unlabeled:train has no class labels (make_shards found no class subfolders in its source); "
         "classification needs shards written from class folders")
     # shards from elsewhere, with no manifest to say so: every sample is skipped, and nothing is written
     (tmp_path / "unlabeled" / "train.manifest.json").unlink()
-    done = run_cli("swinssl.evaluate", f"checkpoint={checkpoint}", f"data={tmp_path / 'unlabeled'}", "num_workers=0")
-    assert done.returncode != 0
-    assert done.stderr.strip().splitlines()[-1].startswith(
+    code, stderr = cli_refusal("swinssl.evaluate", *args, monkeypatch=monkeypatch, capsys=capsys)
+    assert code != 0
+    assert stderr.strip().splitlines()[-1].startswith(
         "error: no sample of unlabeled:train could be evaluated (3 skipped, e.g. ")
-    assert "no class label (cls)" in done.stderr and not list(tmp_path.glob("*.json"))
+    assert "no class label (cls)" in stderr and not list(tmp_path.glob("*.json"))
 
 
 def test_a_bare_family_from_scratch_needs_its_sizes(photo_shards, tmp_path):
@@ -179,7 +182,7 @@ def test_the_api_takes_run_folders_as_the_cli_does(pretrained):
     assert SimMIM.from_checkpoint(pretrained).hparams.checkpoint == last
 
 
-def test_evaluate_refuses_a_checkpoint_without_head(pretrained, photo_shards):
-    done = run_cli("swinssl.evaluate", f"checkpoint={pretrained}", f"data={photo_shards}", "img_size=64",
-                   "window_size=2", timeout=120)
-    assert done.returncode != 0 and "has no classification head" in done.stderr.strip().splitlines()[-1]
+def test_evaluate_refuses_a_checkpoint_without_head(pretrained, photo_shards, monkeypatch, capsys):
+    code, stderr = cli_refusal("swinssl.evaluate", f"checkpoint={pretrained}", f"data={photo_shards}", "img_size=64",
+                               "window_size=2", monkeypatch=monkeypatch, capsys=capsys)
+    assert code != 0 and "has no classification head" in stderr.strip().splitlines()[-1]

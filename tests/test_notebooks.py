@@ -1,8 +1,9 @@
 """The notebooks run top to bottom in a fresh kernel, show real figures and print sane numbers.
 
 They are stored without outputs, so each test executes one with nbclient in a temporary folder, with
-``SWINSSL_NOTEBOOK_OUT`` pointing at the folder its figures are saved to, and the demo data built once
-for all four in a temporary cache.
+``SWINSSL_NOTEBOOK_OUT`` pointing at the folder its figures are saved to, the demo data built once
+for all four in a temporary cache, and ``SWINSSL_NOTEBOOK_QUICK=1``: every cell runs, each training for a
+few steps (``make figures`` runs the full ones).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def execute(name: str, workdir: Path, monkeypatch) -> str:
     """Run the notebook; return everything it printed or displayed as text."""
     notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     monkeypatch.setenv("SWINSSL_NOTEBOOK_OUT", str(workdir / "out"))  # the kernel inherits the environment
+    monkeypatch.setenv("SWINSSL_NOTEBOOK_QUICK", "1")
     NotebookClient(notebook, timeout=CELL_TIMEOUT, kernel_name="python3",
                    resources={"metadata": {"path": str(workdir)}}).execute()
     texts = []

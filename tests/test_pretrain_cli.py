@@ -16,7 +16,7 @@ import webdataset as wds
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY, class_folders, run_cli
+from conftest import TINY, class_folders, cli_refusal, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +89,14 @@ def test_cfg_job_shows_the_official_recipe_values():
         (["model.arch=swinv2_medium"], "unknown arch 'swinv2_medium'"),
     ],
 )
-def test_bad_input_fails_in_one_line_before_any_compute(args, message, tmp_path, shard_dir):
+def test_bad_input_fails_in_one_line_before_any_compute(args, message, tmp_path, shard_dir, monkeypatch, capsys):
+    # main() in this process: the refusal is the test (tests/test_faults.py starts the refusing process)
     base = ["recipe=simmim_v2_t", f"data.shards={shard_dir}", f"out_dir={tmp_path / 'run'}"]
-    done = run_cli("swinssl.pretrain", *base, *args, timeout=120)
-    assert done.returncode != 0
-    last_line = done.stderr.strip().splitlines()[-1]
+    code, stderr = cli_refusal("swinssl.pretrain", *base, *args, monkeypatch=monkeypatch, capsys=capsys)
+    assert code != 0
+    last_line = stderr.strip().splitlines()[-1]
     assert message in last_line and last_line.startswith("error: ")
-    assert "Traceback" not in done.stderr
+    assert "Traceback" not in stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 

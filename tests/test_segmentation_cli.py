@@ -12,7 +12,7 @@ import torch
 import transformers
 from PIL import Image
 
-from conftest import random_image_shards, relative_error, run_cli, trained_like
+from conftest import cli_refusal, random_image_shards, relative_error, run_cli, trained_like
 
 from swinssl import ImageClassifier, Segmenter, create_encoder
 
@@ -131,7 +131,9 @@ def classifier(tmp_path_factory):
     return path
 
 
-def test_bad_inputs_are_one_error_line_and_no_run_directory(seg_shards, pretrained, classifier, seg_run, tmp_path):
+def test_bad_inputs_are_one_error_line_and_no_run_directory(seg_shards, pretrained, classifier, seg_run, tmp_path,
+                                                            monkeypatch, capsys):
+    """main() in this process: the refusals are the test (seg_run and the evaluate tests start the processes)."""
     train, val = seg_shards
     images = random_image_shards(tmp_path / "images")
     cases = [
@@ -143,11 +145,11 @@ def test_bad_inputs_are_one_error_line_and_no_run_directory(seg_shards, pretrain
     for index, (case, message) in enumerate(cases):
         out = tmp_path / f"run{index}"
         arguments = seg_arguments(case.get("shards", train), val, pretrained, out) + case.get("extra", [])
-        done = run_cli("swinssl.finetune", *arguments)
-        assert done.returncode == 2 and message in done.stderr, done.stderr[-3000:]
-        assert done.stderr.strip().splitlines()[-1].startswith("error: ") and not out.exists()
+        code, stderr = cli_refusal("swinssl.finetune", *arguments, monkeypatch=monkeypatch, capsys=capsys)
+        assert code == 2 and message in stderr, stderr[-3000:]
+        assert stderr.strip().splitlines()[-1].startswith("error: ") and not out.exists()
     for checkpoint, data, message in ((classifier, val, "segmentation set"), (seg_run, images, "no masks")):
-        done = run_cli("swinssl.evaluate", f"checkpoint={checkpoint}", f"data={data}", "num_workers=0",
-                       f"out={tmp_path / 'never.json'}")
-        assert done.returncode == 2 and message in done.stderr, done.stderr[-3000:]
+        code, stderr = cli_refusal("swinssl.evaluate", f"checkpoint={checkpoint}", f"data={data}", "num_workers=0",
+                                   f"out={tmp_path / 'never.json'}", monkeypatch=monkeypatch, capsys=capsys)
+        assert code == 2 and message in stderr, stderr[-3000:]
         assert not (tmp_path / "never.json").exists()

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import cli_refusal, run_cli
 from swinssl import VideoClassifier
 from swinssl.demo_videos import write_demo_videos
 from swinssl.models import build_encoder
@@ -124,9 +124,10 @@ def test_official_video_swin_recipe_composes_with_its_sourced_values():
         (["model.window_rule=official"], "window_rule='official' is the official Video Swin (V1) rule"),
     ],
 )
-def test_video_bad_input_fails_in_one_line(video_shards, tmp_path, args, message):
+def test_video_bad_input_fails_in_one_line(video_shards, tmp_path, args, message, monkeypatch, capsys):
+    # main() in this process: the refusal is the test (the other video CLI tests start the processes)
     sizes = ["model.encoder.embed_dim=16", "model.encoder.depths=[1,1,1,1]", "model.encoder.num_heads=[1,2,2,4]"]
-    done = run_cli("swinssl.finetune", *VIDEO, "checkpoint=null", *sizes, f"data.shards={video_shards}",
-                   f"out_dir={tmp_path / 'run'}", *args, timeout=120)
-    assert done.returncode != 0
-    assert message in done.stderr.strip().splitlines()[-1]
+    code, stderr = cli_refusal("swinssl.finetune", *VIDEO, "checkpoint=null", *sizes, f"data.shards={video_shards}",
+                               f"out_dir={tmp_path / 'run'}", *args, monkeypatch=monkeypatch, capsys=capsys)
+    assert code != 0
+    assert message in stderr.strip().splitlines()[-1]

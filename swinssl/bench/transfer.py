@@ -64,7 +64,9 @@ class TransferConfig:
         return round(side), round(window)
 
 
-QUICK = dict(seeds=[0], steps=20, train_crops=8, test_crops=4, scales=[1.0, 2.0])
+# --quick checks the plumbing only: every variant and both sizes, on a two-stage model for a few small steps
+QUICK = dict(seeds=[0], steps=20, batch_size=8, embed_dim=16, depths=(2, 2), num_heads=(1, 2), train_crops=8,
+             test_crops=4, scales=[1.0, 2.0])
 
 # (key, label); the table keeps this order.
 VARIANTS = [
