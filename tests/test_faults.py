@@ -94,25 +94,27 @@ def bad_config_arguments(shards: str, run_dir: Path, override: str) -> list[str]
 def test_a_bad_config_is_one_error_line_before_any_compute(shards, tmp_path, override, message, monkeypatch, capsys):
     """Today's main: tracebacks after a run directory was made, silently accepted values, 99 forked processes.
     The CLI's main() runs in this process (the checks are the test); the next test runs the real process."""
+    import lightning
+
+    def no_training(*_args, **_kwargs):
+        raise AssertionError("the refusal came after training started")
+
+    monkeypatch.setattr(lightning.Trainer, "fit", no_training)
     run_dir = tmp_path / "run"
-    started = time.perf_counter()
     code, stderr = cli_refusal("swinssl.pretrain", *bad_config_arguments(shards, run_dir, override),
                                monkeypatch=monkeypatch, capsys=capsys)
     assert code == 2, stderr[-2000:]
     assert masked(stderr.strip().splitlines()[-1]) == "error: " + message.format(shards=shards)
     assert "Traceback" not in stderr and not run_dir.exists()
-    assert time.perf_counter() - started < 30  # no model was built and nothing trained
 
 
 def test_a_bad_config_ends_the_process_with_exit_code_2_and_one_line(shards, tmp_path):
     run_dir = tmp_path / "run"
     override, message = BAD_CONFIGS[0]
-    started = time.perf_counter()
     done = run_cli("swinssl.pretrain", *bad_config_arguments(shards, run_dir, override), timeout=120)
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines() == ["error: " + message]
     assert not run_dir.exists()
-    assert time.perf_counter() - started < 30
 
 
 def test_a_bad_checkpoint_file_is_one_line(shards, tmp_path):
