@@ -17,14 +17,17 @@ from swinssl.models.packing import (
     kept_slots,
     offset_bias,
     pack,
+    pair_offsets,
     token_positions,
     true_positions,
     unpack,
 )
+from swinssl.models.attention import window_bias_attention
 from swinssl.models.registry import check_packed_windows
 from swinssl.models.simmim import PackedMaskedImageModel, PackedMaskedVideoModel
 from swinssl.models.swin import build_encoder
 from swinssl.models.video_swin import build_video_encoder
+from swinssl.models.windows import shift_mask, window_partition, window_reverse
 
 SIZES = dict(embed_dim=16, depths=(1, 2, 1, 1), num_heads=(1, 2, 2, 4))
 
@@ -107,10 +110,12 @@ def test_true_positions_against_a_loop_reference():
 def test_offset_bias_is_log_cpb_of_each_pairs_offset_in_float64():
     torch.manual_seed(0)
     mlp = torch.nn.Sequential(torch.nn.Linear(2, 512), torch.nn.ReLU(), torch.nn.Linear(512, 3, bias=False)).double()
-    positions = torch.tensor([[[0, 0], [5, 2], [1, 7], [9, 9]]])
-    bias = offset_bias(mlp, 3, positions, (10, 10), (6, 6))
-    for i in range(4):
-        for j in range(4):
+    positions = torch.tensor([[[0, 0], [5, 2], [1, 7], [9, 9], [5, 2]]])
+    offsets = pair_offsets(positions, (10, 10), (6, 6))
+    assert len(offsets.coordinates) == 4 * 3 + 1  # the MLP sees each distinct offset once: 0 and 12 others
+    bias = offset_bias(mlp, 3, offsets)
+    for i in range(5):
+        for j in range(5):
             d = (positions[0, i] - positions[0, j]).double() * 8 / 5
             u = torch.sign(d) * torch.log2(1 + d.abs()) / 3
             assert torch.allclose(bias[0, :, i, j], 16 * torch.sigmoid(mlp(u)), atol=1e-12)
@@ -256,3 +261,60 @@ def test_packed_pretraining_cli_images_then_video_then_finetune(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "inflated the image SimMIM decoder" in done.stdout + done.stderr
     assert torch.load(video_run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_per_window_bias_attention_kernels_match_the_plain_reference(shared):
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2 * 4, 3, 9, 8, dtype=torch.float64).unbind(0)  # 2 images x 4 windows, 3 heads
+    additive = torch.randn(4 if shared else 8, 3, 9, 9, dtype=torch.float64)  # per window, the same for both images?
+    scale = torch.rand(3, 1, 1, dtype=torch.float64) * 10
+    expected = torch.zeros_like(q)
+    for window in range(8):
+        scores = q[window] @ k[window].mT * scale + additive[window % len(additive)]
+        expected[window] = scores.softmax(-1) @ v[window]
+    for kernel in ("plain", "fused", "chunked", "triton"):
+        torch.testing.assert_close(window_bias_attention(q, k, v, additive, 4, scale, kernel=kernel), expected)
+
+
+def test_positioned_attention_is_the_plain_per_pair_reference_on_true_positions():
+    """A shifted block's attention on packed tokens, after the unshifted block of its stage: the offsets shared by the
+    stage's blocks with the same windows, the MLP run on the distinct offsets only, one SDPA call; against the bias
+    of every pair computed on its own, in float64."""
+    torch.manual_seed(0)
+    sizes = dict(SIZES, depths=(2, 1, 1, 1))
+    encoder = awake(build_encoder("swinv2", img_size=128, window_size=8, mask_token=True, **sizes).double())
+    stage = encoder.layers[0]  # packed: 16 x 16 tokens, 8 per unit; windows 8, the second block shifted by 4
+    positions = true_positions(torch.randint(4, (2, 2, 2)), 8)
+    x = torch.randn(2, 16, 16, SIZES["embed_dim"], dtype=torch.float64)
+    with torch.no_grad(), token_positions([stage], [(positions, (32, 32), (8, 8))]):
+        stage.blocks[0]._attn(x)
+        got = stage.blocks[1]._attn(x)
+    attn, window = stage.blocks[1].attn, (8, 8)
+    rolled, at = torch.roll(x, (-4, -4), (1, 2)), window_partition(torch.roll(positions, (-4, -4), (1, 2)), window)
+    q, k, v, _, scale = attn.attention_inputs(window_partition(rolled, window))
+    mask = shift_mask((16, 16), (16, 16), window, (4, 4), x.device)
+    out = torch.zeros_like(q)
+    with torch.no_grad():
+        for w in range(len(q)):
+            offsets = (at[w][:, None] - at[w][None, :]).double() * 8 / 7
+            bias = 16 * torch.sigmoid(attn.cpb_mlp(torch.sign(offsets) * torch.log2(1 + offsets.abs()) / 3))
+            scores = q[w] @ k[w].mT * scale + bias.permute(2, 0, 1) + mask[w % len(mask)]
+            out[w] = scores.softmax(-1) @ v[w]
+        expected = torch.roll(window_reverse(attn.project(out), window, 2, (16, 16)), (4, 4), (1, 2))
+    torch.testing.assert_close(got, expected)
+
+
+def test_the_packed_model_runs_every_attention_kernel_to_the_same_loss_and_gradients():
+    losses, grads = [], []
+    mask = draw(UniformMaskGenerator(128, 32, 4, 0.8125), 2)
+    images = torch.randn(2, 3, 128, 128)
+    for kernel in ("plain", "fused"):
+        model = packed_model()
+        model.encoder.set_attention_kernel(kernel)
+        loss = model(images, mask)[0]
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(losses[0], losses[1])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
