@@ -27,6 +27,7 @@ from swinssl.models.registry import check_packed_windows
 from swinssl.models.simmim import PackedMaskedImageModel, PackedMaskedVideoModel
 from swinssl.models.swin import build_encoder
 from swinssl.models.video_swin import build_video_encoder
+from swinssl.weights.formats import parse_checkpoint
 from swinssl.models.windows import shift_mask, window_partition, window_reverse
 
 SIZES = dict(embed_dim=16, depths=(1, 2, 1, 1), num_heads=(1, 2, 2, 4))
@@ -237,6 +238,8 @@ def test_packed_pretraining_cli_images_then_video_then_finetune(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["hyper_parameters"]["packing"] == "uniform" and last["hyper_parameters"]["true_offsets"] is True
+    spread = parse_checkpoint(last).spread  # the 3x3 layer travels with the decoder trained behind it
+    assert spread.keys() == {"weight", "bias"} and torch.equal(spread["weight"], last["state_dict"]["model.spread.weight"])
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     assert events.Tags()["images"] == ["train/reconstruction"]
@@ -260,6 +263,7 @@ def test_packed_pretraining_cli_images_then_video_then_finetune(tmp_path):
                    f"out_dir={video_run}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "inflated the image SimMIM decoder" in done.stdout + done.stderr
+    assert "took the packed decoder's 3x3 layer" in done.stdout + done.stderr  # not back to the identity
     assert torch.load(video_run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
 
 

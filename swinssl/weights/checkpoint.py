@@ -27,6 +27,7 @@ class Checkpoint:
     arch: dict[str, Any]
     pretrained_window_sizes: list[int] | list[list[int]] | None = None
     decoder: dict[str, torch.Tensor] | None = None
+    spread: dict[str, torch.Tensor] | None = None  # a packed run's 3x3 layer before its decoder
     hparams: dict[str, Any] | None = None
     conversions: list[str] = field(default_factory=list)
     source: str = "<state dict>"

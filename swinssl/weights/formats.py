@@ -121,6 +121,7 @@ def _from_lightning(raw: Mapping[str, Any], source: str) -> Checkpoint:
         # checkpoints written before the rename recorded them as "position_bias_windows"
         pretrained_window_sizes=meta.get("pretrained_window_sizes", meta.get("position_bias_windows")),
         decoder=decoder, hparams=dict(raw.get("hyper_parameters") or {}),
+        spread=_split_prefix(full, f"{parent}.spread." if parent else "spread.") or None,
         conversions=[f"took the encoder under '{prefix}'"] + notes, source=source,
     )
 
