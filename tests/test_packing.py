@@ -17,14 +17,18 @@ from swinssl.models.packing import (
     kept_slots,
     offset_bias,
     pack,
+    pair_offsets,
     token_positions,
     true_positions,
     unpack,
 )
+from swinssl.models.attention import window_bias_attention
 from swinssl.models.registry import check_packed_windows
 from swinssl.models.simmim import PackedMaskedImageModel, PackedMaskedVideoModel
 from swinssl.models.swin import build_encoder
 from swinssl.models.video_swin import build_video_encoder
+from swinssl.weights.formats import parse_checkpoint
+from swinssl.models.windows import shift_mask, window_partition, window_reverse
 
 SIZES = dict(embed_dim=16, depths=(1, 2, 1, 1), num_heads=(1, 2, 2, 4))
 
@@ -107,10 +111,12 @@ def test_true_positions_against_a_loop_reference():
 def test_offset_bias_is_log_cpb_of_each_pairs_offset_in_float64():
     torch.manual_seed(0)
     mlp = torch.nn.Sequential(torch.nn.Linear(2, 512), torch.nn.ReLU(), torch.nn.Linear(512, 3, bias=False)).double()
-    positions = torch.tensor([[[0, 0], [5, 2], [1, 7], [9, 9]]])
-    bias = offset_bias(mlp, 3, positions, (10, 10), (6, 6))
-    for i in range(4):
-        for j in range(4):
+    positions = torch.tensor([[[0, 0], [5, 2], [1, 7], [9, 9], [5, 2]]])
+    offsets = pair_offsets(positions, (10, 10), (6, 6))
+    assert len(offsets.coordinates) == 4 * 3 + 1  # the MLP sees each distinct offset once: 0 and 12 others
+    bias = offset_bias(mlp, 3, offsets)
+    for i in range(5):
+        for j in range(5):
             d = (positions[0, i] - positions[0, j]).double() * 8 / 5
             u = torch.sign(d) * torch.log2(1 + d.abs()) / 3
             assert torch.allclose(bias[0, :, i, j], 16 * torch.sigmoid(mlp(u)), atol=1e-12)
@@ -232,6 +238,8 @@ def test_packed_pretraining_cli_images_then_video_then_finetune(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["hyper_parameters"]["packing"] == "uniform" and last["hyper_parameters"]["true_offsets"] is True
+    spread = parse_checkpoint(last).task_tensors("spread")  # the 3x3 layer travels with the decoder trained behind it
+    assert spread.keys() == {"weight", "bias"} and torch.equal(spread["weight"], last["state_dict"]["model.spread.weight"])
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     assert events.Tags()["images"] == ["train/reconstruction"]
@@ -255,4 +263,93 @@ def test_packed_pretraining_cli_images_then_video_then_finetune(tmp_path):
                    f"out_dir={video_run}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "inflated the image SimMIM decoder" in done.stdout + done.stderr
+    assert "took the packed decoder's 3x3 layer" in done.stdout + done.stderr  # not back to the identity
     assert torch.load(video_run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_per_window_bias_attention_kernels_match_the_plain_reference(shared):
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2 * 4, 3, 9, 8, dtype=torch.float64).unbind(0)  # 2 images x 4 windows, 3 heads
+    additive = torch.randn(4 if shared else 8, 3, 9, 9, dtype=torch.float64)  # per window, the same for both images?
+    scale = torch.rand(3, 1, 1, dtype=torch.float64) * 10
+    expected = torch.zeros_like(q)
+    for window in range(8):
+        scores = q[window] @ k[window].mT * scale + additive[window % len(additive)]
+        expected[window] = scores.softmax(-1) @ v[window]
+    for kernel in ("plain", "fused", "chunked", "triton"):
+        torch.testing.assert_close(window_bias_attention(q, k, v, additive, 4, scale, kernel=kernel), expected)
+
+
+def test_positioned_attention_is_the_plain_per_pair_reference_on_true_positions():
+    """A shifted block's attention on packed tokens, after the unshifted block of its stage: the offsets shared by the
+    stage's blocks with the same windows, the MLP run on the distinct offsets only, one SDPA call; against the bias
+    of every pair computed on its own, in float64."""
+    torch.manual_seed(0)
+    sizes = dict(SIZES, depths=(2, 1, 1, 1))
+    encoder = awake(build_encoder("swinv2", img_size=128, window_size=8, mask_token=True, **sizes).double())
+    stage = encoder.layers[0]  # packed: 16 x 16 tokens, 8 per unit; windows 8, the second block shifted by 4
+    positions = true_positions(torch.randint(4, (2, 2, 2)), 8)
+    x = torch.randn(2, 16, 16, SIZES["embed_dim"], dtype=torch.float64)
+    with torch.no_grad(), token_positions([stage], [(positions, (32, 32), (8, 8))]):
+        stage.blocks[0]._attn(x)
+        got = stage.blocks[1]._attn(x)
+    attn, window = stage.blocks[1].attn, (8, 8)
+    rolled, at = torch.roll(x, (-4, -4), (1, 2)), window_partition(torch.roll(positions, (-4, -4), (1, 2)), window)
+    q, k, v, _, scale = attn.attention_inputs(window_partition(rolled, window))
+    mask = shift_mask((16, 16), (16, 16), window, (4, 4), x.device)
+    out = torch.zeros_like(q)
+    with torch.no_grad():
+        for w in range(len(q)):
+            offsets = (at[w][:, None] - at[w][None, :]).double() * 8 / 7
+            bias = 16 * torch.sigmoid(attn.cpb_mlp(torch.sign(offsets) * torch.log2(1 + offsets.abs()) / 3))
+            scores = q[w] @ k[w].mT * scale + bias.permute(2, 0, 1) + mask[w % len(mask)]
+            out[w] = scores.softmax(-1) @ v[w]
+        expected = torch.roll(window_reverse(attn.project(out), window, 2, (16, 16)), (4, 4), (1, 2))
+    torch.testing.assert_close(got, expected)
+
+
+def test_the_packed_model_runs_every_attention_kernel_to_the_same_loss_and_gradients():
+    losses, grads = [], []
+    mask = draw(UniformMaskGenerator(128, 32, 4, 0.8125), 2)
+    images = torch.randn(2, 3, 128, 128)
+    for kernel in ("plain", "fused"):
+        model = packed_model()
+        model.encoder.set_attention_kernel(kernel)
+        loss = model(images, mask)[0]
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(losses[0], losses[1])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_a_packed_run_preempted_then_killed_resumes_exactly(tmp_path):
+    """Packed pretraining under test_resume's conditions (two loader workers, drop path): stopped by SIGUSR1 at one
+    random step and killed at a later one, resumed with resume=auto each time, it ends at the uninterrupted run's
+    step with its weights bit for bit (the uniform masks are drawn again as they were)."""
+    import random
+
+    from conftest import random_image_shards
+    from test_resume import EPOCHS, preempted_run, scalars
+
+    shards = random_image_shards(tmp_path, images=8)
+    stop = random.randint(1, 6)
+    kill = random.randint(stop + 1, 11)
+
+    def run(name: str, **interrupt):
+        return preempted_run([*EPOCHS, *PACKED, f"data.shards={shards}", f"out_dir={tmp_path / name}", "resume=auto",
+                              "checkpointing.last_every_n_steps=3"], **interrupt)
+
+    assert run("whole", signal_at=[]).returncode == 0
+    assert run("resumed", signal_at=[stop]).returncode == 0
+    assert run("resumed", signal_at=[], kill_at=kill).returncode == -9
+    done = run("resumed", signal_at=[])
+    assert done.returncode == 0, done.stderr[-3000:]
+    whole = scalars(tmp_path / "whole", "train/loss")
+    assert len(whole) == 12
+    final = {name: torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)
+             for name in ("whole", "resumed")}
+    assert final["resumed"]["global_step"] == 12 and final["resumed"]["hyper_parameters"]["packing"] == "uniform"
+    for key, weights in final["whole"]["state_dict"].items():
+        assert torch.equal(final["resumed"]["state_dict"][key], weights), (stop, kill, key)

@@ -99,15 +99,24 @@ def attention_probabilities(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor
 
 
 def window_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive: torch.Tensor, windows: int,
-                          scale: torch.Tensor | None = None, dropout_p: float = 0.0) -> torch.Tensor:
+                          scale: torch.Tensor | None = None, dropout_p: float = 0.0, kernel: str = "fused") -> torch.Tensor:
     """Attention whose additive bias differs per window and per image: ``additive`` (b * nW, heads, N, N) for nW =
     ``windows`` per image and b the batch, or 1 when every image shares it (broadcast, as :func:`window_attention`'s
-    fused path does). One SDPA call; used where the position bias follows tokens that are not on a regular grid
-    (packed masked pretraining)."""
+    fused path does). Used where the position bias follows tokens that are not on a regular grid (packed masked
+    pretraining). ``kernel``: ``plain`` is the explicit reference; the others run one SDPA call (``chunked`` and
+    ``triton`` work on a bias shared by every image, which such tokens do not have: they run ``fused``)."""
+    check_kernel(kernel)
     batch_windows, heads, tokens, dim = q.shape
+    rows = additive.shape[0] // windows
+    if kernel == "plain":
+        attn = q @ k.transpose(-2, -1)
+        if scale is not None:
+            attn = attn * scale
+        attn = attn.view(-1, windows, heads, tokens, tokens) + additive.view(rows, windows, heads, tokens, tokens)
+        attn = attn.view(batch_windows, heads, tokens, tokens).softmax(dim=-1)
+        return (F.dropout(attn, dropout_p) if dropout_p else attn) @ v
     if scale is not None:
         q = q * scale
-    rows = additive.shape[0] // windows
     shape = (batch_windows // windows, windows * heads, tokens, dim)
     out = F.scaled_dot_product_attention(
         q.reshape(shape), k.reshape(shape), v.reshape(shape),
@@ -205,7 +214,7 @@ class KernelAttention:
     def attend_per_window(self, q, k, v, additive: torch.Tensor, windows: int, scale=None) -> torch.Tensor:
         """As :meth:`attend`, with a per-window bias (:func:`window_bias_attention`)."""
         dropout = self.attn_drop.p if self.training else 0.0
-        return self.project(window_bias_attention(q, k, v, additive, windows, scale, dropout))
+        return self.project(window_bias_attention(q, k, v, additive, windows, scale, dropout, self.kernel))
 
     def project(self, out: torch.Tensor) -> torch.Tensor:
         """(B * nW, heads, N, d) attention output -> projected (B * nW, N, C)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -95,36 +96,55 @@ def grid_positions(size: Sequence[int], device: torch.device) -> torch.Tensor:
 StagePositions = tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]]
 
 
+class PairOffsets(NamedTuple):
+    """The offsets between the token pairs of a stage's windows: ``coordinates`` (U, dims), the log-CPB inputs of the
+    U distinct offsets that occur, and ``index`` (b, N, N), each pair's row among them. Every block of a stage with
+    the same windows shares them; only its MLP differs."""
+
+    coordinates: torch.Tensor
+    index: torch.Tensor
+
+
 @contextmanager
 def token_positions(stages: Sequence[nn.Module], positions: Sequence[StagePositions]) -> Iterator[None]:
     """Within the block, every block of ``stages[s]`` attends by ``positions[s]``: (b, *size, dims) coordinates of
     its tokens (b = batch, or 1 if shared), the extent of the grid they index (offsets span ``1 - extent ..
     extent - 1``) and the window the position bias normalizes offsets by."""
-    blocks = [(block, stage_positions) for stage, stage_positions in zip(stages, positions) for block in stage.blocks]
-    for block, stage_positions in blocks:
-        block.token_positions = stage_positions
+    blocks = []
+    for stage, stage_positions in zip(stages, positions):
+        shared: dict = {}  # (window, shift) -> PairOffsets, computed by the stage's first block with those windows
+        for block in stage.blocks:
+            block.token_positions, block.attn.pair_offsets = stage_positions, shared
+            blocks.append(block)
     try:
         yield
     finally:
-        for block, _ in blocks:
-            del block.token_positions
+        for block in blocks:
+            del block.token_positions, block.attn.pair_offsets
 
 
-def offset_bias(cpb_mlp: nn.Module, heads: int, positions: torch.Tensor, extent: Sequence[int],
-                pretrained: Sequence[int]) -> torch.Tensor:
-    """(b, heads, N, N) Swin V2 log-CPB bias of token pairs at ``positions`` (b, N, dims): ``16 sigmoid`` of the MLP
-    over every offset the extent allows, gathered per pair. Elementwise, so the same numbers as gathering first
-    (:func:`~swinssl.models.windows.log_cpb_bias`), but backward keeps only the table and an int32 index per pair."""
+def pair_offsets(positions: torch.Tensor, extent: Sequence[int], pretrained: Sequence[int]) -> PairOffsets:
+    """The :class:`PairOffsets` of the token pairs of every window, for tokens at ``positions`` (b, N, dims) in a
+    grid of ``extent`` whose bias normalizes offsets by the ``pretrained`` window."""
+    spans = [2 * n - 1 for n in extent]
+    strides = [math.prod(spans[axis + 1:]) for axis in range(len(spans))]
+    code = (positions.long() * torch.tensor(strides, device=positions.device)).sum(-1)  # (b, N)
+    centre = sum((n - 1) * stride for n, stride in zip(extent, strides))
+    full = code[:, :, None] - code[:, None, :] + centre  # (b, N, N) row of the offset in the full table
+    used = torch.zeros(math.prod(spans), dtype=torch.bool, device=positions.device)
+    used[full.flatten()] = True
+    rows = used.nonzero().squeeze(1)
+    coordinates = log_spaced_coordinates(tuple(extent), tuple(pretrained), positions.device)[rows]
+    return PairOffsets(coordinates, (used.cumsum(0) - 1)[full])
+
+
+def offset_bias(cpb_mlp: nn.Module, heads: int, offsets: PairOffsets) -> torch.Tensor:
+    """(b, heads, N, N) Swin V2 log-CPB bias of the token pairs of :func:`pair_offsets`: ``16 sigmoid`` of the MLP
+    over the offsets that occur, gathered per pair. Elementwise, so the same numbers as gathering first
+    (:func:`~swinssl.models.windows.log_cpb_bias`), but backward keeps only the table and an index per pair."""
     weight = cpb_mlp[0].weight
-    coordinates = log_spaced_coordinates(tuple(extent), tuple(pretrained), weight.device).to(weight.dtype)
-    table = BIAS_SCALE * torch.sigmoid(cpb_mlp(coordinates).view(-1, heads))
-    positions = positions.to(torch.int32)
-    index = torch.zeros(positions.shape[0], positions.shape[1], positions.shape[1], dtype=torch.int32,
-                        device=positions.device)
-    for axis, span in enumerate(extent):
-        index = index * (2 * span - 1) + (positions[:, :, None, axis] - positions[:, None, :, axis] + span - 1)
-    bias = table.index_select(0, index.flatten()).view(*index.shape, heads)
-    return bias.permute(0, 3, 1, 2)
+    table = BIAS_SCALE * torch.sigmoid(cpb_mlp(offsets.coordinates.to(weight.dtype)).view(-1, heads))
+    return table.index_select(0, offsets.index.flatten()).view(*offsets.index.shape, heads).permute(0, 3, 1, 2)
 
 
 def positioned_attention(attn: nn.Module, x: torch.Tensor, positions: torch.Tensor, extent: Sequence[int],
@@ -146,7 +166,10 @@ def positioned_attention(attn: nn.Module, x: torch.Tensor, positions: torch.Tens
     windows = window_partition(x, window)
     count = windows.shape[0] // batch
     q, k, v, _, scale = inputs(windows, window)
-    bias = offset_bias(attn.cpb_mlp, attn.num_heads, window_partition(positions, window), extent, pretrained)
+    shared = getattr(attn, "pair_offsets", {})
+    if (window, shift) not in shared:
+        shared[window, shift] = pair_offsets(window_partition(positions, window), extent, pretrained)
+    bias = offset_bias(attn.cpb_mlp, attn.num_heads, shared[window, shift])
     mask = shift_mask(size, size, window, shift, x.device)
     if mask is not None:
         tokens = math.prod(window)

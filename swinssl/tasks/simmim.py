@@ -83,6 +83,21 @@ class SimMIM(SwinTask):
                 self.model.decoder.load_state_dict(decoder)
             except RuntimeError as error:
                 raise CheckpointError(f"{source.origin}: its SimMIM decoder does not fit this model ({error})") from None
+        if packing is not None and source is not None and source.task_tensors("spread"):
+            self.load_spread(source, video)
+
+    def load_spread(self, source: Checkpoint, video: bool) -> None:
+        """A packed run's 3 x 3 layer goes with the decoder trained behind it (else it starts as the identity, right
+        for a SimMIM decoder); an image run's layer becomes a clip model's (1, 3, 3) one."""
+        spread = source.task_tensors("spread")
+        if video and spread["weight"].ndim == 4:
+            spread["weight"] = spread["weight"].unsqueeze(2)
+        try:
+            self.model.spread.load_state_dict(spread)
+        except RuntimeError as error:
+            raise CheckpointError(f"{source.origin}: its packed decoder's 3x3 layer does not fit this model "
+                                  f"({error})") from None
+        log.info("took the packed decoder's 3x3 layer from %s", source.origin)
 
     @property
     def encoder(self):

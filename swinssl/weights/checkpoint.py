@@ -33,7 +33,8 @@ class Checkpoint:
     sizes: dict[str, Any]
     pretrained_window_sizes: list[int] | list[list[int]] | None = None
     decoder: dict[str, torch.Tensor] | None = None
-    task_state: dict[str, torch.Tensor] | None = None  # a swinssl run's other tensors (a segmenter's heads), as saved
+    # a swinssl run's other tensors (a segmenter's heads, a packed decoder's 3x3 layer), named from its model
+    task_state: dict[str, torch.Tensor] | None = None
     hparams: dict[str, Any] | None = None
     conversions: list[str] = field(default_factory=list)
     origin: str = "<state dict>"
@@ -49,6 +50,11 @@ class Checkpoint:
             return dict(nested)
         flat = {key: value for key, value in hparams.items() if key in EncoderSpec.names()}
         return {**flat, **(nested or {})}
+
+    def task_tensors(self, module: str) -> dict[str, torch.Tensor]:
+        """The saved tensors of the run model's ``module`` (``spread``, ``decode_head``), named within it."""
+        return {key.removeprefix(f"{module}."): value for key, value in (self.task_state or {}).items()
+                if key.startswith(f"{module}.")}
 
     @property
     def num_classes(self) -> int:

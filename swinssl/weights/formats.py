@@ -113,7 +113,8 @@ def _from_lightning(raw: Mapping[str, Any], origin: str) -> Checkpoint:
     parent = prefix.rstrip(".").rpartition(".")[0]
     decoder_prefix = f"{parent}.decoder." if parent else "decoder."
     state, decoder = _split_prefix(full, prefix), _split_prefix(full, decoder_prefix) or None
-    task_state = {key: value for key, value in full.items() if not key.startswith((prefix, decoder_prefix))}
+    task_state = {key.removeprefix(f"{parent}."): value for key, value in full.items()
+                  if not key.startswith((prefix, decoder_prefix))}
     state, notes, _ = _canonical_keys(state, official_layout=False)
     family = _family(state, origin)
     meta = raw.get("swinssl") or {}

@@ -31,8 +31,7 @@ def head_weights(source: Checkpoint) -> dict[str, torch.Tensor]:
     its reader kept them beside the encoder."""
     if not is_segmenter(source):
         return {}
-    return {key.removeprefix("model."): value for key, value in (source.task_state or {}).items()
-            if key.removeprefix("model.").startswith(HEADS)}
+    return {key: value for key, value in (source.task_state or {}).items() if key.startswith(HEADS)}
 
 
 def to_hf_upernet(source: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
