@@ -13,12 +13,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from swinssl.datamodules.views import IMAGE_EVALUATION
 from swinssl.models.registry import is_video
 from swinssl.training import cli
 
 # What a recipe's data keys say about reading data for evaluation, recorded in the model for `evaluate`.
 CLIP_SAMPLING_KEYS = ("sampling", "frame_interval", "short_side", "eval_short_side", "test_clips", "test_crops")
-EVALUATION_KEYS = ("eval_crop_pct", "eval_crop_mode", "interpolation")
 SEGMENTATION_EVALUATION_KEYS = ("eval_scale", "size_divisor")
 
 def build(cfg: DictConfig, resume_from: Path | None = None):
@@ -50,7 +50,7 @@ def build_classifier(cfg: DictConfig, resume_from: Path | None = None):
     mixup = OmegaConf.to_container(cfg.finetune.mixup, resolve=True) if cfg.finetune.mixup is not None else None
     if mixup is not None and cfg.data.batch_size % 2:
         raise ValueError(f"Mixup/CutMix mixes pairs: data.batch_size must be even, got {cfg.data.batch_size}")
-    evaluation = {key: data[key] for key in EVALUATION_KEYS}  # recorded, so evaluate reads images the same way
+    evaluation = {key: data[key] for key in IMAGE_EVALUATION}  # recorded, so evaluate reads images the same way
     return ImageClassifier(encoder, layer_decay=cfg.finetune.layer_decay, mixup=mixup, evaluation=evaluation,
                            **common), datamodule
 

@@ -18,6 +18,10 @@ Triple = tuple[int, int, int]
 SIZE_KEYS = ("embed_dim", "depths", "num_heads")  # what a bare family needs to be a model
 # How window attention runs (swinssl.models.attention); every kernel computes the same function.
 ATTENTION_KERNELS = ("plain", "fused", "chunked", "triton")
+# Video attention (swinssl.models.video_swin): joint (P, M, M) windows, or spatial (1, M, M) then temporal (P, 1, 1).
+ATTENTION_MODES = ("joint", "factorized")
+# A video patch kernel from an image one (swinssl.weights.inflate): repeated over time / T, or on the centre frame.
+PATCH_INITS = ("inflate", "center")
 
 # Widths, depths and heads: T/S/B/L as timm and the official Swin and Video Swin releases have them; H/G
 # from the Swin V2 paper (sec. 3.6, head dim 32, an extra LayerNorm every 6 blocks), which gives G four

@@ -45,6 +45,7 @@ from swinssl.masking import apply_mask_token
 from swinssl.models.attention import KernelAttention, check_kernel
 from swinssl.models.packing import positioned_attention
 from swinssl.models.registry import (
+    ATTENTION_MODES,
     Triple,
     check_video_geometry,
     check_window_rule,
@@ -63,7 +64,6 @@ from swinssl.models.windows import (
     windowed_attention,
 )
 
-ATTENTION_MODES = ("joint", "factorized")
 INTERMEDIATE_FORMATS = ("NCTHW", "NTHWC")
 
 
