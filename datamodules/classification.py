@@ -19,8 +19,7 @@ from swinssl.normalization import IMAGENET_MEAN, IMAGENET_STD
 from .images import load_rgb
 from .shards import MASK_KEY, SEGMENTATION, Shards, SkipCounter, describe_classes
 from .streaming import Decoder, ShardDataModule, StreamSpec
-
-EVAL_CROP_MODES = ("center", "squash")
+from .views import EVAL_CROP_MODES, IMAGE_EVALUATION
 
 
 class LabeledDecodeStage(Decoder):
@@ -123,9 +122,9 @@ class ClassificationShardDataModule(LabeledShards, ShardDataModule):
         re_prob: float = 0.25,
         re_mode: str = "pixel",
         re_count: int = 1,
-        interpolation: str = "bicubic",
-        eval_crop_pct: float = 0.875,
-        eval_crop_mode: str = "center",
+        interpolation: str = IMAGE_EVALUATION["interpolation"],
+        eval_crop_pct: float = IMAGE_EVALUATION["eval_crop_pct"],
+        eval_crop_mode: str = IMAGE_EVALUATION["eval_crop_mode"],
         **stream_fields: Any,
     ) -> None:
         if img_size <= 0:

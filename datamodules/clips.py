@@ -10,8 +10,9 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from .views import SAMPLINGS
+
 VIDEO_KEYS = ("mp4", "webm", "avi", "mkv")
-SAMPLINGS = ("stride", "uniform")
 # A loader worker is one process meant for one core; codec threads would oversubscribe the machine.
 DECODE_THREADS = 1
 

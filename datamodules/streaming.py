@@ -17,6 +17,7 @@ the role whose batch comes next, each role skipping the encoded samples it alrea
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import itertools
 import logging
 import os
@@ -228,6 +229,15 @@ class ShardDataModule(L.LightningDataModule):
         self.shuffle_buffer = stream.shuffle_buffer
         self.seed = stream.seed
         self.rank, self.world_size = 0, 1
+
+    @classmethod
+    def from_config(cls, data: Mapping[str, Any], seed: int = 0, **fields: Any) -> ShardDataModule:
+        """From a recipe's ``data`` group (plain values) and ``seed``: its streaming keys as the :class:`StreamSpec`,
+        its other keys this module takes (augmentation, clip sampling, evaluation), and ``fields`` (what the model
+        decides: sizes, masks) over them."""
+        accepted = set(inspect.signature(cls.__init__).parameters) - set(StreamSpec.__dataclass_fields__)
+        given = {key: value for key, value in data.items() if key in accepted}
+        return cls(StreamSpec.from_config(data, seed=seed), **{**given, **fields})
 
     def decoder(self, counter: SkipCounter, train: bool) -> Decoder:
         """The decode stage of the training (``train``) or the validation pipeline."""

@@ -29,6 +29,7 @@ from .clips import ClipSampler, read_frames, video_bytes
 from .images import random_resized_crop
 from .shards import SkipCounter
 from .streaming import Decoder, ShardDataModule, StreamSpec
+from .views import TEST_CROPS
 
 
 # -------------------------------------------------------------------------------------- pipeline stages
@@ -188,7 +189,7 @@ class VideoShardDataModule(LabeledShards, ShardDataModule):
             raise ValueError(f"evaluation short side {eval_short_side or short_side} is below img_size {img_size}")
         if not (0 <= hflip <= 1 and 0 <= re_prob <= 1):
             raise ValueError(f"hflip and re_prob are probabilities, got {hflip} and {re_prob}")
-        if test_crops not in (1, 3):
+        if test_crops not in TEST_CROPS:
             raise ValueError(f"test_crops must be 1 (centre) or 3 (along the long side), got {test_crops}")
         super().__init__(self.default_stream.updated(stream, **stream_fields))
         self.sampler = sampler

@@ -22,11 +22,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from swinssl.datamodules.views import IMAGE_EVALUATION
 from swinssl.models.registry import is_video
 from swinssl.training import cli
-
-# Image preprocessing of evaluation when neither the command line nor the checkpoint says (official TEST.CROP).
-IMAGE_EVALUATION = {"eval_crop_pct": 0.875, "eval_crop_mode": "center", "interpolation": "bicubic"}
 
 
 def load_classifier(cfg: DictConfig, source):

@@ -89,7 +89,7 @@ def export_timm(source: Checkpoint, out: Path) -> tuple[list[Path], dict[str, An
 def timm_pretrained_cfg(source: Checkpoint, kwargs: dict[str, Any]) -> dict[str, Any]:
     """timm's preprocessing fields: the input size, ImageNet mean/std, and the crop fraction, crop mode and
     interpolation fine-tuning validated with (else the official evaluation's), with the classes."""
-    from swinssl.evaluate import IMAGE_EVALUATION
+    from swinssl.datamodules.views import IMAGE_EVALUATION
 
     hparams = source.hparams or {}
     evaluation = {**IMAGE_EVALUATION, **(hparams.get("evaluation") or {})}

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from swinssl.datamodules.views import IMAGE_EVALUATION
 from swinssl.models.registry import is_video
 from swinssl.training import cli
 
 # What a recipe's data keys say about reading data for evaluation, recorded in the model for `evaluate`.
 CLIP_SAMPLING_KEYS = ("sampling", "frame_interval", "short_side", "eval_short_side", "test_clips", "test_crops")
-EVALUATION_KEYS = ("eval_crop_pct", "eval_crop_mode", "interpolation")
 SEGMENTATION_EVALUATION_KEYS = ("eval_scale", "size_divisor")
 
 def build(cfg: DictConfig, resume_from: Path | None = None):
@@ -37,9 +37,9 @@ def build_classifier(cfg: DictConfig, resume_from: Path | None = None):
     encoder = cli.encoder_spec(cfg)
     video = is_video(encoder.arch)
     data_type = VideoShardDataModule if video else ClassificationShardDataModule
-    data = cli.data_arguments(cfg, data_type)
-    datamodule = data_type(cli.stream_spec(cfg), img_size=encoder.img_size, num_classes=cfg.model.num_classes,
-                           **({"num_frames": encoder.num_frames} if video else {}), **data)
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    datamodule = data_type.from_config(data, cfg.seed, img_size=encoder.img_size, num_classes=cfg.model.num_classes,
+                                       **({"num_frames": encoder.num_frames} if video else {}))
     common = dict(num_classes=_num_classes(datamodule), checkpoint=resume_from or cfg.checkpoint,
                   trust_checkpoint=cfg.trust_checkpoint, optim=OmegaConf.to_container(cfg.optim, resolve=True),
                   label_smoothing=cfg.finetune.label_smoothing, class_names=datamodule.class_names)
@@ -50,7 +50,7 @@ def build_classifier(cfg: DictConfig, resume_from: Path | None = None):
     mixup = OmegaConf.to_container(cfg.finetune.mixup, resolve=True) if cfg.finetune.mixup is not None else None
     if mixup is not None and cfg.data.batch_size % 2:
         raise ValueError(f"Mixup/CutMix mixes pairs: data.batch_size must be even, got {cfg.data.batch_size}")
-    evaluation = {key: data[key] for key in EVALUATION_KEYS}  # recorded, so evaluate reads images the same way
+    evaluation = {key: data[key] for key in IMAGE_EVALUATION}  # recorded, so evaluate reads images the same way
     return ImageClassifier(encoder, layer_decay=cfg.finetune.layer_decay, mixup=mixup, evaluation=evaluation,
                            **common), datamodule
 
@@ -67,13 +67,13 @@ def build_segmenter(cfg: DictConfig, resume_from: Path | None = None):
     if cfg.data.batch_size < 2:
         raise ValueError("data.batch_size must be at least 2 for segmentation: the heads' BatchNorm (pyramid pooling "
                          "to 1x1) needs two samples per device")
-    data = cli.data_arguments(cfg, SegmentationShardDataModule)
+    data = OmegaConf.to_container(cfg.data, resolve=True)
     segmentation = OmegaConf.to_container(cfg.segmentation, resolve=True)
     inference = segmentation["inference"]
     if inference["mode"] == "slide" and "eval_scale" in data and inference["crop"] > min(data["eval_scale"]):
         raise ValueError(f"segmentation.inference.crop={inference['crop']} is larger than the validation images "
                          f"(rescaled to fit {data['eval_scale']}); use a crop of at most {min(data['eval_scale'])}")
-    datamodule = SegmentationShardDataModule(cli.stream_spec(cfg), num_classes=cfg.model.num_classes, **data)
+    datamodule = SegmentationShardDataModule.from_config(data, cfg.seed, num_classes=cfg.model.num_classes)
     evaluation = {key: data[key] for key in SEGMENTATION_EVALUATION_KEYS if key in data}
     model = Segmenter(encoder, num_classes=_num_classes(datamodule), checkpoint=resume_from or cfg.checkpoint,
                       trust_checkpoint=cfg.trust_checkpoint, layer_decay=cfg.finetune.layer_decay,

@@ -10,42 +10,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from swinssl.training import cli
 
 
 def build(cfg: DictConfig, resume_from: Path | None = None):
-    """The SimMIM model and the image or clip data a config describes; missing shards and bad sizes raise here,
-    before any compute. A resumed run is built from its own checkpoint (sizes a bare family leaves open, windows),
-    not from the starting ``checkpoint``; Lightning then restores its weights and optimizer."""
-    from swinssl.datamodules import ImageShardDataModule, VideoShardDataModule
-    from swinssl.masking import UniformMaskGenerator, VideoMaskGenerator
+    """The SimMIM model and the image or clip data a config describes (:meth:`SimMIM.from_config`,
+    :meth:`SimMIM.pretraining_data`); missing shards and bad sizes raise there, before any compute. A resumed run is
+    built from its own checkpoint; Lightning then restores its weights and optimizer."""
     from swinssl.tasks import SimMIM
 
-    encoder = cli.encoder_spec(cfg)
-    packing = cfg.simmim.get("packing")
-    model = SimMIM(
-        encoder, norm_target_window=cfg.simmim.norm_target_window, optim=OmegaConf.to_container(cfg.optim, resolve=True),
-        checkpoint=resume_from or cfg.checkpoint, trust_checkpoint=cfg.trust_checkpoint,
-        packing=packing, true_offsets=cfg.simmim.get("true_offsets", True),
-    )
-    if model.input_key == "image":
-        patch = model.encoder.patch_embed.patch_size[0]
-        masks = None if packing is None else UniformMaskGenerator(
-            encoder.img_size, cfg.simmim.mask_patch_size, patch, cfg.simmim.mask_ratio, model.encoder.stride)
-        datamodule = ImageShardDataModule(
-            cli.stream_spec(cfg), img_size=encoder.img_size, mask_patch_size=cfg.simmim.mask_patch_size,
-            model_patch_size=patch, mask_ratio=cfg.simmim.mask_ratio, masks=masks,
-            **cli.data_arguments(cfg, ImageShardDataModule),
-        )
-        return model, datamodule
-    masks = VideoMaskGenerator(encoder.num_frames, encoder.img_size, cfg.simmim.mask_patch_size,
-                               model.encoder.patch_embed.patch_size, cfg.simmim.mask_ratio, cfg.simmim.mask_mode,
-                               cfg.simmim.mask_frames, packing, model.encoder.stride[1])
-    datamodule = VideoShardDataModule(cli.stream_spec(cfg), img_size=encoder.img_size, num_frames=encoder.num_frames,
-                                      masks=masks, **cli.data_arguments(cfg, VideoShardDataModule))
-    return model, datamodule
+    recipe = cli.plain(cfg, "model", "simmim", "optim", "data", "seed", "checkpoint", "trust_checkpoint")
+    model = SimMIM.from_config(recipe, resume_from)
+    return model, model.pretraining_data(recipe)
 
 
 def probe_callbacks(cfg: DictConfig) -> list:

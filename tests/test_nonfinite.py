@@ -125,7 +125,7 @@ def test_cli_stops_with_the_last_good_checkpoint_kept(tmp_path):
     assert done.returncode != 0
     last = run_dir / "checkpoints" / "last.ckpt"
     assert done.stderr.strip().splitlines()[-1] == (
-        f"error: 3 optimizer steps in a row had a NaN/inf loss or gradient (step 4); the run stopped. Lower "
+        "error: 3 optimizer steps in a row had a NaN/inf loss or gradient (step 4); the run stopped. Lower "
         "optim.base_lr, keep trainer.gradient_clip_val, or use bf16-mixed/32-true precision instead of 16-mixed. "
         "Last good checkpoint: none (no checkpoint is from before step 1, whose weights gave the first NaN/inf step 2)")
     assert torch.load(last, weights_only=True)["global_step"] == 1  # none written during the bad steps

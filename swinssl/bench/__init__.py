@@ -2,7 +2,8 @@
 command and the wall time, and writing JSON with ``--json``.
 
 One module per benchmark; each has a module docstring (its ``--help``), ``add_arguments(parser)`` and
-``run(args, command)``. :data:`BENCHMARKS` lists them in ``--help`` order.
+``run(args, command)``, which takes its settings, times its run and ends it through the shared harness in
+:mod:`.report` (``settings``, ``Stopwatch``, ``finish``). :data:`BENCHMARKS` lists them in ``--help`` order.
 """
 
 BENCHMARKS = {

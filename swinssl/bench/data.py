@@ -47,7 +47,7 @@ import torch
 from PIL import Image
 from rich.progress import Progress
 
-from swinssl.bench.report import cpu_name, progress_bar, write_json
+from swinssl.bench.report import Stopwatch, cpu_name, finish, progress_bar, settings
 from swinssl.demo_data import PHOTOS
 
 # (share of the images, long side from, to): ImageNet's train set is mostly 500 px on the long side.
@@ -316,16 +316,11 @@ def library_versions() -> dict[str, str]:
 
 
 def run(args: argparse.Namespace, command: str) -> None:
-    cfg = DataBenchConfig(**(QUICK_DATA if args.quick else {}))
-    for key in ("images", "repeats", "quality", "subsampling"):
-        if getattr(args, key) is not None:
-            setattr(cfg, key, getattr(args, key))
+    cfg = DataBenchConfig(**settings(args, ("images", "repeats", "quality", "subsampling"), QUICK_DATA))
     versions = library_versions()
     print("libraries: " + ", ".join(f"{name} {version}" for name, version in versions.items()))
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as workdir:
+    with Stopwatch() as wall, tempfile.TemporaryDirectory() as workdir:
         result = run_data(cfg, Path(workdir))
-    wall = time.perf_counter() - start
     print(data_table(result["rows"]))
     data = result["dataset"]
     print(f"\n{cfg.images} JPEGs (quality {cfg.quality}, {cfg.subsampling}, mean {data['mean_megapixels']:.3f} Mpixel, "
@@ -333,10 +328,7 @@ def run(args: argparse.Namespace, command: str) -> None:
           f"batches of {cfg.batch_size}; one process, one thread; median of {cfg.repeats} passes each.")
     print(f"resume: a training stream resumed {cfg.images} samples in skips them (read, not decoded) at "
           f"{result['resume_skip_ms_per_1000']:.0f} CPU ms per 1000 samples before its first batch")
-    print(f"command: {command}\nwall time: {wall:.0f} s")
-    if args.json:
-        write_json(args.json, {"command": command, "wall_s": round(wall, 1), "versions": versions,
-                               "config": cfg.__dict__, **result})
+    finish(args, command, wall, {"versions": versions, "config": cfg.__dict__, **result})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

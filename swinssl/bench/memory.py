@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ from rich.progress import Progress
 from timm.optim import create_optimizer_v2
 from torch import nn
 
-from swinssl.bench.report import SavedTensorMeter, device_name, progress_bar, write_json
+from swinssl.bench.report import SavedTensorMeter, Stopwatch, device_name, finish, progress_bar, settings
 from swinssl.bench.train import LR, WEIGHT_DECAY, random_batch
 from swinssl.models import MaskedImageModel
 from swinssl.models.attention import KERNELS
@@ -252,19 +251,14 @@ def finetune_lines(rows: list[dict[str, Any]], gpu: bool, memory_gb: float) -> l
 
 def run(args: argparse.Namespace, command: str) -> None:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    options = dict(QUICK) if args.quick else {}
-    for key in ("presets", "kernels", "memory_gb", "max_batch"):
-        if getattr(args, key) is not None:
-            options[key] = getattr(args, key)
+    options = settings(args, ("presets", "kernels", "memory_gb", "max_batch"), QUICK)
     if args.no_finetune:
         options["finetune"] = False
     cfg = MemoryConfig(**options)
     workloads = cfg.workloads(args.quick)
     gpu = device.type == "cuda"
-    start = time.perf_counter()
-    with progress_bar() as progress:
+    with Stopwatch() as wall, progress_bar() as progress:
         rows = run_memory(cfg, workloads, device, progress)
-    wall = time.perf_counter() - start
     print(f"device: {device_name(device)}")
     print(markdown_table(rows, gpu))
     print(f"\nBudget {cfg.memory_gb:g} GiB per GPU. Estimates: 16 B/parameter of training state + saved activations "
@@ -274,11 +268,9 @@ def run(args: argparse.Namespace, command: str) -> None:
         print("No GPU: every batch above is an estimate from saved activations, none was run.")
     for line in finetune_lines(rows, gpu, cfg.memory_gb):
         print(line)
-    print(f"command: {command}\nwall time: {wall:.0f} s")
-    if args.json:
-        write_json(args.json, {"command": command, "wall_s": round(wall, 1), "device": device_name(device),
-                               "config": cfg.__dict__, "workloads": [w.__dict__ | {"label": w.label} for w in workloads],
-                               "rows": rows, "finetune": finetune_lines(rows, gpu, cfg.memory_gb)})
+    finish(args, command, wall, {"device": device_name(device), "config": cfg.__dict__,
+                                 "workloads": [w.__dict__ | {"label": w.label} for w in workloads],
+                                 "rows": rows, "finetune": finetune_lines(rows, gpu, cfg.memory_gb)})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

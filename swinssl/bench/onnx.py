@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from swinssl.bench.report import cpu_name, progress_bar, write_json
+from swinssl.bench.report import Stopwatch, cpu_name, finish, progress_bar
 
 TINY = dict(arch="swinv2", embed_dim=16, depths=(1, 1), num_heads=(1, 2), patch_size=4)
 
@@ -37,8 +37,7 @@ def run(args: argparse.Namespace, command: str) -> None:
     torch.manual_seed(0)
     model = build_encoder(arch, img_size=img_size, window_size=window, num_classes=1000, **quick).eval()
     images = torch.randn(batch, 3, img_size, img_size)
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as folder:
+    with Stopwatch() as wall, tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"
         error = to_onnx(model, images, path, "image", ["logits"], {})
         options = onnxruntime.SessionOptions()
@@ -57,7 +56,6 @@ def run(args: argparse.Namespace, command: str) -> None:
                 session.run(None, feed)
                 times["onnxruntime"].append(time.perf_counter() - tic)
                 progress.advance(task)
-    wall = time.perf_counter() - start
     rates = {name: batch / statistics.median(spent) for name, spent in times.items()}
     ratio = rates["onnxruntime"] / rates["eager"]
     print(f"| runtime | images/s | vs eager |\n|---|---|---|\n| eager PyTorch (fused attention) | {rates['eager']:.1f} | "
@@ -65,12 +63,10 @@ def run(args: argparse.Namespace, command: str) -> None:
     print(f"\n{arch} {img_size} px / window {window}, 1000 classes, batch {batch}, {iters} batches each, {threads} "
           f"threads; {cpu_name()}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; "
           f"ONNX vs PyTorch relative error {error:.1e}.")
-    print(f"command: {command}\nwall time: {wall:.0f} s")
-    if args.json:
-        write_json(args.json, {"command": command, "wall_s": round(wall, 1), "cpu": cpu_name(), "arch": arch,
-                               "img_size": img_size, "window_size": window, "batch": batch, "iters": iters,
-                               "threads": threads, "images_per_s": {k: round(v, 2) for k, v in rates.items()},
-                               "onnx_vs_eager": round(ratio, 3), "relative_error": error})
+    finish(args, command, wall, {"cpu": cpu_name(), "arch": arch, "img_size": img_size, "window_size": window,
+                                 "batch": batch, "iters": iters, "threads": threads,
+                                 "images_per_s": {k: round(v, 2) for k, v in rates.items()},
+                                 "onnx_vs_eager": round(ratio, 3), "relative_error": error})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

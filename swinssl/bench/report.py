@@ -1,16 +1,45 @@
-"""What every benchmark shares: the progress bar, the machine's name, the JSON record."""
+"""What every benchmark shares: its settings from the command line, the stopwatch, the progress bar, the machine's
+name, and the closing lines and JSON record of a run."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+def settings(args: argparse.Namespace, keys: Iterable[str], quick: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A benchmark's configuration fields: ``quick`` under ``--quick``, then each of ``keys`` the command line gives."""
+    chosen = dict(quick or {}) if args.quick else {}
+    chosen.update({key: getattr(args, key) for key in keys if getattr(args, key) is not None})
+    return chosen
+
+
+class Stopwatch:
+    """The wall seconds of the ``with`` block: what a benchmark measured, its set-up included."""
+
+    def __enter__(self) -> Stopwatch:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def finish(args: argparse.Namespace, command: str, wall: Stopwatch, record: Mapping[str, Any], where: str = "") -> None:
+    """The lines every run ends with (the command that reruns it, the wall time and ``where`` it ran) and, with
+    ``--json``, the record of its figures after the same two."""
+    print(f"command: {command}\nwall time: {wall.seconds:.0f} s{where}")
+    if args.json:
+        write_json(args.json, {"command": command, "wall_s": round(wall.seconds, 1), **record})
 
 
 def progress_bar() -> Progress:

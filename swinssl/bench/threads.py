@@ -17,10 +17,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from swinssl.bench.report import cpu_name, progress_bar, write_json
+from swinssl.bench.report import Stopwatch, cpu_name, finish, progress_bar
 
 
 def run_setting(workers: int, threads: int | None, steps: int, folder: Path) -> float:
@@ -49,25 +48,20 @@ def run(args: argparse.Namespace, command: str) -> None:
     steps = 10 if args.quick else args.steps
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     rows = []
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as folder, progress_bar() as progress:
+    with Stopwatch() as wall, tempfile.TemporaryDirectory() as folder, progress_bar() as progress:
         task = progress.add_task("settings", total=len(workers) * len(threads))
         for worker_count in workers:
             for thread_count in threads:
                 rate = run_setting(worker_count, thread_count, steps, Path(folder))
                 rows.append({"workers": worker_count, "threads": thread_count, "images_per_s": round(rate, 1)})
                 progress.advance(task)
-    wall = time.perf_counter() - start
     best = max(row["images_per_s"] for row in rows)
     print("| loader workers | torch threads | images/s | best / this |\n|---|---|---|---|")
     for row in rows:
         shown = row["threads"] if row["threads"] is not None else "auto (measured)"
         print(f"| {row['workers']} | {shown} | {row['images_per_s']:.1f} | {best / row['images_per_s']:.2f} |")
     print(f"\n{cpu_name()}, {cores} cores; demo pretraining (128 px, batch 16), {steps} steps per setting.")
-    print(f"command: {command}\nwall time: {wall:.0f} s")
-    if args.json:
-        write_json(args.json, {"command": command, "wall_s": round(wall, 1), "cores": cores, "cpu": cpu_name(),
-                               "steps": steps, "rows": rows})
+    finish(args, command, wall, {"cores": cores, "cpu": cpu_name(), "steps": steps, "rows": rows})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -59,7 +59,7 @@ from timm.models.swin_transformer_v2 import SwinTransformerV2
 from timm.optim import create_optimizer_v2
 from torch import nn
 
-from swinssl.bench.report import SavedTensorMeter, device_name, progress_bar, write_json
+from swinssl.bench.report import SavedTensorMeter, Stopwatch, device_name, finish, progress_bar, settings
 from swinssl.masking import MaskGenerator, UniformMaskGenerator, VideoMaskGenerator
 from swinssl.models import MaskedImageModel, MaskedVideoModel, SimMIMDecoder, masked_l1_loss
 from swinssl.models.simmim import PackedMaskedImageModel, PackedMaskedVideoModel
@@ -438,18 +438,12 @@ def run(args: argparse.Namespace, command: str) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    options = dict(QUICK) if args.quick else {}
-    options["precision"] = args.precision or ("bf16" if device.type == "cuda" else "fp32")
-    for key in ("arch", "batch_size", "kernels", "compile", "warmup", "steps", "repeats", "drop_path_rate",
-                "video_frames", "video_batch", "packing"):
-        if getattr(args, key) is not None:
-            options[key] = getattr(args, key)
-    cfg = TrainBenchConfig(**options)
+    options = settings(args, ("arch", "batch_size", "kernels", "compile", "warmup", "steps", "repeats",
+                              "drop_path_rate", "video_frames", "video_batch", "packing"), QUICK)
+    cfg = TrainBenchConfig(**options, precision=args.precision or ("bf16" if device.type == "cuda" else "fp32"))
     gpu = device.type == "cuda"
-    start = time.perf_counter()
-    with progress_bar() as progress:
+    with Stopwatch() as wall, progress_bar() as progress:
         measured = run_train(cfg, device, progress)
-    wall = time.perf_counter() - start
     rows = summarize(cfg, measured)
     sizes = cfg.model_sizes
     print(f"device: {device_name(device)}")
@@ -467,13 +461,10 @@ def run(args: argparse.Namespace, command: str) -> None:
     if cfg.video_frames:
         print(f"swinssl video: {cfg.video_batch} clips of {cfg.video_frames} frames a step; its images/s are frames/s "
               "(clips/s x frames) and its memory is per clip.")
-    print(f"command: {command}\nwall time: {wall:.0f} s")
-    if args.json:
-        write_json(args.json, {
-            "command": command, "wall_s": round(wall, 1), "device": device_name(device), "config": cfg.__dict__,
-            "notes": measured["notes"], "flops_per_step": measured["flops_per_step"],
-            "matmul_flops_per_s": measured["matmul_flops_per_s"], "rows": rows,
-        })
+    finish(args, command, wall, {
+        "device": device_name(device), "config": cfg.__dict__, "notes": measured["notes"],
+        "flops_per_step": measured["flops_per_step"], "matmul_flops_per_s": measured["matmul_flops_per_s"], "rows": rows,
+    })
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

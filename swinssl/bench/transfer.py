@@ -20,7 +20,6 @@ trained state dict as ``checkpoint``: the product's transfer path is what is mea
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from rich.progress import Progress
 from torch import nn
 
-from swinssl.bench.report import progress_bar, write_json
+from swinssl.bench.report import Stopwatch, finish, progress_bar, settings
 from swinssl.demo_data import PHOTOS
 
 SHORT_SIDE = 512  # photos are first resampled to this short side, so every photo has room for both splits
@@ -313,26 +312,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, command: str) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
-    options = dict(QUICK) if args.quick else {}
-    for key in ("seeds", "steps", "batch_size", "scales", "test_crops", "bias_lr_scale"):
-        if getattr(args, key) is not None:
-            options[key] = getattr(args, key)
-    cfg = TransferConfig(**options)
+    cfg = TransferConfig(**settings(args, ("seeds", "steps", "batch_size", "scales", "test_crops", "bias_lr_scale"), QUICK))
     for scale in cfg.scales:
         cfg.size(scale)
-    start = time.perf_counter()
-    with progress_bar() as progress:
+    with Stopwatch() as wall, progress_bar() as progress:
         results = run_transfer(cfg, progress)
-    wall = time.perf_counter() - start
     print(markdown_table(cfg, results))
     print(f"\nTop-1 accuracy, mean ± std over seeds {cfg.seeds}; {len(PHOTOS)} classes (chance "
           f"{1 / len(PHOTOS):.3f}), {len(PHOTOS) * cfg.test_crops} test images per size.")
-    print(f"command: {command}\nwall time: {wall:.0f} s on {torch.get_num_threads()} threads")
-    if args.json:
-        write_json(args.json, {
-            "command": command, "wall_s": round(wall, 1), "config": cfg.__dict__,
-            "columns": [dict(zip(("img_size", "window"), cfg.size(s)), scale=s) for s in cfg.scales],
-            "variants": {key: {"label": label, "per_seed": results[key],
-                               "mean": np.mean(results[key], 0).tolist(), "std": np.std(results[key], 0).tolist()}
-                         for key, label in VARIANTS},
-        })
+    finish(args, command, wall, {
+        "config": cfg.__dict__,
+        "columns": [dict(zip(("img_size", "window"), cfg.size(s)), scale=s) for s in cfg.scales],
+        "variants": {key: {"label": label, "per_seed": results[key],
+                           "mean": np.mean(results[key], 0).tolist(), "std": np.std(results[key], 0).tolist()}
+                     for key, label in VARIANTS},
+    }, where=f" on {torch.get_num_threads()} threads")

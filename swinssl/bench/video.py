@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from swinssl.bench.report import cpu_name, progress_bar, write_json
+from swinssl.bench.report import Stopwatch, cpu_name, finish, progress_bar, settings
 from swinssl.demo_data import PHOTOS
 
 DECODERS = ("swinssl", "pyav", "decord", "torchcodec")
@@ -263,34 +263,31 @@ PRETRAINING_RECIPE = "simmim_video_v2_b"
 
 
 @functools.cache
-def pretraining_recipe() -> tuple[dict, dict, dict]:
-    """The ``model``, ``simmim`` and ``data`` groups of ``PRETRAINING_RECIPE``, composed once per process."""
+def pretraining_recipe() -> dict:
+    """``PRETRAINING_RECIPE``, composed once per process, as plain values; no shards (the bench brings its clips)."""
     from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
 
+    from swinssl.training import cli
     from swinssl.training.recipe_checks import RECIPES
 
     with initialize_config_module(config_module=RECIPES, version_base="1.3"):
-        recipe = compose(config_name="pretrain", overrides=[f"recipe={PRETRAINING_RECIPE}"])
-    return tuple(OmegaConf.to_container(recipe[group]) for group in ("model", "simmim", "data"))
+        recipe = cli.plain(compose(config_name="pretrain", overrides=[f"recipe={PRETRAINING_RECIPE}"]),
+                           "model", "simmim", "data", "seed")
+    recipe["data"].update(shards=None, val_shards=None)
+    return recipe
 
 
 def pretraining_stage(cfg: VideoBenchConfig):
-    """The masked video pretraining stage of ``PRETRAINING_RECIPE`` (its clips, crop and masks), started as in a
-    worker."""
+    """The masked video pretraining stage of ``PRETRAINING_RECIPE`` (its clips, crop and masks), as the pretraining
+    builder makes it for the recipe's encoder (no checkpoint: the family's patch), started as in a worker."""
     from swinssl.datamodules import SkipCounter
-    from swinssl.datamodules.video import VideoShardDataModule
-    from swinssl.masking import VideoMaskGenerator
-    from swinssl.models.registry import family
+    from swinssl.models.registry import EncoderSpec, family, last_stage_stride, resolve_arch
+    from swinssl.tasks.simmim import pretraining_data
 
-    model, simmim, data = pretraining_recipe()
-    patch = model["patch_size"] or family(model["arch"]).patch_size
-    masks = VideoMaskGenerator(model["num_frames"], model["img_size"], simmim["mask_patch_size"], patch,
-                               simmim["mask_ratio"], simmim["mask_mode"], simmim["mask_frames"])
-    dm = VideoShardDataModule(
-        num_frames=model["num_frames"], img_size=model["img_size"], masks=masks,
-        **{key: data[key] for key in ("sampling", "frame_interval", "short_side", "crop_scale", "crop_ratio", "hflip")},
-    )  # fmt: skip
+    recipe = pretraining_recipe()
+    spec = EncoderSpec.from_config(recipe["model"])
+    patch = family(spec.arch).patch(spec.patch_size)
+    dm = pretraining_data(recipe, patch, last_stage_stride(patch, len(resolve_arch(spec.arch, spec.sizes())["depths"])))
     stage = dm.decoder(SkipCounter(), train=True)
     stage.start()
     return stage
@@ -486,16 +483,11 @@ def decoder_versions() -> dict[str, str]:
 
 
 def run(args: argparse.Namespace, command: str) -> None:
-    cfg = VideoBenchConfig(**(QUICK_VIDEO if args.quick else {}))
-    for key in ("videos", "clips", "seconds", "decoders"):
-        if getattr(args, key) is not None:
-            setattr(cfg, key, getattr(args, key))
+    cfg = VideoBenchConfig(**settings(args, ("videos", "clips", "seconds", "decoders"), QUICK_VIDEO))
     versions = decoder_versions()
     print("decoders: " + ", ".join(f"{name} {version}" for name, version in versions.items()))
-    start = time.perf_counter()
-    with progress_bar() as progress:
+    with Stopwatch() as wall, progress_bar() as progress:
         rows, pretraining, notes = run_video(cfg, progress)
-    wall = time.perf_counter() - start
     for note in notes:
         print(note)
     print(video_table(rows))
@@ -510,10 +502,8 @@ def run(args: argparse.Namespace, command: str) -> None:
           f"{cfg.seconds:g} s at {cfg.fps} fps; SSv2: {cfg.num_frames} segments of {cfg.ssv2_seconds:g} s at "
           f"{cfg.ssv2_fps} fps. '/ best peer': clips/s over the fastest peer's; 'max diff': the largest "
           f"pixel difference from the first decoder's frames ({next(iter(cfg.decoders))}) on one clip.")
-    print(f"command: {command}\nwall time: {wall:.0f} s")
-    if args.json:
-        write_json(args.json, {"command": command, "wall_s": round(wall, 1), "versions": versions,
-                               "config": cfg.__dict__, "notes": notes, "rows": rows, "pretraining_rows": pretraining})
+    finish(args, command, wall, {"versions": versions, "config": cfg.__dict__, "notes": notes, "rows": rows,
+                                 "pretraining_rows": pretraining})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

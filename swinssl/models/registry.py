@@ -18,6 +18,10 @@ Triple = tuple[int, int, int]
 SIZE_KEYS = ("embed_dim", "depths", "num_heads")  # what a bare family needs to be a model
 # How window attention runs (swinssl.models.attention); every kernel computes the same function.
 ATTENTION_KERNELS = ("plain", "fused", "chunked", "triton")
+# Video attention (swinssl.models.video_swin): joint (P, M, M) windows, or spatial (1, M, M) then temporal (P, 1, 1).
+ATTENTION_MODES = ("joint", "factorized")
+# A video patch kernel from an image one (swinssl.weights.inflate): repeated over time / T, or on the centre frame.
+PATCH_INITS = ("inflate", "center")
 
 # Widths, depths and heads: T/S/B/L as timm and the official Swin and Video Swin releases have them; H/G
 # from the Swin V2 paper (sec. 3.6, head dim 32, an extra LayerNorm every 6 blocks), which gives G four
@@ -160,6 +164,14 @@ def _check_widths(embed_dim: int, depths: Sequence[int], num_heads: Sequence[int
         width = embed_dim * 2**stage
         if width % heads:
             raise ValueError(f"stage {stage + 1} width {width} is not divisible by its {heads} heads")
+
+
+def last_stage_stride(patch: int | Triple, stages: int) -> int | Triple:
+    """Input per last-stage token: the patch times two per merge (video: merging is spatial, time keeps its patch)."""
+    if isinstance(patch, int):
+        return patch * 2 ** (stages - 1)
+    frames, height, width = patch
+    return frames, height * 2 ** (stages - 1), width * 2 ** (stages - 1)
 
 
 def stage_grids(img_size: tuple[int, int], patch_size: int, stages: int) -> list[tuple[int, int]]:

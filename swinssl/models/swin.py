@@ -38,7 +38,7 @@ from torch import nn
 from swinssl.masking import apply_mask_token
 from swinssl.models.attention import KernelAttention, check_kernel
 from swinssl.models.packing import positioned_attention
-from swinssl.models.registry import EncoderSpec, check_image_geometry, family, resolve_arch
+from swinssl.models.registry import EncoderSpec, check_image_geometry, family, last_stage_stride, resolve_arch
 from swinssl.models.windows import (
     cosine_query_key,
     log_cpb_bias,
@@ -184,7 +184,7 @@ class SwinExtras:
     @property
     def stride(self) -> int:
         """Input pixels per output token along one axis (32 for the 4-stage, patch-4 models)."""
-        return self.patch_embed.patch_size[0] * 2 ** (len(self.layers) - 1)
+        return last_stage_stride(self.patch_embed.patch_size[0], len(self.layers))
 
     def embed(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Patch embedding (NHWC); tokens where ``mask`` is 1 become the mask token."""

@@ -45,12 +45,14 @@ from swinssl.masking import apply_mask_token
 from swinssl.models.attention import KernelAttention, check_kernel
 from swinssl.models.packing import positioned_attention
 from swinssl.models.registry import (
+    ATTENTION_MODES,
     EncoderSpec,
     Triple,
     check_video_geometry,
     check_window_rule,
     family,
     family_for,
+    last_stage_stride,
     resolve_arch,
     video_pretrained_windows,
 )
@@ -63,7 +65,6 @@ from swinssl.models.windows import (
     windowed_attention,
 )
 
-ATTENTION_MODES = ("joint", "factorized")
 INTERMEDIATE_FORMATS = ("NCTHW", "NTHWC")
 
 
@@ -372,8 +373,7 @@ class VideoSwinEncoder(nn.Module):
     @property
     def stride(self) -> Triple:
         """Input (frames, pixels, pixels) per output token: patch merging is spatial only."""
-        t, p, _ = self.patch_embed.patch_size
-        return t, p * 2 ** (len(self.layers) - 1), p * 2 ** (len(self.layers) - 1)
+        return last_stage_stride(tuple(self.patch_embed.patch_size), len(self.layers))
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

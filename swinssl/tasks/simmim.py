@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -99,6 +100,21 @@ class SimMIM(SwinTask):
                                   f"({error})") from None
         log.info("took the packed decoder's 3x3 layer from %s", source.origin)
 
+    @classmethod
+    def from_config(cls, recipe: Mapping[str, Any], checkpoint: str | Path | None = None) -> SimMIM:
+        """From a pretraining recipe (plain values: its ``model``, ``simmim`` and ``optim`` groups, ``checkpoint`` and
+        ``trust_checkpoint``). ``checkpoint`` (a resumed run's own: the sizes a bare family leaves open, the windows)
+        replaces the recipe's starting one."""
+        simmim = recipe["simmim"]
+        return cls(EncoderSpec.from_config(recipe["model"]), norm_target_window=simmim["norm_target_window"],
+                   optim=recipe["optim"], checkpoint=checkpoint or recipe["checkpoint"],
+                   trust_checkpoint=recipe["trust_checkpoint"], packing=simmim.get("packing"),
+                   true_offsets=simmim.get("true_offsets", True))
+
+    def pretraining_data(self, recipe: Mapping[str, Any]):
+        """The image or clip shards of a pretraining recipe, masked to fit this model's patches and merges."""
+        return pretraining_data(recipe, self.encoder.patch_embed.patch_size, self.encoder.stride)
+
     @property
     def encoder(self):
         return self.model.encoder
@@ -117,3 +133,23 @@ class SimMIM(SwinTask):
         loss, reconstruction = self(batch[self.input_key], batch["mask"])
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=samples_in(batch))
         return {"loss": loss, "reconstruction": reconstruction}
+
+def pretraining_data(recipe: Mapping[str, Any], patch_size: tuple[int, ...], stride: int | tuple[int, ...]):
+    """The image or clip shards of a pretraining recipe (plain values: its ``model``, ``data`` and ``simmim``
+    groups, ``seed``), masked for an encoder of ``patch_size`` (image: square; video: time, height, width) that
+    merges ``stride`` pixels into its last stage's tokens; missing shards raise here, before any compute."""
+    from swinssl.datamodules import ImageShardDataModule, VideoShardDataModule
+    from swinssl.masking import UniformMaskGenerator, VideoMaskGenerator
+
+    spec, simmim = EncoderSpec.from_config(recipe["model"]), recipe["simmim"]
+    packing = simmim.get("packing")
+    if not is_video(spec.family):
+        masks = None if packing is None else UniformMaskGenerator(
+            spec.img_size, simmim["mask_patch_size"], patch_size[0], simmim["mask_ratio"], stride)
+        return ImageShardDataModule.from_config(
+            recipe["data"], recipe["seed"], img_size=spec.img_size, mask_patch_size=simmim["mask_patch_size"],
+            model_patch_size=patch_size[0], mask_ratio=simmim["mask_ratio"], masks=masks)
+    masks = VideoMaskGenerator(spec.num_frames, spec.img_size, simmim["mask_patch_size"], patch_size,
+                               simmim["mask_ratio"], simmim["mask_mode"], simmim["mask_frames"], packing, stride[1])
+    return VideoShardDataModule.from_config(recipe["data"], recipe["seed"], img_size=spec.img_size,
+                                            num_frames=spec.num_frames, masks=masks)

@@ -8,7 +8,6 @@ once. A bad input ends the program with one ``error:`` line and exit code 2.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -107,24 +106,15 @@ def recipe_name() -> str:
     return HydraConfig.get().runtime.choices["recipe"]
 
 
+def plain(cfg: DictConfig, *keys: str) -> dict[str, Any]:
+    """The recipe's ``keys`` (groups or single values) as plain values, interpolations resolved: what the tasks'
+    and datamodules' ``from_config`` read."""
+    return {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+            for key in keys}
+
+
 def encoder_spec(cfg: DictConfig):
     """The recipe's ``model`` group as the :class:`~swinssl.models.registry.EncoderSpec` the tasks take."""
     from swinssl.models.registry import EncoderSpec
 
     return EncoderSpec.from_config(OmegaConf.to_container(cfg.model, resolve=True))
-
-
-def stream_spec(cfg: DictConfig):
-    """The recipe's streaming ``data`` keys and ``seed`` as a :class:`~swinssl.datamodules.StreamSpec`."""
-    from swinssl.datamodules import StreamSpec
-
-    return StreamSpec.from_config(OmegaConf.to_container(cfg.data, resolve=True), seed=cfg.seed)
-
-
-def data_arguments(cfg: DictConfig, datamodule: type) -> dict[str, Any]:
-    """The recipe's other ``data`` keys that ``datamodule`` takes (augmentation, clip sampling, evaluation)."""
-    from swinssl.datamodules import StreamSpec
-
-    accepted = set(inspect.signature(datamodule.__init__).parameters) - set(StreamSpec.__dataclass_fields__)
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    return {key: value for key, value in data.items() if key in accepted}

@@ -26,8 +26,10 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from swinssl.models.registry import ATTENTION_KERNELS
 from swinssl.checkpoint_names import is_remote
+from swinssl.datamodules.views import EVAL_CROP_MODES, SAMPLINGS, TEST_CROPS
+from swinssl.masking import MASK_MODES, PACKINGS
+from swinssl.models.registry import ATTENTION_KERNELS, ATTENTION_MODES, PATCH_INITS, WINDOW_RULES
 from swinssl.training import slurm
 
 RECIPES = "swinssl.recipes"
@@ -266,13 +268,13 @@ RULES: dict[str, Rule] = {
     "data.color_jitter": number(0, nullable=True),
     "data.interpolation": choice(*INTERPOLATIONS),
     "data.eval_crop_pct": number(0, 1, open_low=True),
-    "data.eval_crop_mode": choice("center", "squash"),
-    "data.sampling": choice("stride", "uniform"),
+    "data.eval_crop_mode": choice(*EVAL_CROP_MODES),
+    "data.sampling": choice(*SAMPLINGS),
     "data.frame_interval": integer(1),
     "data.short_side": integer(1),
     "data.eval_short_side": integer(1, nullable=True),
     "data.test_clips": integer(1),
-    "data.test_crops": choice(1, 3),
+    "data.test_crops": choice(*TEST_CROPS),
     # model
     "model.img_size": integer(1),
     "model.window_size": integer_or_triple(1),
@@ -281,9 +283,9 @@ RULES: dict[str, Rule] = {
     "model.num_classes": integer(2, nullable=True),
     "model.num_frames": integer(1),
     "model.head_dropout": number(0, 1, open_high=True),
-    "model.attention": choice("joint", "factorized"),
-    "model.patch_init": choice("inflate", "center"),
-    "model.window_rule": choice("official", "geometric", nullable=True),
+    "model.attention": choice(*ATTENTION_MODES),
+    "model.patch_init": choice(*PATCH_INITS),
+    "model.window_rule": choice(*WINDOW_RULES, nullable=True),
     "model.attn_kernel": choice(*ATTENTION_KERNELS),
     "model.attn_chunk_windows": integer(1, nullable=True),
     "model.grad_checkpointing": boolean(),
@@ -296,8 +298,8 @@ RULES: dict[str, Rule] = {
     "simmim.mask_patch_size": integer(1),
     "simmim.mask_ratio": number(0, 1, open_low=True, open_high=True),
     "simmim.norm_target_window": odd_window(),
-    "simmim.mask_mode": choice("tube", "cube"),
-    "simmim.packing": choice("uniform", nullable=True),
+    "simmim.mask_mode": choice(*MASK_MODES),
+    "simmim.packing": choice(*PACKINGS, nullable=True),
     "simmim.true_offsets": boolean(),
     "simmim.mask_frames": integer(1),
     "probe.every_n_steps": integer(1),
@@ -365,9 +367,9 @@ RULES: dict[str, Rule] = {
     "window_size": integer_or_triple(1, nullable=True),
     "num_frames": integer(1, nullable=True),
     "test_clips": integer(1, nullable=True),
-    "test_crops": choice(1, 3, nullable=True),
+    "test_crops": choice(*TEST_CROPS, nullable=True),
     "eval_crop_pct": number(0, 1, open_low=True, nullable=True),
-    "eval_crop_mode": choice("center", "squash", nullable=True),
+    "eval_crop_mode": choice(*EVAL_CROP_MODES, nullable=True),
     "interpolation": choice(*INTERPOLATIONS, nullable=True),
     "accelerator": choice("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
     "precision": choice(*PRECISIONS, nullable=True),
@@ -465,34 +467,36 @@ def _check_masking(cfg: DictConfig) -> None:
 
     model, simmim = cfg.model, cfg.simmim
     packing = simmim.get("packing")
+    default_patch = family(model.arch).patch_size  # null: the checkpoint's, as the family's without one
     if not is_video(model.arch):
         if packing is None:
             MaskGenerator(model.img_size, simmim.mask_patch_size, model.patch_size, simmim.mask_ratio)
             return
-        stages = _check_packing(model, model.patch_size or 4, model.window_size)
+        patch = model.patch_size or default_patch
+        stages = _check_packing(model, patch, model.window_size)
         UniformMaskGenerator(model.img_size, simmim.mask_patch_size, model.patch_size, simmim.mask_ratio,
-                             (model.patch_size or 4) * 2 ** (stages - 1))
+                             patch * 2 ** (stages - 1))
         return
-    patch = model.get("patch_size") or family(model.arch).patch_size  # null: 2 frames x the checkpoint's patch
-    patch = (2, patch, patch) if isinstance(patch, int) else tuple(patch)
-    stages = 4
+    patch = model.get("patch_size") or default_patch
+    patch = (default_patch[0], patch, patch) if isinstance(patch, int) else tuple(patch)
+    given = {"mode": simmim.get("mask_mode"), "mask_frames": simmim.get("mask_frames"), "packing": packing}
     if packing is not None:
         window = model.window_size
         stages = _check_packing(model, patch[1], window if isinstance(window, int) else window[1])
+        given["merge_unit"] = patch[1] * 2 ** (stages - 1)
     VideoMaskGenerator(model.num_frames, model.img_size, simmim.mask_patch_size, patch, simmim.mask_ratio,
-                       simmim.get("mask_mode", "tube"), simmim.get("mask_frames", 4), packing,
-                       patch[1] * 2 ** (stages - 1))
+                       **{key: value for key, value in given.items() if value is not None})  # absent: its defaults
 
 
 def _check_packing(model: DictConfig, patch: int, window: int) -> int:
     """Stages of the recipe's model (4 where a checkpoint brings the sizes: every Swin preset has 4), after the
     packed windows are checked against them."""
-    from swinssl.models.registry import SIZE_KEYS, check_packed_windows, family_of, resolve_arch
+    from swinssl.models.registry import SIZE_KEYS, SIZES, check_packed_windows, family_of, resolve_arch
 
     overrides = {key: value for key, value in OmegaConf.to_container(model.get("encoder") or {}, resolve=True).items()
                  if value is not None}
     if model.arch == family_of(model.arch) and any(key not in overrides for key in SIZE_KEYS):
-        stages = 4
+        stages = max(len(size["depths"]) for size in SIZES.values())  # every preset has as many
     else:
         stages = len(resolve_arch(model.arch, overrides)["depths"])
     check_packed_windows(model.img_size, patch, window, stages)

@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import torch
 
+from swinssl.models.registry import PATCH_INITS
 from swinssl.models.video_swin import VideoSwinEncoder
 from swinssl.models.windows import resize_bias_table
 from swinssl.weights.checkpoint import Checkpoint, CheckpointError
 from swinssl.weights.formats import ANCHOR
-
-PATCH_INITS = ("inflate", "center")
 
 
 def inflate_patch_kernel(kernel: torch.Tensor, frames: int, mode: str) -> torch.Tensor:
