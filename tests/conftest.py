@@ -25,6 +25,8 @@ TINY = [
     "data.batch_size=4", "data.num_workers=0", "data.epoch_size=16", "data.shuffle_buffer=8",
     "trainer.log_every_n_steps=1", "trainer.enable_model_summary=false",
 ]
+# Uniform packing at the tiny sizes: 32 px units (the 64 px images' coarsest merge unit), 3 of 4 hidden.
+PACKED = ["simmim.packing=uniform", "simmim.mask_patch_size=32", "simmim.mask_ratio=0.75"]
 
 
 def pytest_configure(config):
@@ -219,3 +221,10 @@ def write_mask_pairs(folder: Path, names: list[str], size: tuple[int, int] = (24
         Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"{name}.jpg")
         blocks = rng.integers(0, labels, (-(-size[0] // 4), -(-size[1] // 4)), dtype=np.uint8)
         Image.fromarray(blocks.repeat(4, 0).repeat(4, 1)[: size[0], : size[1]]).save(mask_folder / f"{name}.png")
+
+
+def official_simmim_checkpoint(model: torch.nn.Module) -> dict:
+    """An image SimMIM model as Microsoft's SimMIM code saves it: ``encoder.``/``decoder.`` in ``model``."""
+    state = {f"encoder.{key}": value for key, value in official_layout(model.encoder).items()}
+    state.update({f"decoder.{key}": value for key, value in model.decoder.state_dict().items()})
+    return {"model": state}

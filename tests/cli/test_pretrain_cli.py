@@ -90,7 +90,7 @@ def test_cfg_job_shows_the_official_recipe_values():
     ],
 )
 def test_bad_input_fails_in_one_line_before_any_compute(args, message, tmp_path, shard_dir, monkeypatch, capsys):
-    # main() in this process: the refusal is the test (tests/test_faults.py starts the refusing process)
+    # main() in this process: the refusal is the test (tests/training/test_faults.py starts the refusing process)
     base = ["recipe=simmim_v2_t", f"data.shards={shard_dir}", f"out_dir={tmp_path / 'run'}"]
     code, stderr = cli_refusal("swinssl.pretrain", *base, *args, monkeypatch=monkeypatch, capsys=capsys)
     assert code != 0

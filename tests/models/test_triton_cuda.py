@@ -1,7 +1,7 @@
 """The Triton attention kernel compiled for CUDA: bf16 accuracy (which Triton's CPU interpreter cannot check)
 and the memory it saves. Opt in on a GPU machine, alone (other modules switch Triton to its interpreter):
 
-    python -m pytest -m gpu tests/test_triton_cuda.py
+    python -m pytest -m gpu tests/models/test_triton_cuda.py
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def compiled_kernels():
     if not torch.cuda.is_available():
         pytest.fail("the gpu tests need CUDA")
     if triton_attention.interpreting():
-        pytest.fail("TRITON_INTERPRET is on; run: python -m pytest -m gpu tests/test_triton_cuda.py")
+        pytest.fail("TRITON_INTERPRET is on; run: python -m pytest -m gpu tests/models/test_triton_cuda.py")
 
 
 def random_inputs(batch_windows, heads, tokens, dim, windows, dtype):

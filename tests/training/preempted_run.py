@@ -1,7 +1,7 @@
 """Runs ``python -m swinssl.pretrain ARGS`` as a SLURM preemption would interrupt it: SIGUSR1 is sent to the
 process itself when the optimizer step named in ``SIGNAL_AT_STEPS`` (comma-separated) ends, so a test can stop a run
 at exactly the steps it chooses; SIGKILL, as a crash, when a step of ``KILL_AT_STEPS`` ends. Used by
-tests/test_resume.py."""
+tests/training/test_resume.py."""
 
 import os
 import runpy

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY, run_cli
+from conftest import PACKED, TINY, run_cli
 from swinssl import make_shards
 from swinssl.masking import UniformMaskGenerator, VideoMaskGenerator, uniform_secondary_count
 from swinssl.models.packing import (
@@ -198,9 +198,6 @@ def test_packed_video_model_packs_every_frame_by_the_tube():
         VideoMaskGenerator(4, 128, 32, (2, 4, 4), 0.8125, mode="cube", packing="uniform")
 
 
-PACKED = ["simmim.packing=uniform", "simmim.mask_patch_size=32", "simmim.mask_ratio=0.75"]
-
-
 @pytest.mark.parametrize("args, message", [
     (["simmim.mask_patch_size=16"], "uniform packing needs mask_patch_size = the encoder's coarsest merge unit (32 px"),
     (["simmim.mask_ratio=0.6"], "mask_ratio must lie in [0.75, 0.75] (0.75 + k/4), got 0.6"),
@@ -322,34 +319,3 @@ def test_the_packed_model_runs_every_attention_kernel_to_the_same_loss_and_gradi
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     torch.testing.assert_close(losses[0], losses[1])
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
-
-
-def test_a_packed_run_preempted_then_killed_resumes_exactly(tmp_path):
-    """Packed pretraining under test_resume's conditions (two loader workers, drop path): stopped by SIGUSR1 at one
-    random step and killed at a later one, resumed with resume=auto each time, it ends at the uninterrupted run's
-    step with its weights bit for bit (the uniform masks are drawn again as they were)."""
-    import random
-
-    from conftest import random_image_shards
-    from test_resume import EPOCHS, preempted_run, scalars
-
-    shards = random_image_shards(tmp_path, images=8)
-    stop = random.randint(1, 6)
-    kill = random.randint(stop + 1, 11)
-
-    def run(name: str, **interrupt):
-        return preempted_run([*EPOCHS, *PACKED, f"data.shards={shards}", f"out_dir={tmp_path / name}", "resume=auto",
-                              "checkpointing.last_every_n_steps=3"], **interrupt)
-
-    assert run("whole", signal_at=[]).returncode == 0
-    assert run("resumed", signal_at=[stop]).returncode == 0
-    assert run("resumed", signal_at=[], kill_at=kill).returncode == -9
-    done = run("resumed", signal_at=[])
-    assert done.returncode == 0, done.stderr[-3000:]
-    whole = scalars(tmp_path / "whole", "train/loss")
-    assert len(whole) == 12
-    final = {name: torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)
-             for name in ("whole", "resumed")}
-    assert final["resumed"]["global_step"] == 12 and final["resumed"]["hyper_parameters"]["packing"] == "uniform"
-    for key, weights in final["whole"]["state_dict"].items():
-        assert torch.equal(final["resumed"]["state_dict"][key], weights), (stop, kill, key)

@@ -17,7 +17,7 @@ from nbclient import NotebookClient
 
 from conftest import FIGURES, check_figure
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 CELL_TIMEOUT = 900  # seconds; a hung cell fails the test instead of blocking the suite
 NUMBER = r"([-+]?\d*\.?\d+(?:e[-+]?\d+)?)"
 

@@ -69,7 +69,7 @@ def test_chain_image_simmim_to_masked_video_pretraining_to_finetune(video_shards
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from swinssl.models import MaskedImageModel
-    from test_video_simmim import official_simmim_checkpoint
+    from conftest import official_simmim_checkpoint
 
     torch.manual_seed(0)
     image = MaskedImageModel(build_encoder("swinv2", img_size=64, window_size=4, mask_token=True, **IMAGE_SIZES))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, random_image_shards, run_cli
+from conftest import PACKED, TINY, random_image_shards, run_cli
 
 HERE = Path(__file__).parent
 # 16 samples per epoch in batches of 4: 4 steps an epoch, 12 in all. Two workers: a resume mid-epoch must hand
@@ -189,3 +189,29 @@ def test_the_preemption_handler_is_installed_before_the_heavy_imports():
     """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "loaded: []", done.stdout + done.stderr[-2000:]
+
+
+def test_a_packed_run_preempted_then_killed_resumes_exactly(tmp_path):
+    """Packed pretraining under test_resume's conditions (two loader workers, drop path): stopped by SIGUSR1 at one
+    random step and killed at a later one, resumed with resume=auto each time, it ends at the uninterrupted run's
+    step with its weights bit for bit (the uniform masks are drawn again as they were)."""
+    shards = random_image_shards(tmp_path, images=8)
+    stop = random.randint(1, 6)
+    kill = random.randint(stop + 1, 11)
+
+    def run(name: str, **interrupt):
+        return preempted_run([*EPOCHS, *PACKED, f"data.shards={shards}", f"out_dir={tmp_path / name}", "resume=auto",
+                              "checkpointing.last_every_n_steps=3"], **interrupt)
+
+    assert run("whole", signal_at=[]).returncode == 0
+    assert run("resumed", signal_at=[stop]).returncode == 0
+    assert run("resumed", signal_at=[], kill_at=kill).returncode == -9
+    done = run("resumed", signal_at=[])
+    assert done.returncode == 0, done.stderr[-3000:]
+    whole = scalars(tmp_path / "whole", "train/loss")
+    assert len(whole) == 12
+    final = {name: torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)
+             for name in ("whole", "resumed")}
+    assert final["resumed"]["global_step"] == 12 and final["resumed"]["hyper_parameters"]["packing"] == "uniform"
+    for key, weights in final["whole"]["state_dict"].items():
+        assert torch.equal(final["resumed"]["state_dict"][key], weights), (stop, kill, key)

@@ -12,7 +12,7 @@ which keep the suite fast and offline:
 - ``python -m pytest -m gpu ...`` needs CUDA: its tests are collected (the marker and paths are right), not run;
 - a hub name given as ``checkpoint=`` is served offline (``HF_HUB_OFFLINE=1``) from the huggingface_hub cache, which
   the workspace fills with a tiny stand-in in the repo's layout (a timm repo with its ``config.json``), so the name
-  resolves as it would after a download (URLs: tests/test_weights_hub.py, with a local server);
+  resolves as it would after a download (URLs: tests/weights/test_weights_hub.py, with a local server);
 - a command followed by a ``# error: ...`` line must fail with exactly that line, its numbers masked
   (the checkpoints here are tiny, so sizes in messages differ from the README's);
 - a ``$ command`` of a ```console transcript must print the lines shown under it.
@@ -46,7 +46,7 @@ from swinssl import make_shards
 from swinssl.demo_videos import write_demo_videos
 from swinssl.checkpoint_names import is_remote
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 # ```bash blocks, ```console transcripts ("$ command", then its output), other fenced blocks (skipped), and
 # inline spans that are commands, in document order.
@@ -276,7 +276,7 @@ def plan(argv: list[str], workspace: Workspace, capped: bool = True) -> list[lis
         case [python, "-m", ("swinssl.make_shards" | "swinssl.export" | "swinssl.recipes_table"
                              | "swinssl.demo_segmentation") as module, *rest]:
             return [[executable(python), "-m", module, *rest]]
-    pytest.fail(f"no rule in tests/test_readme.py runs this README command: {shlex.join(argv)}")
+    pytest.fail(f"no rule in tests/docs/test_readme.py runs this README command: {shlex.join(argv)}")
 
 
 def makefile_recipe(target: str) -> list[str]:
@@ -418,7 +418,7 @@ def snippet_files(root: Path) -> None:
     from official_video_swin import OfficialI3DHead, OfficialSwinTransformer3D, official_checkpoint
     from swinssl import ImageClassifier, SimMIM
     from swinssl.export import export
-    from test_video_simmim import official_simmim_checkpoint
+    from conftest import official_simmim_checkpoint
 
     def save_run(task, folder: str) -> None:
         trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)

@@ -9,7 +9,7 @@ import pytest
 from swinssl import recipes_table
 from swinssl.training.recipe_checks import available_recipes
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import official_layout, trained_like
+from conftest import official_simmim_checkpoint, trained_like
 from swinssl import SimMIM
 from swinssl.masking import MaskGenerator, VideoMaskGenerator
 from swinssl.models import MaskedImageModel, MaskedVideoModel, build_encoder, build_video_encoder
@@ -138,13 +138,6 @@ def test_a_mask_that_does_not_fit_the_token_grid_is_refused():
 
 
 # ----------------------------------------------------------------------------------------------- task
-
-
-def official_simmim_checkpoint(model: MaskedImageModel) -> dict:
-    """An image SimMIM model as Microsoft's SimMIM code saves it: ``encoder.``/``decoder.`` in ``model``."""
-    state = {f"encoder.{key}": value for key, value in official_layout(model.encoder).items()}
-    state.update({f"decoder.{key}": value for key, value in model.decoder.state_dict().items()})
-    return {"model": state}
 
 
 def test_the_task_inflates_an_image_simmim_checkpoint_with_its_decoder():
