@@ -9,6 +9,7 @@ and cosine; evaluation on several views of a clip averages their softmax scores 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +20,9 @@ from swinssl.tasks.classification import AccuracyMetrics
 from swinssl.tasks.optim import backbone_and_head_groups
 from swinssl.models.registry import EncoderSpec, family, family_for
 from swinssl.weights import Checkpoint
+
+# What a recipe's data keys say about reading clips for evaluation, recorded in the model for `evaluate`.
+CLIP_SAMPLING_KEYS = ("sampling", "frame_interval", "short_side", "eval_short_side", "test_clips", "test_crops")
 
 
 class VideoClassifier(AccuracyMetrics, FineTuningTask):
@@ -53,6 +57,28 @@ class VideoClassifier(AccuracyMetrics, FineTuningTask):
                          head_lr_ratio=head_lr_ratio, label_smoothing=label_smoothing, clip_sampling=clip_sampling,
                          class_names=class_names, optim=optim)
         self.init_accuracy(num_classes)
+
+    @classmethod
+    def finetuning_data(cls, recipe: Mapping[str, Any]):
+        """The labeled clip shards of a fine-tuning recipe (plain values: its ``model``, ``data`` and ``seed``);
+        missing shards raise here, before any compute."""
+        from swinssl.datamodules import VideoShardDataModule
+
+        spec = EncoderSpec.from_config(recipe["model"])
+        return VideoShardDataModule.from_config(recipe["data"], recipe["seed"], img_size=spec.img_size,
+                                                num_classes=recipe["model"]["num_classes"], num_frames=spec.num_frames)
+
+    @classmethod
+    def from_config(cls, recipe: Mapping[str, Any], data, checkpoint: str | Path | None = None) -> VideoClassifier:
+        """From a fine-tuning recipe (plain values: its ``model``, ``finetune``, ``data`` and ``optim`` groups,
+        ``checkpoint`` and ``trust_checkpoint``) and its training ``data``, whose classes the head tells apart; how
+        clips were sampled is recorded, so ``evaluate`` reads them the same way. ``checkpoint`` (a resumed run's own)
+        replaces the recipe's starting one."""
+        finetune = recipe["finetune"]
+        return cls(EncoderSpec.from_config(recipe["model"]), head_lr_ratio=finetune["head_lr_ratio"],
+                   label_smoothing=finetune["label_smoothing"],
+                   clip_sampling={key: recipe["data"][key] for key in CLIP_SAMPLING_KEYS},
+                   **cls.recipe_arguments(recipe, data, checkpoint))
 
     @classmethod
     def arguments_from_weights(cls, source: Checkpoint) -> dict[str, Any]:
