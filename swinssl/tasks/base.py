@@ -178,6 +178,7 @@ class FineTuningTask(SwinTask):
     """
 
     schedule = "cosine"
+    evaluation_views: tuple[str, ...] = ()  # the keys of `evaluation_data` that change how data is read
 
     def __init__(self, encoder: EncoderSpec | Mapping[str, Any] | None, settings: dict[str, Any],
                  checkpoint: str | Path | Checkpoint | None, trust_checkpoint: bool, *, num_classes: int,

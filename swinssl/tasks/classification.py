@@ -64,6 +64,7 @@ class ImageClassifier(AccuracyMetrics, FineTuningTask):
     """
 
     default_encoder = EncoderSpec(arch="swinv2_base", img_size=224, window_size=14)
+    evaluation_views = tuple(IMAGE_EVALUATION)
 
     def __init__(
         self,
@@ -118,6 +119,18 @@ class ImageClassifier(AccuracyMetrics, FineTuningTask):
     @classmethod
     def arguments_from_weights(cls, source: Checkpoint) -> dict[str, Any]:
         return {"arch": source.family, "num_classes": source.num_classes}
+
+    def evaluation_data(self, shards, batch_size: int, num_workers: int, **views: Any):
+        """The labeled ``shards`` read as this model was fine-tuned to see them, its loader and what that means:
+        crop mode, crop fraction and interpolation are ``views``' (None: the checkpoint's, else official)."""
+        from swinssl.datamodules import ClassificationShardDataModule
+
+        trained = self.hparams.get("evaluation") or {}
+        evaluation = {key: views.get(key) if views.get(key) is not None else trained.get(key, default)
+                      for key, default in IMAGE_EVALUATION.items()}
+        data = ClassificationShardDataModule(val_shards=shards, batch_size=batch_size, num_workers=num_workers,
+                                             img_size=self.encoder_spec.img_size, **evaluation)
+        return data, data.val_dataloader(), evaluation
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch["image"], batch["label"]

@@ -114,6 +114,22 @@ class Segmenter(FineTuningTask):
                    ignore_index=data.ignore_index, evaluation=evaluation,
                    **cls.recipe_arguments(recipe, data, checkpoint), **recipe["segmentation"])
 
+    @classmethod
+    def predicting(cls, source: Checkpoint, inference: Mapping[str, Any], **sizes: Any) -> Segmenter:
+        """The segmentation run ``source`` (at its size, or ``sizes``) predicting as ``inference`` says, else (None
+        values) as its recipe validated."""
+        inference = {**(source.hparams.get("inference") or {}),
+                     **{key: value for key, value in inference.items() if value is not None}}
+        return cls.from_checkpoint(source, inference=inference, **sizes)
+
+    def evaluation_data(self, shards, batch_size: int, num_workers: int):
+        """The image + mask ``shards`` rescaled as this run's recipe validated, their loader and how it predicts."""
+        from swinssl.datamodules import SegmentationShardDataModule
+
+        data = SegmentationShardDataModule(val_shards=shards, batch_size=batch_size, num_workers=num_workers,
+                                           num_classes=self.hparams.num_classes, **(self.hparams.evaluation or {}))
+        return data, data.val_dataloader(), {"inference": dict(self.hparams.inference)}
+
     def build_model(self, source: Checkpoint | None) -> UperNet:
         """The encoder's stage maps under UperNet; a segmentation run's checkpoint brings its heads too."""
         encoder = encoder_from_spec(self.encoder_spec, checkpoint=source)

@@ -37,6 +37,7 @@ class VideoClassifier(AccuracyMetrics, FineTuningTask):
 
     default_encoder = EncoderSpec(arch="video_swinv2_base", num_frames=32, img_size=224,
                                   window_size=family("video_swinv2").window_size, drop_path_rate=0.2)
+    evaluation_views = ("test_clips", "test_crops")
 
     def __init__(
         self,
@@ -86,6 +87,18 @@ class VideoClassifier(AccuracyMetrics, FineTuningTask):
         if weights.video:
             return {"arch": weights.name, "num_classes": source.num_classes}
         return {"arch": family_for(video=True, v2=weights.v2).name}
+
+    def evaluation_data(self, shards, batch_size: int, num_workers: int, **views: Any):
+        """The labeled clip ``shards`` sampled as in training, their test loader (``test_clips`` x ``test_crops``
+        views of each video: ``views``', None: the recipe's) and what that means."""
+        from swinssl.datamodules import VideoShardDataModule
+
+        sampling = {**(self.hparams.clip_sampling or {}),
+                    **{key: value for key, value in views.items() if value is not None}}
+        data = VideoShardDataModule(val_shards=shards, batch_size=batch_size, num_workers=num_workers,
+                                    img_size=self.encoder_spec.img_size, num_frames=self.encoder_spec.num_frames,
+                                    **sampling)
+        return data, data.test_dataloader(), {"views": f"{data.test_clips} clips x {data.test_crops} crops"}
 
     def optimizer_parameters(self) -> list[dict[str, Any]]:
         return backbone_and_head_groups(self.model, self.optim_config.weight_decay, 1.0 / self.hparams.head_lr_ratio)
