@@ -22,7 +22,6 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from swinssl.datamodules.views import IMAGE_EVALUATION
 from swinssl.models.registry import is_video
 from swinssl.training import cli
 
@@ -37,30 +36,6 @@ def load_classifier(cfg: DictConfig, source):
     sizes = {key: cfg[key] for key in keys if cfg[key] is not None}
     task = VideoClassifier if video else ImageClassifier
     return task.from_checkpoint(source, **sizes)
-
-
-def image_evaluation(cfg: DictConfig, model) -> dict:
-    """Crop mode, crop fraction and interpolation: the command line's, else the checkpoint's, else official."""
-    trained = model.hparams.get("evaluation") or {}
-    return {key: cfg.get(key) if cfg.get(key) is not None else trained.get(key, default)
-            for key, default in IMAGE_EVALUATION.items()}
-
-
-def test_data(cfg: DictConfig, model):
-    """The labeled shards, read as the model was trained to see them, and what that means."""
-    from swinssl.datamodules import ClassificationShardDataModule, VideoShardDataModule
-    from swinssl.tasks import ImageClassifier
-
-    common = dict(val_shards=cfg.data, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                  img_size=model.encoder_spec.img_size)
-    if isinstance(model, ImageClassifier):
-        evaluation = image_evaluation(cfg, model)
-        data = ClassificationShardDataModule(**common, **evaluation)
-        return data, data.val_dataloader(), evaluation
-    views = {key: cfg[key] for key in ("test_clips", "test_crops") if cfg[key] is not None}
-    sampling = {**(model.hparams.clip_sampling or {}), **views}
-    data = VideoShardDataModule(**common, num_frames=model.encoder_spec.num_frames, **sampling)
-    return data, data.test_dataloader(), {"views": f"{data.test_clips} clips x {data.test_crops} crops"}
 
 
 def check_classes(data, model) -> None:
@@ -98,20 +73,15 @@ def load_segmenter(cfg: DictConfig, source):
 
     given = {"mode": cfg.inference, "crop": cfg.slide_crop, "stride": cfg.slide_stride, "scales": cfg.scales,
              "flip": cfg.flip}
-    inference = {**(source.hparams.get("inference") or {}),
-                 **{key: value for key, value in given.items() if value is not None}}
     sizes = {key: cfg[key] for key in ("img_size", "window_size") if cfg[key] is not None}
-    return Segmenter.from_checkpoint(source, inference=inference, **sizes)
+    return Segmenter.predicting(source, given, **sizes)
 
 
-def segmentation_data(cfg: DictConfig, model):
-    """The image + mask shards, rescaled as the run's recipe validated."""
-    from swinssl.datamodules import SegmentationShardDataModule
-
-    data = SegmentationShardDataModule(val_shards=cfg.data, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                       num_classes=model.hparams.num_classes, **(model.hparams.evaluation or {}))
-    inference = dict(model.hparams.inference)
-    return data, data.val_dataloader(), {"inference": inference}
+def test_data(cfg: DictConfig, model):
+    """The labeled shards read as the model was trained to see them, unless the command line's view keys (the task's
+    ``evaluation_views``) say otherwise; their loader and what that means."""
+    return model.evaluation_data(cfg.data, cfg.batch_size, cfg.num_workers,
+                                 **{key: cfg[key] for key in model.evaluation_views})
 
 
 def segmentation_results(model) -> dict:
@@ -138,7 +108,7 @@ def evaluate(cfg: DictConfig) -> dict:
         segmenter = is_segmenter(source)
         model = (load_segmenter if segmenter else load_classifier)(cfg, source)
         img_size = model.encoder_spec.img_size
-        data, loader, preprocessing = (segmentation_data if segmenter else test_data)(cfg, model)
+        data, loader, preprocessing = test_data(cfg, model)
         check_classes(data, model)
         out = result_path(cfg, source.origin, data.val_data.name, img_size)
     skips = SkippedSamples()

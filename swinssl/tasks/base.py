@@ -178,6 +178,7 @@ class FineTuningTask(SwinTask):
     """
 
     schedule = "cosine"
+    evaluation_views: tuple[str, ...] = ()  # the keys of `evaluation_data` that change how data is read
 
     def __init__(self, encoder: EncoderSpec | Mapping[str, Any] | None, settings: dict[str, Any],
                  checkpoint: str | Path | Checkpoint | None, trust_checkpoint: bool, *, num_classes: int,
@@ -192,6 +193,19 @@ class FineTuningTask(SwinTask):
                                                   **arguments)
         self.optim_config = OptimConfig(**{"schedule": self.schedule, **(optim or {})})
         self.model = self.build_model(source)
+
+    @classmethod
+    def recipe_arguments(cls, recipe: Mapping[str, Any], data, checkpoint: str | Path | None) -> dict[str, Any]:
+        """What every fine-tuning task takes from a recipe (plain values) and its training ``data``: the classes (the
+        shards' unless ``model.num_classes`` says), the starting checkpoint (``checkpoint``, a resumed run's own,
+        replaces it) and the optimizer settings."""
+        if data.num_classes is None:
+            raise ValueError("cannot tell the number of classes: the shards record no class names; set "
+                             "model.num_classes, or write the shards with python -m swinssl.make_shards from class "
+                             "folders")
+        return dict(num_classes=data.num_classes, class_names=data.class_names,
+                    checkpoint=checkpoint or recipe["checkpoint"], trust_checkpoint=recipe["trust_checkpoint"],
+                    optim=recipe["optim"])
 
     def build_model(self, source: Checkpoint | None) -> nn.Module:
         return encoder_from_spec(self.encoder_spec, num_classes=self.hparams.num_classes, checkpoint=source)

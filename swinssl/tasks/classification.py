@@ -8,6 +8,7 @@ supported checkpoint at any image size and window (see :mod:`swinssl.weights`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torchmetrics.classification import MulticlassAccuracy
 
+from swinssl.datamodules.views import IMAGE_EVALUATION
 from swinssl.tasks.base import FineTuningTask, samples_in
 from swinssl.models.registry import EncoderSpec
 from swinssl.weights import Checkpoint
@@ -62,6 +64,7 @@ class ImageClassifier(AccuracyMetrics, FineTuningTask):
     """
 
     default_encoder = EncoderSpec(arch="swinv2_base", img_size=224, window_size=14)
+    evaluation_views = tuple(IMAGE_EVALUATION)
 
     def __init__(
         self,
@@ -89,8 +92,45 @@ class ImageClassifier(AccuracyMetrics, FineTuningTask):
         self.init_accuracy(num_classes)
 
     @classmethod
+    def finetuning_data(cls, recipe: Mapping[str, Any]):
+        """The labeled image shards of a fine-tuning recipe (plain values: its ``model``, ``data`` and ``seed``);
+        missing shards raise here, before any compute."""
+        from swinssl.datamodules import ClassificationShardDataModule
+
+        spec = EncoderSpec.from_config(recipe["model"])
+        return ClassificationShardDataModule.from_config(recipe["data"], recipe["seed"], img_size=spec.img_size,
+                                                         num_classes=recipe["model"]["num_classes"])
+
+    @classmethod
+    def from_config(cls, recipe: Mapping[str, Any], data, checkpoint: str | Path | None = None) -> ImageClassifier:
+        """From a fine-tuning recipe (plain values: its ``model``, ``finetune``, ``data`` and ``optim`` groups,
+        ``checkpoint`` and ``trust_checkpoint``) and its training ``data``, whose classes the head tells apart and
+        whose evaluation keys are recorded, so ``evaluate`` reads images the same way. ``checkpoint`` (a resumed
+        run's own: the sizes a bare family leaves open, the windows, the head) replaces the recipe's starting one."""
+        finetune, batch_size = recipe["finetune"], recipe["data"]["batch_size"]
+        arguments = cls.recipe_arguments(recipe, data, checkpoint)
+        if finetune["mixup"] is not None and batch_size % 2:
+            raise ValueError(f"Mixup/CutMix mixes pairs: data.batch_size must be even, got {batch_size}")
+        evaluation = {key: recipe["data"][key] for key in IMAGE_EVALUATION}
+        return cls(EncoderSpec.from_config(recipe["model"]), layer_decay=finetune["layer_decay"],
+                   mixup=finetune["mixup"], label_smoothing=finetune["label_smoothing"], evaluation=evaluation,
+                   **arguments)
+
+    @classmethod
     def arguments_from_weights(cls, source: Checkpoint) -> dict[str, Any]:
         return {"arch": source.family, "num_classes": source.num_classes}
+
+    def evaluation_data(self, shards, batch_size: int, num_workers: int, **views: Any):
+        """The labeled ``shards`` read as this model was fine-tuned to see them, its loader and what that means:
+        crop mode, crop fraction and interpolation are ``views``' (None: the checkpoint's, else official)."""
+        from swinssl.datamodules import ClassificationShardDataModule
+
+        trained = self.hparams.get("evaluation") or {}
+        evaluation = {key: views.get(key) if views.get(key) is not None else trained.get(key, default)
+                      for key, default in IMAGE_EVALUATION.items()}
+        data = ClassificationShardDataModule(val_shards=shards, batch_size=batch_size, num_workers=num_workers,
+                                             img_size=self.encoder_spec.img_size, **evaluation)
+        return data, data.val_dataloader(), evaluation
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch["image"], batch["label"]

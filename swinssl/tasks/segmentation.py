@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,13 +20,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from swinssl.models.backbone import features_only
-from swinssl.models.registry import EncoderSpec
+from swinssl.models.registry import EncoderSpec, is_video
 from swinssl.models.upernet import UperNet, UperNetSpec
 from swinssl.tasks.base import FineTuningTask, samples_in
 from swinssl.weights import Checkpoint, encoder_from_spec
 from swinssl.weights.upernet import head_weights
 
 INFERENCE_DEFAULTS = {"mode": "whole", "crop": None, "stride": None, "scales": [1.0], "flip": False}
+# What a recipe's data keys say about rescaling images for evaluation, recorded in the model for `evaluate`.
+SEGMENTATION_EVALUATION_KEYS = ("eval_scale", "size_divisor")
 
 
 class SegmentationMetrics(MulticlassConfusionMatrix):
@@ -80,6 +83,52 @@ class Segmenter(FineTuningTask):
                          upernet=UperNetSpec.from_dict(upernet).to_dict(), inference=inference, evaluation=evaluation)
         self.val_scores = SegmentationMetrics(num_classes, ignore_index=ignore_index)
         self.test_scores = SegmentationMetrics(num_classes, ignore_index=ignore_index)
+
+    @classmethod
+    def finetuning_data(cls, recipe: Mapping[str, Any]):
+        """The image + mask shards of a segmentation recipe (plain values: its ``model``, ``data``, ``segmentation``
+        groups and ``seed``); an encoder, batch or crop that cannot work and missing shards raise here, before any
+        compute."""
+        from swinssl.datamodules import SegmentationShardDataModule
+
+        spec, data = EncoderSpec.from_config(recipe["model"]), recipe["data"]
+        if is_video(spec.family):
+            raise ValueError(f"segmentation takes an image encoder; model.arch={spec.arch} is a video one")
+        if data["batch_size"] < 2:
+            raise ValueError("data.batch_size must be at least 2 for segmentation: the heads' BatchNorm (pyramid "
+                             "pooling to 1x1) needs two samples per device")
+        inference = recipe["segmentation"]["inference"]
+        if inference["mode"] == "slide" and "eval_scale" in data and inference["crop"] > min(data["eval_scale"]):
+            raise ValueError(f"segmentation.inference.crop={inference['crop']} is larger than the validation images "
+                             f"(rescaled to fit {data['eval_scale']}); use a crop of at most {min(data['eval_scale'])}")
+        return SegmentationShardDataModule.from_config(data, recipe["seed"], num_classes=recipe["model"]["num_classes"])
+
+    @classmethod
+    def from_config(cls, recipe: Mapping[str, Any], data, checkpoint: str | Path | None = None) -> Segmenter:
+        """From a segmentation recipe (plain values: its ``model``, ``finetune``, ``segmentation``, ``data`` and
+        ``optim`` groups, ``checkpoint`` and ``trust_checkpoint``) and its training ``data``, whose classes and ignore
+        label it takes and whose validation rescaling it records. ``checkpoint`` (a resumed run's own) replaces the
+        recipe's starting one."""
+        evaluation = {key: recipe["data"][key] for key in SEGMENTATION_EVALUATION_KEYS if key in recipe["data"]}
+        return cls(EncoderSpec.from_config(recipe["model"]), layer_decay=recipe["finetune"]["layer_decay"],
+                   ignore_index=data.ignore_index, evaluation=evaluation,
+                   **cls.recipe_arguments(recipe, data, checkpoint), **recipe["segmentation"])
+
+    @classmethod
+    def predicting(cls, source: Checkpoint, inference: Mapping[str, Any], **sizes: Any) -> Segmenter:
+        """The segmentation run ``source`` (at its size, or ``sizes``) predicting as ``inference`` says, else (None
+        values) as its recipe validated."""
+        inference = {**(source.hparams.get("inference") or {}),
+                     **{key: value for key, value in inference.items() if value is not None}}
+        return cls.from_checkpoint(source, inference=inference, **sizes)
+
+    def evaluation_data(self, shards, batch_size: int, num_workers: int):
+        """The image + mask ``shards`` rescaled as this run's recipe validated, their loader and how it predicts."""
+        from swinssl.datamodules import SegmentationShardDataModule
+
+        data = SegmentationShardDataModule(val_shards=shards, batch_size=batch_size, num_workers=num_workers,
+                                           num_classes=self.hparams.num_classes, **(self.hparams.evaluation or {}))
+        return data, data.val_dataloader(), {"inference": dict(self.hparams.inference)}
 
     def build_model(self, source: Checkpoint | None) -> UperNet:
         """The encoder's stage maps under UperNet; a segmentation run's checkpoint brings its heads too."""

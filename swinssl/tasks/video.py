@@ -9,6 +9,7 @@ and cosine; evaluation on several views of a clip averages their softmax scores 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +20,9 @@ from swinssl.tasks.classification import AccuracyMetrics
 from swinssl.tasks.optim import backbone_and_head_groups
 from swinssl.models.registry import EncoderSpec, family, family_for
 from swinssl.weights import Checkpoint
+
+# What a recipe's data keys say about reading clips for evaluation, recorded in the model for `evaluate`.
+CLIP_SAMPLING_KEYS = ("sampling", "frame_interval", "short_side", "eval_short_side", "test_clips", "test_crops")
 
 
 class VideoClassifier(AccuracyMetrics, FineTuningTask):
@@ -33,6 +37,7 @@ class VideoClassifier(AccuracyMetrics, FineTuningTask):
 
     default_encoder = EncoderSpec(arch="video_swinv2_base", num_frames=32, img_size=224,
                                   window_size=family("video_swinv2").window_size, drop_path_rate=0.2)
+    evaluation_views = ("test_clips", "test_crops")
 
     def __init__(
         self,
@@ -55,11 +60,45 @@ class VideoClassifier(AccuracyMetrics, FineTuningTask):
         self.init_accuracy(num_classes)
 
     @classmethod
+    def finetuning_data(cls, recipe: Mapping[str, Any]):
+        """The labeled clip shards of a fine-tuning recipe (plain values: its ``model``, ``data`` and ``seed``);
+        missing shards raise here, before any compute."""
+        from swinssl.datamodules import VideoShardDataModule
+
+        spec = EncoderSpec.from_config(recipe["model"])
+        return VideoShardDataModule.from_config(recipe["data"], recipe["seed"], img_size=spec.img_size,
+                                                num_classes=recipe["model"]["num_classes"], num_frames=spec.num_frames)
+
+    @classmethod
+    def from_config(cls, recipe: Mapping[str, Any], data, checkpoint: str | Path | None = None) -> VideoClassifier:
+        """From a fine-tuning recipe (plain values: its ``model``, ``finetune``, ``data`` and ``optim`` groups,
+        ``checkpoint`` and ``trust_checkpoint``) and its training ``data``, whose classes the head tells apart; how
+        clips were sampled is recorded, so ``evaluate`` reads them the same way. ``checkpoint`` (a resumed run's own)
+        replaces the recipe's starting one."""
+        finetune = recipe["finetune"]
+        return cls(EncoderSpec.from_config(recipe["model"]), head_lr_ratio=finetune["head_lr_ratio"],
+                   label_smoothing=finetune["label_smoothing"],
+                   clip_sampling={key: recipe["data"][key] for key in CLIP_SAMPLING_KEYS},
+                   **cls.recipe_arguments(recipe, data, checkpoint))
+
+    @classmethod
     def arguments_from_weights(cls, source: Checkpoint) -> dict[str, Any]:
         weights = family(source.family)
         if weights.video:
             return {"arch": weights.name, "num_classes": source.num_classes}
         return {"arch": family_for(video=True, v2=weights.v2).name}
+
+    def evaluation_data(self, shards, batch_size: int, num_workers: int, **views: Any):
+        """The labeled clip ``shards`` sampled as in training, their test loader (``test_clips`` x ``test_crops``
+        views of each video: ``views``', None: the recipe's) and what that means."""
+        from swinssl.datamodules import VideoShardDataModule
+
+        sampling = {**(self.hparams.clip_sampling or {}),
+                    **{key: value for key, value in views.items() if value is not None}}
+        data = VideoShardDataModule(val_shards=shards, batch_size=batch_size, num_workers=num_workers,
+                                    img_size=self.encoder_spec.img_size, num_frames=self.encoder_spec.num_frames,
+                                    **sampling)
+        return data, data.test_dataloader(), {"views": f"{data.test_clips} clips x {data.test_crops} crops"}
 
     def optimizer_parameters(self) -> list[dict[str, Any]]:
         return backbone_and_head_groups(self.model, self.optim_config.weight_decay, 1.0 / self.hparams.head_lr_ratio)
