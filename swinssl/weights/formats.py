@@ -113,7 +113,7 @@ def _from_lightning(raw: Mapping[str, Any], origin: str) -> Checkpoint:
     parent = prefix.rstrip(".").rpartition(".")[0]
     decoder_prefix = f"{parent}.decoder." if parent else "decoder."
     state, decoder = _split_prefix(full, prefix), _split_prefix(full, decoder_prefix) or None
-    task_state = {key.removeprefix(f"{parent}."): value for key, value in full.items()
+    task_state = {key.removeprefix("model."): value for key, value in full.items()  # every task's network is .model
                   if not key.startswith((prefix, decoder_prefix))}
     state, notes, _ = _canonical_keys(state, official_layout=False)
     family = _family(state, origin)

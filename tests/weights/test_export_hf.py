@@ -119,6 +119,7 @@ def test_timm_export_carries_pretrained_cfg_and_reads_back_with_its_windows(clas
                     "std": (0.229, 0.224, 0.225), "crop_pct": 0.9, "crop_mode": "squash"}
     assert cfg["label_names"] == CLASSES and cfg["num_classes"] == 3
     ours = create_encoder("swinv2", img_size=128, window_size=8, num_classes=3, checkpoint=classifier_checkpoint).eval()
+    caplog.clear()  # the load above may be logged at INFO (a CLI test run in-process earlier can leave INFO on)
     with caplog.at_level(logging.WARNING, logger="swinssl.weights"):
         again = create_encoder("swinv2", img_size=128, window_size=8, num_classes=3, checkpoint=out).eval()
     assert not caplog.records  # the windows come from the export record
