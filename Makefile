@@ -27,7 +27,7 @@ demo: install
 test: install
 	$(PY) -m pytest
 
-# Redraw the figures the README shows: run the four notebooks top to bottom (outputs are not stored in them),
+# Redraw the figures the README shows: run the five notebooks top to bottom (outputs are not stored in them),
 # each saving its figures under notebooks/figures/<notebook>/ (git keeps the PNGs only).
 figures: install
 	SWINSSL_NOTEBOOK_OUT=$(CURDIR)/notebooks/figures $(VENV)/bin/jupyter execute notebooks/0*.ipynb
