@@ -269,7 +269,7 @@ def plan(argv: list[str], workspace: Workspace, capped: bool = True) -> list[lis
         case [python, "-m", "swinssl.bench", *rest]:
             return [[executable(python), "-m", "swinssl.bench", *rest, "--quick"]]
         case [python, "-m", "pytest", "-m", "gpu", *paths]:  # needs CUDA: here its tests are collected, not run
-            return [[executable(python), "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m", "gpu",
+            return [[executable(python), "-m", "pytest", "--collect-only", "-q", "-n", "0", "-p", "no:cacheprovider", "-m", "gpu",
                      *(str(ROOT / path) for path in paths)]]
         case [python, "-m", ("swinssl.pretrain" | "swinssl.finetune" | "swinssl.evaluate") as module, *rest]:
             return [[executable(python), "-m", module, *overrides(rest, caps(module, rest) if capped else {})]]
@@ -386,13 +386,16 @@ def test_readme_pictures_are_notebook_figures_and_small():
 
 
 # The presets the README's Python snippets name, at the tiny sizes that stand in for them here.
-SNIPPET_PRESETS = ("swinv2_base", "video_swinv2_base", "video_swin_tiny")
+SNIPPET_PRESETS = ("swinv2_tiny", "swinv2_base", "video_swinv2_base", "video_swin_tiny")
 TINY_SIZES = {"embed_dim": 16, "depths": (1, 1, 1, 1), "num_heads": (1, 2, 2, 4)}
 
 
 # Sizes in the snippets that cost minutes even on tiny models -> what runs instead (windows clip to smaller inputs).
 SNIPPET_SCALED = {
     "torch.randn(2, 3, 512, 640)": "torch.randn(2, 3, 128, 160)",
+    "img_size=512, window_size=16, num_classes=150": "img_size=128, window_size=4, num_classes=150",
+    "torch.randn(2, 3, 512, 512), torch.randint(0, 150, (2, 512, 512))":
+        "torch.randn(2, 3, 128, 128), torch.randint(0, 150, (2, 128, 128))",
     "torch.randn(2, 3, 192, 192), torch.randint(0, 150, (2, 192, 192))":
         "torch.randn(2, 3, 64, 64), torch.randint(0, 150, (2, 64, 64))",
     "hidden_size=512": "hidden_size=32",
