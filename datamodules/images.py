@@ -19,11 +19,11 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from PIL import Image
 
-from swinssl.masking import MaskGenerator, fixed_generator
+from swinssl.masking import MaskGenerator
 from swinssl.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 from .shards import SkipCounter
-from .streaming import Decoder, ShardDataModule, StreamSpec
+from .streaming import MaskingDecoder, ShardDataModule, StreamSpec
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
@@ -165,34 +165,24 @@ class CropFirstTransform:
         return tensor.sub_(self.mean).mul_(self.inv_std)
 
 
-class DecodeStage(Decoder):
-    """Raw sample -> ``{"image", "mask", "label"}`` (label -1 when the sample has none).
-
-    With ``fixed_masks`` the mask is drawn from a generator seeded by the sample key, so every pass over
-    the validation set masks the same units; in training, crop, flip and mask come from :meth:`reseed`'s seed.
-    """
+class DecodeStage(MaskingDecoder):
+    """Raw sample -> ``{"image", "mask", "label"}`` (label -1 when the sample has none); in training, crop, flip
+    and mask come from :meth:`reseed`'s seed (masks: :class:`~.streaming.MaskingDecoder`)."""
 
     def __init__(
         self, transform: A.Compose, masks: MaskGenerator, counter: SkipCounter, fixed_masks: bool = False
     ) -> None:
-        super().__init__(counter)
+        super().__init__(counter, masks, fixed_masks)
         self.transform = transform
-        self.masks = masks
-        self.fixed_masks = fixed_masks
-        self.generator: torch.Generator | None = None
-
-    def start(self) -> None:
-        if torch.utils.data.get_worker_info() is not None:
-            cv2.setNumThreads(0)  # one thread per worker; OpenCV's own pool oversubscribes the cores
 
     def reseed(self, seed: int) -> None:
         self.transform.set_random_seed(seed)
-        self.generator = torch.Generator().manual_seed(seed)
+        super().reseed(seed)
 
     def decode(self, sample: dict) -> dict:
         return {
             "image": self.view(sample),
-            "mask": self.masks(generator=fixed_generator(sample["__key__"]) if self.fixed_masks else self.generator),
+            "mask": self.mask(sample),
             "label": int(sample["cls"]) if "cls" in sample else -1,
         }
 

@@ -213,10 +213,6 @@ class SegmentationDecodeStage(Decoder):
         super().__init__(counter)
         self.transform, self.values, self.reduce = transform, values, reduce
 
-    def start(self) -> None:
-        if torch.utils.data.get_worker_info() is not None:
-            cv2.setNumThreads(0)  # one thread per worker; OpenCV's own pool oversubscribes the cores
-
     def reseed(self, seed: int) -> None:
         self.transform.set_random_seed(seed)  # every draw (rescale, crop, flip, photometric) is albumentations'
 

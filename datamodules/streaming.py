@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import webdataset as wds
 
+from swinssl.masking import fixed_generator
+
 from .shards import Shards, SkipCounter, rank_shards, resolve_shards, sample_name
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,12 @@ class Decoder:
         self.counter = counter
 
     def start(self) -> None:
-        """Called once per pass, inside the worker."""
+        """Called once per pass, inside the worker: OpenCV (albumentations, clip augmentation) runs one thread per
+        loader worker, since its own pool in every worker would oversubscribe the cores."""
+        if torch.utils.data.get_worker_info() is not None:
+            import cv2
+
+            cv2.setNumThreads(0)
 
     def reseed(self, seed: int) -> None:
         """Seed every random draw of the next ``decode`` (augmentation, masks); a training stream calls it once per
@@ -65,6 +72,25 @@ class Decoder:
                 self.counter.record(exn, sample_name(sample))
                 continue
             yield decoded
+
+
+class MaskingDecoder(Decoder):
+    """A stage that also draws each sample's SimMIM mask from ``masks`` (None: no mask), in the worker: in
+    training from :meth:`reseed`'s seed; with ``fixed_masks`` from a generator seeded by the sample key, so every
+    validation pass masks the same units."""
+
+    def __init__(self, counter: SkipCounter, masks: Callable[..., torch.Tensor] | None = None,
+                 fixed_masks: bool = False) -> None:
+        super().__init__(counter)
+        self.masks = masks
+        self.fixed_masks = fixed_masks
+        self.generator: torch.Generator | None = None
+
+    def reseed(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def mask(self, sample: dict) -> torch.Tensor:
+        return self.masks(generator=fixed_generator(sample["__key__"]) if self.fixed_masks else self.generator)
 
 
 def tar_samples(counter: SkipCounter, expected: Mapping[str, int]) -> Callable[[Iterable[dict]], Iterator[dict]]:

@@ -15,44 +15,32 @@ from functools import partial
 from typing import Any
 
 import albumentations as A
-import cv2
 import numpy as np
 import torch
 import webdataset as wds
 from timm.data.random_erasing import RandomErasing
 
-from swinssl.masking import VideoMaskGenerator, fixed_generator
+from swinssl.masking import VideoMaskGenerator
 
 from .classification import LabeledShards
 from .clip_augment import ClipTransform, build_rand_augment, crop_views, short_side_resize, to_tensor
 from .clips import ClipSampler, read_frames, video_bytes
 from .images import random_resized_crop
 from .shards import SkipCounter
-from .streaming import Decoder, ShardDataModule, StreamSpec
+from .streaming import MaskingDecoder, ShardDataModule, StreamSpec
 from .views import TEST_CROPS
 
 
 # -------------------------------------------------------------------------------------- pipeline stages
 
 
-class ClipStage(Decoder):
-    """Raw sample -> ``{"video", "label"}``, or ``{"video", "mask"}`` with ``masks`` (drawn here, in the worker;
-    with ``fixed_masks`` seeded by the sample key); subclasses say which frames to decode and what views to make.
+class ClipStage(MaskingDecoder):
+    """Raw sample -> ``{"video", "label"}``, or ``{"video", "mask"}`` with ``masks`` (:class:`~.streaming.MaskingDecoder`);
+    subclasses say which frames to decode and what views to make.
 
     A sample without a video, whose video does not decode, or (without ``masks``) without a ``cls`` label is
     skipped and counted.
     """
-
-    def __init__(self, counter: SkipCounter, masks: VideoMaskGenerator | None = None,
-                 fixed_masks: bool = False) -> None:
-        super().__init__(counter)
-        self.masks = masks
-        self.fixed_masks = fixed_masks
-        self.generator: torch.Generator | None = None
-
-    def start(self) -> None:
-        if torch.utils.data.get_worker_info() is not None:
-            cv2.setNumThreads(0)  # one thread per worker; OpenCV's own pool oversubscribes the cores
 
     def decode(self, sample: dict) -> dict:
         if self.masks is None and "cls" not in sample:
@@ -60,8 +48,7 @@ class ClipStage(Decoder):
         video = self.views(read_frames(video_bytes(sample), self.indices))
         if self.masks is None:
             return {"video": video, "label": int(sample["cls"])}
-        return {"video": video,
-                "mask": self.masks(fixed_generator(sample["__key__"]) if self.fixed_masks else self.generator)}
+        return {"video": video, "mask": self.mask(sample)}
 
     def indices(self, length: int) -> np.ndarray:
         raise NotImplementedError
@@ -88,7 +75,7 @@ class TrainClips(ClipStage):
         self.rng = np.random.default_rng(seed)
         self.transform.set_random_seed(seed)
         random.seed(seed)
-        self.generator = torch.Generator().manual_seed(seed)
+        super().reseed(seed)
 
     def indices(self, length: int) -> np.ndarray:
         return self.sampler.train(length, self.rng)
