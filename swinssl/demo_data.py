@@ -12,11 +12,12 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-from PIL import Image
+if TYPE_CHECKING:  # numpy, PIL and make_shards load only when shards are built: a recipe check reads the path
+    import numpy as np
 
-from swinssl.make_shards import ShardItem, write_shards
+    from swinssl.make_shards import ShardItem
 
 # Real photographs only; synthetic images (checkerboard, binary blobs, ...) teach nothing.
 PHOTOS = (
@@ -52,6 +53,8 @@ def cached_shards(target: Path, sets: Mapping[str, Iterable[ShardItem]], maxcoun
     race here either build identical copies or reuse the finished one, never a half-written folder.
     """
     if not target.is_dir():
+        from swinssl.make_shards import write_shards
+
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
@@ -69,6 +72,10 @@ def cached_shards(target: Path, sets: Mapping[str, Iterable[ShardItem]], maxcoun
 
 def _photo_items() -> Iterator[ShardItem]:
     """Lazily: scikit-image is needed only when the shards are built."""
+    from PIL import Image
+
+    from swinssl.make_shards import ShardItem
+
     try:
         from skimage import data
     except ImportError as exn:
@@ -86,6 +93,8 @@ def _photo_items() -> Iterator[ShardItem]:
 
 def photo_rgb(name: str) -> np.ndarray:
     """The scikit-image photo ``name`` as uint8 RGB ``(H, W, 3)``."""
+    import numpy as np
+
     try:
         from skimage import data
     except ImportError as exn:

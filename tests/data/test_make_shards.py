@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_shards_cli, read_back
-from swinssl import __version__, demo_data
+from swinssl import __version__, demo_data, make_shards
 from swinssl.datamodules import resolve_shards, shard_sets
 from swinssl.make_shards import main, write_folder_shards
 
@@ -187,5 +187,5 @@ def test_demo_shards_built_once_then_reused(tmp_path, monkeypatch):
     def no_rebuild(*_args, **_kwargs):
         raise AssertionError("demo shards rebuilt although cached")
 
-    monkeypatch.setattr(demo_data, "write_shards", no_rebuild)
+    monkeypatch.setattr(make_shards, "write_shards", no_rebuild)
     assert demo_data.demo_shards() == pattern

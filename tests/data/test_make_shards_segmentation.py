@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_shards_cli, read_back, write_mask_pairs
-from swinssl import demo_data
+from swinssl import make_shards
 from swinssl.datamodules import resolve_shards, shard_sets
 from swinssl.make_shards import main
 
@@ -122,7 +122,7 @@ def test_demo_segmentation_shards_have_exact_masks_and_are_built_once(tmp_path, 
     def no_rebuild(*_args, **_kwargs):
         raise AssertionError("demo shards rebuilt although cached")
 
-    monkeypatch.setattr(demo_data, "write_shards", no_rebuild)
+    monkeypatch.setattr(make_shards, "write_shards", no_rebuild)
     assert demo_segmentation.demo_seg_shards() == folder
 
 

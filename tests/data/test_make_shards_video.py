@@ -12,7 +12,7 @@ import pytest
 from conftest import make_shards_cli, read_back
 from conftest import audio_only_mp4, decode_all
 
-from swinssl import demo_data, demo_videos
+from swinssl import demo_videos, make_shards
 from swinssl.datamodules import shard_sets
 from swinssl.demo_videos import encode_video, write_demo_videos
 from swinssl.make_shards import main, write_folder_shards
@@ -117,7 +117,7 @@ def test_demo_video_shards_built_once_then_reused(tmp_path, monkeypatch):
     def no_rebuild(*_args, **_kwargs):
         raise AssertionError("demo video shards rebuilt although cached")
 
-    monkeypatch.setattr(demo_data, "write_shards", no_rebuild)
+    monkeypatch.setattr(make_shards, "write_shards", no_rebuild)
     assert demo_videos.demo_video_shards() == pattern
 
 
