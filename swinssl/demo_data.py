@@ -6,6 +6,7 @@ Offline and small (18 photos), so the demo recipe and the tests run anywhere. Ea
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import shutil
@@ -25,7 +26,11 @@ PHOTOS = (
     "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket", "text",
 )  # fmt: skip
 CLASSES = ["color", "grayscale"]
-CACHE_NAME = "demo-shards-v3"  # bump when the content changes, so stale caches are not reused
+# The cache folder of each built-in demo set: bump a name when that demo's content changes, so stale caches are not reused.
+DEMO_FOLDERS = {"image": "demo-shards-v3", "video": "demo-videos-v2", "segmentation": "demo-seg-shards-v1"}
+DEMO_BUILDERS = {"image": ("swinssl.demo_data", "demo_shards"), "video": ("swinssl.demo_videos", "demo_video_shards"),
+                 "segmentation": ("swinssl.demo_segmentation", "demo_seg_shards")}
+CACHE_NAME = DEMO_FOLDERS["image"]
 PREFIX = "demo"
 SHORT_SIDE = 256  # plenty for the demo's 128 px crops; full-size photos (up to 1411 px) make decoding the bottleneck
 
@@ -35,6 +40,16 @@ def cache_root() -> Path:
     if os.environ.get("SWINSSL_CACHE"):
         return Path(os.environ["SWINSSL_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "swinssl"
+
+
+def demo_set(kind: str) -> str:
+    """The folder of the built-in ``kind`` shards (``DEMO_FOLDERS``) in the cache, built on first use. Its builder
+    (PIL, PyAV, OpenCV: a quarter of a second) loads only then, so a recipe check that reads the path stays quick."""
+    folder = cache_root() / DEMO_FOLDERS[kind]
+    if folder.is_dir():
+        return str(folder)
+    module, builder = DEMO_BUILDERS[kind]
+    return getattr(importlib.import_module(module), builder)()
 
 
 def demo_shards(cache_dir: str | Path | None = None) -> str:

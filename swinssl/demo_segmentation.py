@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from swinssl.demo_data import cache_root, cached_shards, photo_rgb
+from swinssl.demo_data import DEMO_FOLDERS, cache_root, cached_shards, photo_rgb
 from swinssl.make_shards import ShardItem
 
 CLASSES = ["brick", "grass", "gravel", "cat", "coffee"]
@@ -28,7 +28,7 @@ PHOTO_OF = {"brick": "brick", "grass": "grass", "gravel": "gravel", "cat": "chel
 SPLITS = {"train": (48, (0.0, 0.7)), "val": (16, (0.7, 1.0))}  # scenes, and the share of each photo's width used
 ADE_SPLITS = {"train": "training", "val": "validation"}
 SIZE = (192, 256)  # scene height, width
-CACHE_NAME = "demo-seg-shards-v1"  # bump when the content changes, so stale caches are not reused
+CACHE_NAME = DEMO_FOLDERS["segmentation"]
 
 
 def texture(photo: np.ndarray, columns: tuple[float, float], rng: np.random.Generator) -> np.ndarray:

@@ -15,11 +15,11 @@ import av
 import numpy as np
 from PIL import Image
 
-from swinssl.demo_data import PHOTOS, PREFIX, cache_root, cached_shards, photo_rgb
+from swinssl.demo_data import DEMO_FOLDERS, PHOTOS, PREFIX, cache_root, cached_shards, photo_rgb
 from swinssl.make_shards import ShardItem, encode_frames
 
 CLASSES = ["pan_left", "pan_right"]
-CACHE_NAME = "demo-videos-v2"  # bump when the content changes, so stale caches are not reused
+CACHE_NAME = DEMO_FOLDERS["video"]
 GOP = 8  # a keyframe every 8 frames, so loading a clip exercises seeking even in these short videos
 
 

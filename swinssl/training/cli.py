@@ -70,19 +70,19 @@ def register_resolvers() -> None:
     a run reads them."""
 
     def demo_shards() -> str:
-        from swinssl.demo_data import demo_shards
+        from swinssl.demo_data import demo_set
 
-        return demo_shards()
+        return demo_set("image")
 
     def demo_video_shards() -> str:
-        from swinssl.demo_videos import demo_video_shards
+        from swinssl.demo_data import demo_set
 
-        return demo_video_shards()
+        return demo_set("video")
 
     def demo_seg_shards(split: str) -> str:
-        from swinssl.demo_segmentation import demo_seg_shards
+        from swinssl.demo_data import demo_set
 
-        return f"{demo_seg_shards()}:{split}"
+        return f"{demo_set('segmentation')}:{split}"
 
     OmegaConf.register_new_resolver("swinssl_demo_shards", demo_shards, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("swinssl_demo_seg_shards", demo_seg_shards, use_cache=True, replace=True)

@@ -141,17 +141,23 @@ def test_a_hydra_cli_whose_reader_is_gone_ends_quietly():
 
 
 @pytest.mark.parametrize("task, recipe", [("pretrain", "demo"), ("finetune", "video_demo"), ("finetune", "seg_demo")])
-def test_a_config_error_in_a_demo_recipe_answers_before_torch_is_imported(task, recipe):
+def test_a_config_error_in_a_demo_recipe_answers_before_torch_is_imported(task, recipe, tmp_path):
     """The demo data's resolver imported the shard writer, and with it webdataset and torch (~8 s), before the
-    recipe check could reject a typo."""
+    recipe check could reject a typo; then, with the demo shards cached, still the builders (PIL, PyAV, OpenCV:
+    0.2 s of the 0.5 s a config error may take)."""
+    from swinssl.demo_data import DEMO_FOLDERS
+
+    for folder in DEMO_FOLDERS.values():  # the demo shards as a previous run left them
+        (tmp_path / folder).mkdir()
     code = f"""if True:
         import runpy, sys
         sys.argv = ["swinssl.{task}", "recipe={recipe}", "model.arch=swinv2_medium"]
         try:
             runpy.run_module("swinssl.{task}", run_name="__main__")
         except SystemExit as exit:
-            print(exit.code, sorted(m for m in ("torch", "lightning", "timm") if m in sys.modules))
+            print(exit.code, sorted(m for m in ("torch", "lightning", "timm", "PIL", "av", "cv2") if m in sys.modules))
     """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "SWINSSL_CACHE": str(tmp_path)})
     assert done.stdout.strip() == "2 []", done.stdout + done.stderr[-2000:]
     assert "unknown arch 'swinv2_medium'" in done.stderr
