@@ -30,7 +30,7 @@ def build(cfg: DictConfig, resume_from: Path | None = None):
     if groups:
         task = Segmenter
     else:
-        task = VideoClassifier if is_video(cli.encoder_spec(cfg).arch) else ImageClassifier
+        task = VideoClassifier if is_video(recipe["model"]["arch"]) else ImageClassifier
     data = task.finetuning_data(recipe)
     return task.from_config(recipe, data, resume_from), data
 

@@ -46,8 +46,7 @@ def pin_worker() -> None:
     if not worker or not count or not hasattr(os, "sched_setaffinity"):
         return
     cores, index, count = sorted(os.sched_getaffinity(0)), int(worker.removeprefix("gw")), int(count)
-    share = max(1, len(cores) // count)
-    mine = cores[index * share:(index + 1) * share] or [cores[index % len(cores)]]
+    mine = cores[index::count] or [cores[index % len(cores)]]  # every core used; more workers than cores share
     os.sched_setaffinity(0, mine)
     torch.set_num_threads(len(mine))
 
@@ -99,7 +98,8 @@ def cli_refusal(module: str, *args: str, monkeypatch, capsys) -> tuple[int, str]
         code = exit.code
     finally:
         signal.signal(signal.SIGUSR1, usr1)
-        root.handlers[:], root.level = handlers, level
+        root.handlers[:] = handlers
+        root.setLevel(level)  # not .level =: setLevel also clears the enabled-level caches of every logger
         GlobalHydra.instance().clear()
     return code, capsys.readouterr().err
 

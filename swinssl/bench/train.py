@@ -64,7 +64,7 @@ from swinssl.masking import MaskGenerator, UniformMaskGenerator, VideoMaskGenera
 from swinssl.models import MaskedImageModel, MaskedVideoModel, SimMIMDecoder, masked_l1_loss
 from swinssl.models.simmim import PackedMaskedImageModel, PackedMaskedVideoModel
 from swinssl.models.attention import KERNELS
-from swinssl.models.registry import resolve_arch
+from swinssl.models.registry import last_stage_stride, resolve_arch
 from swinssl.weights import create_encoder, create_video_encoder
 
 # timm and HF have no Swin V2-H/G (the paper's extra norm), so the comparison stops at L.
@@ -225,7 +225,7 @@ def hf_model(cfg: TrainBenchConfig) -> nn.Module:
     config = Swinv2Config(image_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=sizes["embed_dim"],
                           depths=list(sizes["depths"]), num_heads=list(sizes["num_heads"]),
                           window_size=cfg.window_size, pretrained_window_sizes=[0] * stages,
-                          drop_path_rate=cfg.drop_path_rate, encoder_stride=cfg.patch_size * 2 ** (stages - 1))
+                          drop_path_rate=cfg.drop_path_rate, encoder_stride=last_stage_stride(cfg.patch_size, stages))
     return Swinv2ForMaskedImageModeling(config)
 
 

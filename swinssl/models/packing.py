@@ -162,13 +162,13 @@ def positioned_attention(attn: nn.Module, x: torch.Tensor, positions: torch.Tens
     axes = tuple(range(1, len(size) + 1))
     if any(shift):
         x = torch.roll(x, [-s for s in shift], dims=axes)
-        positions = torch.roll(positions, [-s for s in shift], dims=axes)
     windows = window_partition(x, window)
     count = windows.shape[0] // batch
     q, k, v, _, scale = inputs(windows, window)
-    shared = getattr(attn, "pair_offsets", {})
+    shared = attn.pair_offsets  # the stage's (token_positions): the first block with these windows fills it
     if (window, shift) not in shared:
-        shared[window, shift] = pair_offsets(window_partition(positions, window), extent, pretrained)
+        rolled = torch.roll(positions, [-s for s in shift], dims=axes) if any(shift) else positions
+        shared[window, shift] = pair_offsets(window_partition(rolled, window), extent, pretrained)
     bias = offset_bias(attn.cpb_mlp, attn.num_heads, shared[window, shift])
     mask = shift_mask(size, size, window, shift, x.device)
     if mask is not None:

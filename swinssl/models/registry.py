@@ -188,7 +188,7 @@ def check_image_geometry(img_size: tuple[int, int], patch_size: int, window_size
     """Widths the heads divide, an image size the patches and merges divide, a window that tiles every stage."""
     _check_widths(embed_dim, depths, num_heads)
     stages = len(depths)
-    stride = patch_size * 2 ** (stages - 1)
+    stride = last_stage_stride(patch_size, stages)
     if img_size[0] % stride or img_size[1] % stride:
         raise ValueError(
             f"img_size {img_size[0]}x{img_size[1]} must be a multiple of {stride} "
@@ -245,12 +245,12 @@ def check_model_geometry(arch: str, img_size: int, window_size: int | Sequence[i
     sizes = resolve_arch(arch, overrides)
     defaults = family(arch)
     if defaults.video:
-        check_video_geometry(num_frames or 1, img_size, triple(patch_size or defaults.patch_size, "patch_size"),
-                             triple(window_size, "window_size"), sizes["depths"], sizes["embed_dim"], sizes["num_heads"])
+        check_video_geometry(num_frames or 1, img_size, defaults.patch(patch_size), defaults.window(window_size),
+                             sizes["depths"], sizes["embed_dim"], sizes["num_heads"])
         return
     if not isinstance(window_size, int):
         raise ValueError(f"window_size of an image model is one int, got {window_size!r}")
-    check_image_geometry((img_size, img_size), patch_size or defaults.patch_size, window_size, sizes["depths"], sizes["embed_dim"],
+    check_image_geometry((img_size, img_size), defaults.patch(patch_size), window_size, sizes["depths"], sizes["embed_dim"],
                          sizes["num_heads"])
 
 

@@ -279,8 +279,8 @@ def _apply_extra_norm(block: nn.Module, _inputs: Any, output: torch.Tensor) -> t
 def build_encoder(spec: EncoderSpec | str = "swinv2_base", num_classes: int = 0, mask_token: bool = False,
                   **settings: Any) -> SwinV2Encoder | SwinEncoder:
     """A freshly initialized image encoder as ``spec`` describes it: a preset (``swinv2_{tiny,...,giant}``,
-    ``swin_{tiny,...,large}``) or a family (``swinv2``, ``swin``) with its sizes, at its image size, window and
-    patch (None: the family's), with its drop-path rate, attention kernel (``plain``, ``fused``, ``chunked`` with
+    ``swin_{tiny,...,large}``) or a family (``swinv2``, ``swin``) with its sizes, at its image size and window
+    (both required) and patch (None: the family's), with its drop-path rate, attention kernel (``plain``, ``fused``, ``chunked`` with
     ``attn_chunk_windows`` windows per chunk, ``triton``; :mod:`swinssl.models.attention`; all compute the same
     function) and activation checkpointing. ``num_classes=0`` gives a feature encoder; ``mask_token`` adds
     SimMIM's mask token.

@@ -84,13 +84,14 @@ class SimMIM(SwinTask):
                 self.model.decoder.load_state_dict(decoder)
             except RuntimeError as error:
                 raise CheckpointError(f"{source.origin}: its SimMIM decoder does not fit this model ({error})") from None
-        if packing is not None and source is not None and source.task_tensors("spread"):
-            self.load_spread(source, video)
+        spread = source.task_tensors("spread") if packing is not None and source is not None else {}
+        if spread:
+            self.load_spread(spread, source, video)
 
-    def load_spread(self, source: Checkpoint, video: bool) -> None:
-        """A packed run's 3 x 3 layer goes with the decoder trained behind it (else it starts as the identity, right
-        for a SimMIM decoder); an image run's layer becomes a clip model's (1, 3, 3) one."""
-        spread = source.task_tensors("spread")
+    def load_spread(self, spread: dict[str, torch.Tensor], source: Checkpoint, video: bool) -> None:
+        """A packed run's 3 x 3 layer (``spread``, read from ``source``) goes with the decoder trained behind it (else
+        it starts as the identity, right for a SimMIM decoder); an image run's layer becomes a clip model's (1, 3, 3)
+        one."""
         if video and spread["weight"].ndim == 4:
             spread["weight"] = spread["weight"].unsqueeze(2)
         try:
@@ -133,6 +134,7 @@ class SimMIM(SwinTask):
         loss, reconstruction = self(batch[self.input_key], batch["mask"])
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=samples_in(batch))
         return {"loss": loss, "reconstruction": reconstruction}
+
 
 def pretraining_data(recipe: Mapping[str, Any], patch_size: tuple[int, ...], stride: int | tuple[int, ...]):
     """The image or clip shards of a pretraining recipe (plain values: its ``model``, ``data`` and ``simmim``

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 class StopOnPreemption(Callback):
-    """On the preemption signal (:func:`swinssl.slurm.catch_preemption_signal`): save ``checkpoint`` at the next
+    """On the preemption signal (:func:`swinssl.training.slurm.catch_preemption_signal`): save ``checkpoint`` at the next
     batch end (at the epoch's end when that batch ends the epoch; every rank takes part), requeue the job (rank 0,
     under SLURM with ``requeue``) and stop. That checkpoint is the only one the stop writes, and a run resumed from
     it takes the steps an uninterrupted run takes. A signal before the first step stops without saving.

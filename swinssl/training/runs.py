@@ -84,7 +84,8 @@ def newest_checkpoint(run_dir: Path, move_aside: bool = False) -> Path | None:
 
 def resume_problem(path: Path) -> str | None:
     """Why a run cannot resume from ``path`` (unreadable, not a training checkpoint, NaN/inf weights), or None."""
-    from swinssl.weights.io import CheckpointError, PickledCheckpointError, non_finite_tensors, read_checkpoint
+    from swinssl.weights.checkpoint import CheckpointError
+    from swinssl.weights.io import PickledCheckpointError, non_finite_tensors, read_checkpoint
 
     try:
         saved = read_checkpoint(path, mmap=True)

@@ -17,11 +17,11 @@ from typing import Any
 from torch import nn
 
 from swinssl.models.backbone import features_only as stage_maps
-from swinssl.models.registry import SIZE_KEYS, EncoderSpec, family, is_video, resolve_arch
+from swinssl.models.registry import PATCH_INITS, SIZE_KEYS, EncoderSpec, family, is_video, resolve_arch
 from swinssl.models.swin import build_encoder
 from swinssl.models.video_swin import VideoSwinEncoder, build_video_encoder
 from swinssl.weights.checkpoint import Checkpoint
-from swinssl.weights.inflate import PATCH_INITS, inflate_checkpoint
+from swinssl.weights.inflate import inflate_checkpoint
 from swinssl.weights.read import load_checkpoint
 from swinssl.weights.transfer import check_architecture, check_family, load_into
 

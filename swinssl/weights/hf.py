@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from swinssl.models.registry import FAMILIES, is_video
+from swinssl.models.registry import FAMILIES, is_video, last_stage_stride
 from swinssl.weights.checkpoint import Checkpoint, CheckpointError
 
 HF_ANCHOR = "embeddings.patch_embeddings.projection.weight"
@@ -164,7 +164,7 @@ def to_hf(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, An
                               "depths": list(sizes["depths"]), "num_heads": list(sizes["num_heads"]), **TIMM_SWIN}
     if "drop_path_rate" in settings:  # the run's; a file that does not say: none (not HF's default 0.1)
         config["drop_path_rate"] = float(settings["drop_path_rate"])
-    config["encoder_stride"] = sizes["patch_size"] * 2 ** (len(sizes["depths"]) - 1)  # the final feature stride
+    config["encoder_stride"] = last_stage_stride(sizes["patch_size"], len(sizes["depths"]))  # the final feature stride
     if v2:
         config["pretrained_window_sizes"] = list(checkpoint.pretrained_window_sizes or [0] * len(sizes["depths"]))
     names = (checkpoint.hparams or {}).get("class_names")

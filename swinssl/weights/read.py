@@ -31,7 +31,8 @@ def load_checkpoint(checkpoint: str | Path | Mapping[str, Any] | Checkpoint, tru
     if fetched:
         parsed.sha256 = fetched.sha256
         parsed.conversions.insert(0, f"read {fetched.path} (sha256 {fetched.sha256})")
-    bad = non_finite_tensors({**parsed.state, **{f"decoder.{k}": v for k, v in (parsed.decoder or {}).items()}})
+    bad = non_finite_tensors({**parsed.state, **{f"decoder.{k}": v for k, v in (parsed.decoder or {}).items()},
+                              **{f"task.{k}": v for k, v in (parsed.task_state or {}).items()}})
     if bad:
         raise CheckpointError(f"{parsed.origin} holds NaN or inf values in {len(bad)} tensors (e.g. {bad[0]}); "
                               "its weights cannot be used")

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import swinssl
+from conftest import trained_like
 from swinssl.masking import VideoMaskGenerator
 from swinssl.models import build_encoder, build_video_encoder
 from swinssl.models.registry import EncoderSpec, family
@@ -14,15 +15,6 @@ from swinssl.weights.factories import checkpoint_spec
 TINY = dict(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4))
 
 
-def perturbed(model: torch.nn.Module) -> torch.nn.Module:
-    """Away from the zero-initialized norms and biases, so that every parameter changes the output."""
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.02 * torch.randn(parameter.shape, generator=generator))
-    return model.eval()
-
-
 def same_weights(first: torch.nn.Module, second: torch.nn.Module) -> bool:
     one, two = first.state_dict(), second.state_dict()
     return one.keys() == two.keys() and all(torch.equal(one[key], two[key]) for key in one)
@@ -30,7 +22,7 @@ def same_weights(first: torch.nn.Module, second: torch.nn.Module) -> bool:
 
 @pytest.mark.parametrize("arch", ["swinv2", "swin"])
 def test_an_image_spec_builds_and_loads_what_the_keywords_do(arch):
-    source = perturbed(build_encoder(arch, img_size=64, window_size=4, **TINY)).state_dict()
+    source = trained_like(build_encoder(arch, img_size=64, window_size=4, **TINY)).state_dict()
     torch.manual_seed(0)
     by_keywords = swinssl.create_encoder(arch, img_size=96, window_size=6, num_classes=3, checkpoint=source,
                                          drop_path_rate=0.0).eval()
@@ -45,7 +37,7 @@ def test_an_image_spec_builds_and_loads_what_the_keywords_do(arch):
 
 
 def test_a_video_spec_builds_inflates_and_loads_what_the_keywords_do():
-    image = perturbed(build_encoder("swinv2", img_size=64, window_size=4, mask_token=True, **TINY))
+    image = trained_like(build_encoder("swinv2", img_size=64, window_size=4, mask_token=True, **TINY))
     torch.manual_seed(0)
     by_keywords = swinssl.create_video_encoder("video_swinv2", num_frames=4, img_size=64, window_size=(2, 4, 4),
                                                mask_token=True, checkpoint=image.state_dict(), patch_init="center")

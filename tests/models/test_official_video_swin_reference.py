@@ -1,4 +1,4 @@
-"""Self-checks of the official Video Swin test reference (tests/models/official_video_swin.py) on tiny sizes."""
+"""Self-checks of the official Video Swin test reference (tests/official_video_swin.py) on tiny sizes."""
 
 import itertools
 

@@ -203,11 +203,18 @@ def test_a_packed_run_preempted_then_killed_resumes_exactly(tmp_path):
         return preempted_run([*EPOCHS, *PACKED, f"data.shards={shards}", f"out_dir={tmp_path / name}", "resume=auto",
                               "checkpointing.last_every_n_steps=3"], **interrupt)
 
+    def saved_step(name: str) -> int:
+        return torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+
     assert run("whole", signal_at=[]).returncode == 0
-    assert run("resumed", signal_at=[stop]).returncode == 0
-    assert run("resumed", signal_at=[], kill_at=kill).returncode == -9
+    done = run("resumed", signal_at=[stop])
+    assert done.returncode == 0 and "preemption signal: saving" in done.stdout + done.stderr, done.stderr[-3000:]
+    assert saved_step("resumed") == stop
+    done = run("resumed", signal_at=[], kill_at=kill)
+    assert done.returncode == -9 and "(resuming " in done.stdout + done.stderr
+    assert stop <= saved_step("resumed") < kill  # the stop's save, or a later step-3 one before the kill
     done = run("resumed", signal_at=[])
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0 and "(resuming " in done.stdout + done.stderr, done.stderr[-3000:]
     whole = scalars(tmp_path / "whole", "train/loss")
     assert len(whole) == 12
     final = {name: torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)

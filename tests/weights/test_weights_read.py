@@ -6,11 +6,12 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
 import torch
 
 import swinssl.weights
 from swinssl import Segmenter
-from swinssl.weights import load_checkpoint
+from swinssl.weights import CheckpointError, load_checkpoint
 from swinssl.weights.upernet import head_weights
 
 TINY = dict(embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4])
@@ -55,3 +56,14 @@ def test_a_segmenter_read_from_a_loaded_dict_keeps_its_heads():
     assert all(torch.equal(heads[key], expected[key]) for key in heads)
     again = Segmenter.from_checkpoint(checkpoint)
     assert all(torch.equal(again.model.state_dict()[key], value) for key, value in expected.items())
+
+
+def test_non_finite_head_weights_are_refused_as_encoder_weights_are():
+    """A run's task tensors (segmentation heads, a packed decoder's 3x3 layer) are loaded too: before, NaN there
+    passed the check that refuses it in the encoder and decoder."""
+    task = Segmenter(encoder=dict(arch="swinv2", img_size=64, window_size=4, drop_path_rate=0.0, **TINY),
+                     num_classes=5, upernet=dict(channels=24, auxiliary_channels=12))
+    saved = task.state_dict()
+    saved["model.decode_head.classifier.weight"].view(-1)[0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"holds NaN or inf values in 1 tensors \(e.g. task.decode_head.classifier"):
+        load_checkpoint({"state_dict": saved, "hyper_parameters": dict(task.hparams)})
